@@ -1,0 +1,10 @@
+//! bosun: a GitOps node daemon for K3s fleets.
+//!
+//! The crate is organised along the data flow described in `docs/ARCHITECTURE.md`:
+//! source → snapshot → layers → config → desired state → plan → apply → effects → health.
+//! Pure parts (config merge, rendering, plan, the upgrade state machine, boot-env codecs)
+//! do no I/O; every side effect sits behind a small trait.
+
+pub mod config;
+pub mod desired;
+pub mod snapshot;
