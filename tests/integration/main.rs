@@ -1,1 +1,7 @@
+//! bosun's integration tests: one binary, one module per area. Each test uses its own temp dir
+//! and real local components (the bosun binary, git daemons, HTTP(S) servers on loopback, and the
+//! real boot-env tools).
 
+mod config_cli;
+mod config_fixtures;
+mod config_merge;

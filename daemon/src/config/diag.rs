@@ -1,0 +1,100 @@
+//! Diagnostics: what is wrong (or suspicious) in a config file, where, and what was expected.
+//!
+//! Display form: `file:line:col: field: message`. `field` is the dotted path of the value in the
+//! merged config (`k3os.labels`, `write_files[/etc/foo].content`).
+
+use std::fmt;
+
+use super::yaml::Pos;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub pos: Pos,
+    pub field: String,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn error(pos: Pos, field: &str, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            pos,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(pos: Pos, field: &str, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            pos,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.pos)?;
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// The config was rejected: one or more error diagnostics (warnings are kept for context).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ConfigError {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for d in self.errors() {
+            if !first {
+                f.write_str("\n")?;
+            }
+            first = false;
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl serde::Serialize for Diagnostic {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Diagnostic", 6)?;
+        st.serialize_field("severity", &self.severity)?;
+        st.serialize_field("file", &*self.pos.file)?;
+        st.serialize_field("line", &self.pos.line)?;
+        st.serialize_field("col", &self.pos.col)?;
+        st.serialize_field("field", &self.field)?;
+        st.serialize_field("message", &self.message)?;
+        st.end()
+    }
+}
