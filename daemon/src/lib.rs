@@ -7,4 +7,6 @@
 
 pub mod config;
 pub mod desired;
+pub mod health;
+pub mod runner;
 pub mod snapshot;
