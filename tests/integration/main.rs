@@ -1,1 +1,4 @@
+mod support;
 
+mod health;
+mod runner;
