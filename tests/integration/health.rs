@@ -748,3 +748,46 @@ async fn command_check_with_real_system_runner() {
         "{fail:?}"
     );
 }
+
+/// Converts a PKCS#8 PEM key to the SEC1 `EC PRIVATE KEY` form K3s writes into `k3s.yaml`,
+/// with the real `openssl` tool.
+fn to_sec1_pem(pkcs8_pem: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["pkey", "-traditional"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run openssl (see .ci/packages.txt)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pkcs8_pem.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl pkey failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn apiserver_accepts_k3s_style_ec_private_key_and_certificate_chain() {
+    let ca = TestCa::new("k3s-server-ca");
+    let mut client = ca.client_cert("system:admin");
+    client.key_pem = to_sec1_pem(&client.key_pem);
+    assert!(client.key_pem.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+    // K3s puts the client certificate followed by its issuing CA in client-certificate-data.
+    client.cert_pem = format!("{}{}", client.cert_pem, ca.pem);
+    let server = mtls_apiserver(&ca, StatusCode::OK).await;
+    let root = tempfile::tempdir().unwrap();
+    write_node_file(
+        root.path(),
+        KUBECONFIG,
+        &cert_kubeconfig(&server.base(), &ca.pem, &client),
+    );
+    let ctx = recording_ctx(root.path());
+    let pass = run_check(&apiserver_check(), &ctx).await;
+    assert!(pass.ok, "{pass:?}");
+    let pass = run_check(&node_check(None), &ctx).await;
+    assert!(pass.ok, "{pass:?}");
+}
