@@ -8,4 +8,6 @@
 pub mod cli;
 pub mod config;
 pub mod desired;
+pub mod health;
+pub mod runner;
 pub mod snapshot;

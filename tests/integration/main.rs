@@ -2,6 +2,10 @@
 //! and real local components (the bosun binary, git daemons, HTTP(S) servers on loopback, and the
 //! real boot-env tools).
 
+mod support;
+
 mod config_cli;
 mod config_fixtures;
 mod config_merge;
+mod health;
+mod runner;

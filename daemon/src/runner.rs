@@ -1,0 +1,350 @@
+//! The command-runner seam: every external program bosun starts (`systemctl`, `modprobe`,
+//! `sysctl`, `reboot`, health-check commands) goes through [`CommandRunner`].
+//!
+//! Two implementations:
+//! - [`SystemRunner`] really spawns the program (no shell), captures stdout/stderr and kills the
+//!   whole process group when the timeout expires.
+//! - [`RecordingRunner`] only records the argv and answers from a script. Tests use it, and so
+//!   does bosun itself when `--root` is not `/` (effects on the live system are recorded and
+//!   reported, never run).
+//!
+//! Invariants: argv is passed verbatim (argv[0] is the program, looked up in `PATH`); an empty
+//! argv is an error, never a no-op; a runner never returns before the child is reaped.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
+
+/// What a finished command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandOutput {
+    /// Exit code; `None` when the process was ended by a signal.
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl CommandOutput {
+    /// An output with the given exit code and no captured text.
+    pub fn exit(code: i32) -> Self {
+        CommandOutput {
+            code: Some(code),
+            ..Default::default()
+        }
+    }
+
+    /// Exit code 0 with no captured text.
+    pub fn ok() -> Self {
+        CommandOutput::exit(0)
+    }
+
+    /// Adds captured stderr (builder style, for scripting [`RecordingRunner`]).
+    pub fn with_stderr(mut self, stderr: impl Into<Vec<u8>>) -> Self {
+        self.stderr = stderr.into();
+        self
+    }
+
+    /// Adds captured stdout (builder style, for scripting [`RecordingRunner`]).
+    pub fn with_stdout(mut self, stdout: impl Into<Vec<u8>>) -> Self {
+        self.stdout = stdout.into();
+        self
+    }
+
+    /// Whether the command exited with status 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Human-readable exit status: `exit status 3` or `killed by a signal`.
+    pub fn status_text(&self) -> String {
+        match self.code {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".to_string(),
+        }
+    }
+}
+
+/// Why a command could not be run to completion. Every variant names the command.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot run an empty command line")]
+    EmptyArgv,
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` did not finish within {timeout:?} and was killed")]
+    TimedOut { command: String, timeout: Duration },
+    #[error("waiting for `{command}` failed: {source}")]
+    Wait {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs external programs. Implementations must be usable from several threads.
+pub trait CommandRunner: Send + Sync {
+    /// Runs `argv` (no shell) to completion and returns its output. A non-zero exit is an
+    /// `Ok` output, not an error. Side effects: whatever the program does (for
+    /// [`SystemRunner`]); none for [`RecordingRunner`].
+    fn run(&self, argv: &[String]) -> Result<CommandOutput, RunError>;
+}
+
+/// Renders argv for messages: words joined by spaces, words with spaces or quotes quoted.
+pub fn display_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Spawns real processes with `std::process`, each in its own process group, killed (with the
+/// whole group) after `timeout`.
+#[derive(Debug, Clone)]
+pub struct SystemRunner {
+    timeout: Duration,
+}
+
+impl SystemRunner {
+    /// Default per-command timeout: long enough for `systemctl restart k3s`.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+    pub fn new(timeout: Duration) -> Self {
+        SystemRunner { timeout }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl Default for SystemRunner {
+    fn default() -> Self {
+        SystemRunner::new(Self::DEFAULT_TIMEOUT)
+    }
+}
+
+impl CommandRunner for SystemRunner {
+    /// Spawns the program (side effects: whatever it does). Stdin is `/dev/null`.
+    fn run(&self, argv: &[String]) -> Result<CommandOutput, RunError> {
+        use std::os::unix::process::CommandExt;
+
+        let (program, args) = argv.split_first().ok_or(RunError::EmptyArgv)?;
+        let command = display_argv(argv);
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Own process group, so a timeout kills grandchildren (`sh -c ...`) too.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| RunError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        let pid = child.id();
+
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("bosun-cmd-wait".into())
+            .spawn(move || {
+                // Reads both pipes to EOF and reaps the child.
+                let _ = tx.send(child.wait_with_output());
+            })
+            .map_err(|source| RunError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+
+        let (result, timed_out) = match rx.recv_timeout(self.timeout) {
+            Ok(result) => (result, false),
+            Err(_) => {
+                // The waiter still holds the unreaped child, so the group id is still ours.
+                if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ =
+                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+                }
+                match rx.recv() {
+                    Ok(result) => (result, true),
+                    Err(_) => {
+                        return Err(RunError::Wait {
+                            command,
+                            source: io::Error::other("waiter thread vanished"),
+                        })
+                    }
+                }
+            }
+        };
+        let output = result.map_err(|source| RunError::Wait {
+            command: command.clone(),
+            source,
+        })?;
+        if timed_out {
+            return Err(RunError::TimedOut {
+                command,
+                timeout: self.timeout,
+            });
+        }
+        Ok(CommandOutput {
+            code: output.status.code(),
+            stdout: output.stdout,
+            stderr: output.stderr,
+        })
+    }
+}
+
+/// One scripted answer of a [`RecordingRunner`].
+pub enum Scripted {
+    Output(CommandOutput),
+    Error(RunError),
+}
+
+impl fmt::Debug for Scripted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scripted::Output(o) => f.debug_tuple("Output").field(o).finish(),
+            Scripted::Error(e) => f.debug_tuple("Error").field(&e.to_string()).finish(),
+        }
+    }
+}
+
+/// Records every argv it is asked to run and runs nothing.
+///
+/// Answers, in order of precedence: the next queued answer ([`RecordingRunner::push`]), else
+/// the first rule whose argv prefix matches ([`RecordingRunner::on`]), else exit status 0.
+#[derive(Debug, Default)]
+pub struct RecordingRunner {
+    calls: Mutex<Vec<Vec<String>>>,
+    queue: Mutex<VecDeque<Scripted>>,
+    rules: Mutex<Vec<(Vec<String>, CommandOutput)>>,
+}
+
+impl RecordingRunner {
+    /// A runner that answers exit status 0 to everything.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Answers `output` to every argv starting with `prefix` (a persistent rule).
+    pub fn on<S: AsRef<str>>(self, prefix: &[S], output: CommandOutput) -> Self {
+        let prefix = prefix.iter().map(|s| s.as_ref().to_string()).collect();
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((prefix, output));
+        self
+    }
+
+    /// Queues a one-shot answer for the next call (FIFO), whatever its argv.
+    pub fn push(&self, answer: Scripted) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(answer);
+    }
+
+    /// Every argv run so far, in call order.
+    pub fn calls(&self) -> Vec<Vec<String>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl CommandRunner for RecordingRunner {
+    /// Records `argv`; no side effects on the system.
+    fn run(&self, argv: &[String]) -> Result<CommandOutput, RunError> {
+        if argv.is_empty() {
+            return Err(RunError::EmptyArgv);
+        }
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(argv.to_vec());
+        if let Some(answer) = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+        {
+            return match answer {
+                Scripted::Output(o) => Ok(o),
+                Scripted::Error(e) => Err(e),
+            };
+        }
+        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(rules
+            .iter()
+            .find(|(prefix, _)| argv.starts_with(prefix))
+            .map(|(_, out)| out.clone())
+            .unwrap_or_else(CommandOutput::ok))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn recording_runner_records_and_answers_queue_then_rules_then_success() {
+        let r = RecordingRunner::new().on(&["systemctl", "is-active"], CommandOutput::exit(3));
+        r.push(Scripted::Output(CommandOutput::exit(7)));
+        assert_eq!(
+            r.run(&argv(&["modprobe", "br_netfilter"])).unwrap().code,
+            Some(7)
+        );
+        assert_eq!(
+            r.run(&argv(&["systemctl", "is-active", "--quiet", "k3s"]))
+                .unwrap()
+                .code,
+            Some(3)
+        );
+        assert!(r
+            .run(&argv(&["systemctl", "restart", "k3s"]))
+            .unwrap()
+            .success());
+        assert_eq!(
+            r.calls(),
+            vec![
+                argv(&["modprobe", "br_netfilter"]),
+                argv(&["systemctl", "is-active", "--quiet", "k3s"]),
+                argv(&["systemctl", "restart", "k3s"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_argv_is_an_error_for_both_runners() {
+        assert!(matches!(
+            RecordingRunner::new().run(&[]),
+            Err(RunError::EmptyArgv)
+        ));
+        assert!(matches!(
+            SystemRunner::default().run(&[]),
+            Err(RunError::EmptyArgv)
+        ));
+    }
+
+    #[test]
+    fn display_argv_quotes_words_with_spaces() {
+        assert_eq!(
+            display_argv(&argv(&["sh", "-c", "echo it's"])),
+            "sh -c 'echo it'\\''s'"
+        );
+    }
+}
