@@ -7,4 +7,6 @@
 
 pub mod config;
 pub mod desired;
+pub mod keys;
+pub mod render;
 pub mod snapshot;
