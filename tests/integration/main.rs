@@ -1,1 +1,3 @@
+//! The single integration test binary; each module is one area.
 
+mod keys;

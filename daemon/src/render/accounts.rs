@@ -371,7 +371,10 @@ mod tests {
             passwd,
             format!("{PASSWD_TXT}rancher:x:1000:1000::/home/rancher:/bin/sh\n")
         );
-        assert_eq!(text(&r, "/etc/group"), format!("{GROUP_TXT}rancher:x:1000:\n"));
+        assert_eq!(
+            text(&r, "/etc/group"),
+            format!("{GROUP_TXT}rancher:x:1000:\n")
+        );
         assert_eq!(
             text(&r, "/etc/shadow"),
             format!("{SHADOW_TXT}rancher:*:::::::\n")
@@ -460,8 +463,14 @@ mod tests {
         cfg.k3os.password = Some(Secret("pw".into()));
         let r = render(&cfg, &e).unwrap();
         assert!(text(&r, "/etc/shadow").starts_with("root:$6$x$y:1::::::\n"));
-        assert!(r.warnings.iter().any(|w| w.contains("root has a usable password")));
-        assert!(!r.warnings.iter().any(|w| w.contains("$6$")), "no hash in warnings");
+        assert!(r
+            .warnings
+            .iter()
+            .any(|w| w.contains("root has a usable password")));
+        assert!(
+            !r.warnings.iter().any(|w| w.contains("$6$")),
+            "no hash in warnings"
+        );
     }
 
     #[test]
@@ -497,7 +506,10 @@ mod tests {
         e.group = Some(format!("{GROUP_TXT}rancher:x:1005:\n"));
         let r = render(&NodeConfig::default(), &e).unwrap();
         assert!(text(&r, "/etc/passwd").ends_with("rancher:x:1000:1005::/home/rancher:/bin/sh\n"));
-        assert_eq!(text(&r, "/etc/group"), format!("{GROUP_TXT}rancher:x:1005:\n"));
+        assert_eq!(
+            text(&r, "/etc/group"),
+            format!("{GROUP_TXT}rancher:x:1005:\n")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!   the last one if duplicates slip through).
 
 use super::accounts::AccountDb;
-use super::{Builder, RenderError};
+use super::{Builder, RenderError, UnknownOwner};
 use crate::config::{IdOrName, NodeConfig, WriteFile};
 use crate::desired::{DesiredFile, FileSource};
 
@@ -42,13 +42,15 @@ pub(crate) fn render_write_files(
 
 /// Resolves a `write_files` owner to numeric ids through `db`.
 pub fn resolve_owner(wf: &WriteFile, db: &AccountDb) -> Result<(u32, u32), RenderError> {
-    let unknown_user = |name: &str| RenderError::UnknownOwner {
-        origin: wf.origin.clone(),
-        path: wf.path.clone(),
-        kind: "user",
-        name: name.to_string(),
-        table: "/etc/passwd",
-        known: db.user_names(),
+    let unknown_user = |name: &str| {
+        RenderError::UnknownOwner(Box::new(UnknownOwner {
+            origin: wf.origin.clone(),
+            path: wf.path.clone(),
+            kind: "user",
+            name: name.to_string(),
+            table: "/etc/passwd",
+            known: db.user_names(),
+        }))
     };
     let (uid, primary_gid) = match &wf.owner.user {
         IdOrName::Name(n) if n == "root" => (0, 0),
@@ -64,13 +66,15 @@ pub fn resolve_owner(wf: &WriteFile, db: &AccountDb) -> Result<(u32, u32), Rende
         Some(IdOrName::Name(g)) if g == "root" => 0,
         Some(IdOrName::Name(g)) => {
             db.group(g)
-                .ok_or_else(|| RenderError::UnknownOwner {
-                    origin: wf.origin.clone(),
-                    path: wf.path.clone(),
-                    kind: "group",
-                    name: g.clone(),
-                    table: "/etc/group",
-                    known: db.group_names(),
+                .ok_or_else(|| {
+                    RenderError::UnknownOwner(Box::new(UnknownOwner {
+                        origin: wf.origin.clone(),
+                        path: wf.path.clone(),
+                        kind: "group",
+                        name: g.clone(),
+                        table: "/etc/group",
+                        known: db.group_names(),
+                    }))
                 })?
                 .gid
         }
@@ -158,7 +162,10 @@ mod tests {
     fn unknown_user_error_names_origin_owner_and_known_users() {
         let err = render_one(wf("/etc/x", name("nobody2"), None, 0o644)).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("nodes/node1.yaml:12:5: write_files entry /etc/x"), "{msg}");
+        assert!(
+            msg.starts_with("nodes/node1.yaml:12:5: write_files entry /etc/x"),
+            "{msg}"
+        );
         assert!(msg.contains("unknown user 'nobody2'"), "{msg}");
         assert!(
             msg.contains("known users: root, daemon, messagebus, sshd, rancher"),
@@ -170,12 +177,11 @@ mod tests {
     fn unknown_group_error_lists_known_groups() {
         let err = render_one(wf("/etc/x", name("root"), Some(name("docker")), 0o644)).unwrap_err();
         match &err {
-            RenderError::UnknownOwner {
-                kind, name, known, ..
-            } => {
-                assert_eq!((*kind, name.as_str()), ("group", "docker"));
+            RenderError::UnknownOwner(u) => {
+                assert_eq!((u.kind, u.name.as_str()), ("group", "docker"));
+                assert_eq!(u.table, "/etc/group");
                 assert_eq!(
-                    known,
+                    u.known,
                     &["root", "daemon", "shadow", "messagebus", "wheel", "rancher"]
                 );
             }
@@ -187,7 +193,7 @@ mod tests {
     fn owners_never_come_from_the_host() {
         // The host running the tests certainly has a `nobody` user; the root here does not.
         let err = render_one(wf("/etc/x", name("nobody"), None, 0o644)).unwrap_err();
-        assert!(matches!(err, RenderError::UnknownOwner { .. }));
+        assert!(matches!(err, RenderError::UnknownOwner(_)));
     }
 
     #[test]
@@ -196,14 +202,21 @@ mod tests {
         let mut p = wf("/etc/passwd", name("root"), None, 0o644);
         p.content = format!("{PASSWD_TXT}svc:x:2000:2000::/srv:/bin/false\n").into_bytes();
         cfg.write_files.push(p);
-        cfg.write_files
-            .push(wf("/srv/app.conf", name("svc"), Some(IdOrName::Id(7)), 0o640));
+        cfg.write_files.push(wf(
+            "/srv/app.conf",
+            name("svc"),
+            Some(IdOrName::Id(7)),
+            0o640,
+        ));
         let r = render(&cfg, &env()).unwrap();
         let f = file(&r, "/srv/app.conf");
         assert_eq!((f.uid, f.gid, f.secret), (2000, 7, true));
         // passwd is still managed by accounts, based on the write_files content.
         assert!(text(&r, "/etc/passwd").contains("svc:x:2000"));
         assert!(text(&r, "/etc/passwd").ends_with("rancher:x:1000:1000::/home/rancher:/bin/sh\n"));
-        assert!(r.warnings.iter().any(|w| w.contains("write_files entry /etc/passwd")));
+        assert!(r
+            .warnings
+            .iter()
+            .any(|w| w.contains("write_files entry /etc/passwd")));
     }
 }

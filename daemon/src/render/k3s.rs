@@ -65,7 +65,10 @@ impl K3sRole {
 
     /// Path of bosun's drop-in for this role's unit.
     pub fn dropin_path(self) -> String {
-        format!("/etc/systemd/system/{}.service.d/90-bosun.conf", self.unit())
+        format!(
+            "/etc/systemd/system/{}.service.d/90-bosun.conf",
+            self.unit()
+        )
     }
 }
 
@@ -123,7 +126,10 @@ pub fn k3s_role(cfg: &NodeConfig) -> Result<K3sRole, RenderError> {
 }
 
 fn has_server_url(cfg: &NodeConfig) -> bool {
-    cfg.k3os.server_url.as_deref().is_some_and(|u| !u.is_empty())
+    cfg.k3os
+        .server_url
+        .as_deref()
+        .is_some_and(|u| !u.is_empty())
 }
 
 /// The effective command line and environment k3os would have given k3s. Pure.
@@ -165,7 +171,12 @@ pub fn k3s_invocation(cfg: &NodeConfig) -> Result<K3sInvocation, RenderError> {
         env.insert("K3S_URL".into(), url.to_string());
     }
     let mut token_kind = None;
-    if let Some(token) = k.token.as_ref().map(|t| t.expose()).filter(|t| !t.is_empty()) {
+    if let Some(token) = k
+        .token
+        .as_ref()
+        .map(|t| t.expose())
+        .filter(|t| !t.is_empty())
+    {
         if token.chars().any(char::is_control) {
             return Err(RenderError::InvalidValue {
                 key: "k3os.token".into(),
@@ -264,8 +275,8 @@ pub(crate) fn render_k3s(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::*;
     use super::super::render;
+    use super::super::test_support::*;
     use super::*;
     use crate::config::{K3os, Secret};
 
@@ -281,7 +292,9 @@ mod tests {
     }
 
     fn env_of(v: &[(&str, &str)]) -> BTreeMap<String, String> {
-        v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const NODE_TOKEN: &str = "K1074ec55daebdf54ef48294b0ddf0ce1c3cb64ee7e3d0b9ec79fbc7baf1f7ddac6::node:77689533d0140c7019416603a05275d4";
@@ -324,7 +337,10 @@ mod tests {
                 },
                 role: K3sRole::Agent,
                 args: strs(&["agent"]),
-                env: env_of(&[("K3S_URL", "https://myserver:6443"), ("K3S_TOKEN", NODE_TOKEN)]),
+                env: env_of(&[
+                    ("K3S_URL", "https://myserver:6443"),
+                    ("K3S_TOKEN", NODE_TOKEN),
+                ]),
                 token: Some(TokenKind::NodeToken),
             },
             Case {
@@ -388,7 +404,10 @@ mod tests {
                 },
                 role: K3sRole::Server,
                 args: strs(&["server", "--node-ip=10.0.0.2"]),
-                env: env_of(&[("K3S_URL", "https://10.0.0.1:6443"), ("K3S_TOKEN", "s3cret")]),
+                env: env_of(&[
+                    ("K3S_URL", "https://10.0.0.1:6443"),
+                    ("K3S_TOKEN", "s3cret"),
+                ]),
                 token: Some(TokenKind::ClusterSecret),
             },
             Case {

@@ -113,21 +113,8 @@ pub struct Rendered {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RenderError {
-    #[error(
-        "{origin}: write_files entry {path}: unknown {kind} '{name}' in the root's {table}; \
-         known {kind}s: {}",
-        known.join(", ")
-    )]
-    UnknownOwner {
-        origin: Origin,
-        path: String,
-        /// `user` or `group`.
-        kind: &'static str,
-        name: String,
-        /// `/etc/passwd` or `/etc/group`.
-        table: &'static str,
-        known: Vec<String>,
-    },
+    #[error("{0}")]
+    UnknownOwner(Box<UnknownOwner>),
     #[error(
         "cannot create ssh user '{user}' with uid {uid}: the root's /etc/passwd already gives \
          that uid to '{taken_by}'; configure another ssh user or uid"
@@ -155,6 +142,24 @@ pub enum RenderError {
          'agent' (or a flag, to let server_url decide)"
     )]
     K3sCommand { first: String },
+}
+
+/// A `write_files` owner that the root's account files do not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{origin}: write_files entry {path}: unknown {kind} '{name}' in the root's {table}; \
+     known {kind}s: {}",
+    known.join(", ")
+)]
+pub struct UnknownOwner {
+    pub origin: Origin,
+    pub path: String,
+    /// `user` or `group`.
+    pub kind: &'static str,
+    pub name: String,
+    /// `/etc/passwd` or `/etc/group`.
+    pub table: &'static str,
+    pub known: Vec<String>,
 }
 
 /// Collects files and effects while rendering.
@@ -306,7 +311,8 @@ pub(crate) mod test_support {
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
 messagebus:x:100:102::/nonexistent:/usr/sbin/nologin\n\
 sshd:x:101:65534::/run/sshd:/usr/sbin/nologin\n";
-    pub const GROUP_TXT: &str = "root:x:0:\ndaemon:x:1:\nshadow:x:42:\nmessagebus:x:102:\nwheel:x:10:\n";
+    pub const GROUP_TXT: &str =
+        "root:x:0:\ndaemon:x:1:\nshadow:x:42:\nmessagebus:x:102:\nwheel:x:10:\n";
     pub const SHADOW_TXT: &str = "root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n\
 messagebus:!:19000::::::\nsshd:!:19000::::::\n";
 
@@ -360,8 +366,10 @@ mod tests {
 
     #[test]
     fn render_is_deterministic() {
-        let mut cfg = NodeConfig::default();
-        cfg.hostname = Some("edge-7".into());
+        let mut cfg = NodeConfig {
+            hostname: Some("edge-7".into()),
+            ..Default::default()
+        };
         cfg.k3os.password = Some(crate::config::Secret("pw".into()));
         cfg.k3os.labels.insert("b".into(), "2".into());
         cfg.k3os.labels.insert("a".into(), "1".into());
@@ -385,8 +393,10 @@ mod tests {
 
     #[test]
     fn effects_come_in_documented_order() {
-        let mut cfg = NodeConfig::default();
-        cfg.hostname = Some("h".into());
+        let mut cfg = NodeConfig {
+            hostname: Some("h".into()),
+            ..Default::default()
+        };
         cfg.k3os.sysctls.insert("vm.swappiness".into(), "1".into());
         cfg.run_cmd = vec!["echo run".into()];
         cfg.init_cmd = vec!["echo init".into()];

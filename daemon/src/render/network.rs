@@ -194,8 +194,8 @@ pub(crate) fn render_wifi(cfg: &NodeConfig, b: &mut Builder) -> Result<(), Rende
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::*;
     use super::super::render;
+    use super::super::test_support::*;
     use super::*;
     use crate::config::Secret;
 
@@ -247,8 +247,14 @@ mod tests {
             },
         ];
         let r = render(&cfg, &env()).unwrap();
-        let home = file(&r, "/etc/NetworkManager/system-connections/bosun-home.nmconnection");
-        assert_eq!((home.mode, home.uid, home.gid, home.secret), (0o600, 0, 0, true));
+        let home = file(
+            &r,
+            "/etc/NetworkManager/system-connections/bosun-home.nmconnection",
+        );
+        assert_eq!(
+            (home.mode, home.uid, home.gid, home.secret),
+            (0o600, 0, 0, true)
+        );
         let t = String::from_utf8(home.content.clone()).unwrap();
         assert!(t.contains("[connection]\nid=bosun-home\nuuid="));
         assert!(t.contains("type=wifi\n"));
@@ -256,9 +262,7 @@ mod tests {
         assert!(t.contains("[wifi-security]\nkey-mgmt=wpa-psk\npsk=mypassword\n"));
 
         let other_path = wifi_keyfile_path("Café net/2");
-        assert!(other_path.starts_with(
-            "/etc/NetworkManager/system-connections/bosun-Caf__net_2-"
-        ));
+        assert!(other_path.starts_with("/etc/NetworkManager/system-connections/bosun-Caf__net_2-"));
         let other = text(&r, &other_path);
         assert!(!other.contains("wifi-security"), "open network");
         assert!(other.contains("ssid=Café net/2\n"));

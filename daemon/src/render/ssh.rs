@@ -68,12 +68,14 @@ pub(crate) fn render_authorized_keys(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::*;
     use super::super::render;
+    use super::super::test_support::*;
     use crate::config::{AuthorizedKey, KeySource, NodeConfig, Origin};
 
-    const K1: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7Hc7aPnRu7mZGnTj0JYkLSP3JIe2ZjFvdRvyAa3xyz a@b";
-    const K2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC0bYD3EVn1Q1kb8Mq1Q2DjU5qy7n1lq8l6N2qtRabcd";
+    const K1: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7Hc7aPnRu7mZGnTj0JYkLSP3JIe2ZjFvdRvyAa3xyz a@b";
+    const K2: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC0bYD3EVn1Q1kb8Mq1Q2DjU5qy7n1lq8l6N2qtRabcd";
 
     fn cfg_with_keys() -> NodeConfig {
         NodeConfig {
@@ -106,7 +108,9 @@ mod tests {
         let mut e = env();
         e.ssh_keys = Some(vec![]);
         let r = render(&cfg_with_keys(), &e).unwrap();
-        assert!(file(&r, "/home/rancher/.ssh/authorized_keys").content.is_empty());
+        assert!(file(&r, "/home/rancher/.ssh/authorized_keys")
+            .content
+            .is_empty());
     }
 
     #[test]

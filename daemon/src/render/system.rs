@@ -36,7 +36,9 @@ fn valid_hostname(h: &str) -> bool {
             !label.is_empty()
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && label
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
         })
 }
 
@@ -135,7 +137,12 @@ pub(crate) fn render_sysctl(cfg: &NodeConfig, b: &mut Builder) -> Result<(), Ren
         }
         text.push_str(&format!("{k} = {}\n", v.trim()));
     }
-    b.put(root_file(SYSCTL_CONF, text.into_bytes(), 0o644, "k3os.sysctl"));
+    b.put(root_file(
+        SYSCTL_CONF,
+        text.into_bytes(),
+        0o644,
+        "k3os.sysctl",
+    ));
     b.effects.push(EffectRule {
         effect: Effect::SysctlLoad {
             file: SYSCTL_CONF.into(),
@@ -171,7 +178,12 @@ pub(crate) fn render_modules(cfg: &NodeConfig, b: &mut Builder) -> Result<(), Re
         text.push_str(m);
         text.push('\n');
     }
-    b.put(root_file(MODULES_CONF, text.into_bytes(), 0o644, "k3os.modules"));
+    b.put(root_file(
+        MODULES_CONF,
+        text.into_bytes(),
+        0o644,
+        "k3os.modules",
+    ));
     for m in seen {
         b.effects.push(EffectRule {
             effect: Effect::Modprobe { module: m.clone() },
@@ -290,7 +302,8 @@ mod tests {
     fn hostname_writes_etc_hostname_hosts_and_sethostname_on_change() {
         let mut e = env();
         e.node_hostname = "edge-1".into();
-        e.hosts = Some("127.0.0.1 localhost\n# comment\n  127.0.1.1   old old.lan\n::1 ip6\n".into());
+        e.hosts =
+            Some("127.0.0.1 localhost\n# comment\n  127.0.1.1   old old.lan\n::1 ip6\n".into());
         let r = render(&with_hostname("edge-1"), &e).unwrap();
         assert_eq!(text(&r, "/etc/hostname"), "edge-1\n");
         assert_eq!(
@@ -320,10 +333,7 @@ mod tests {
             hosts_with(Some("10.0.0.1 db".into()), "n"),
             "10.0.0.1 db\n127.0.1.1 n\n"
         );
-        assert_eq!(
-            hosts_with(None, "n"),
-            "127.0.0.1 localhost\n127.0.1.1 n\n"
-        );
+        assert_eq!(hosts_with(None, "n"), "127.0.0.1 localhost\n127.0.1.1 n\n");
     }
 
     #[test]
