@@ -216,6 +216,16 @@ pub fn ensure_user(
         .user(name)
         .cloned()
         .expect("ssh user was just ensured in passwd");
+    if !user.home.starts_with('/') {
+        return Err(RenderError::InvalidValue {
+            key: "ssh user".into(),
+            reason: format!(
+                "'{name}' has home directory '{}' in the root's /etc/passwd; expected an \
+                 absolute path (authorized_keys lives there)",
+                user.home
+            ),
+        });
+    }
 
     let shadow = ensure_shadow(&shadow, name, password, salt, warnings)?;
     let shadow_gid = db.group("shadow").map(|g| g.gid).unwrap_or(0);
@@ -525,6 +535,17 @@ mod tests {
         );
         assert_eq!(text(&r, "/etc/shadow"), "root:*:::::::\nrancher:*:::::::\n");
         assert_eq!(r.warnings.len(), 3);
+    }
+
+    #[test]
+    fn existing_user_without_absolute_home_is_an_error() {
+        let mut e = env();
+        e.passwd = Some(format!("{PASSWD_TXT}rancher:x:1000:1000:::/bin/sh\n"));
+        let err = render(&NodeConfig::default(), &e).unwrap_err();
+        assert!(
+            err.to_string().contains("expected an absolute path"),
+            "{err}"
+        );
     }
 
     #[test]

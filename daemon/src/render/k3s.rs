@@ -224,6 +224,20 @@ pub fn systemd_quote(word: &str) -> String {
     s
 }
 
+/// Whether any argument looks like it carries a credential (`--token`, `--agent-token`,
+/// `--datastore-endpoint` with a password, `--etcd-s3-secret-key`, …). Conservative: a false
+/// positive only hides the drop-in's content from plans.
+pub fn args_carry_secret(args: &[String]) -> bool {
+    args.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        a == "-t"
+            || a.starts_with("-t=")
+            || ["token", "secret", "password", "datastore-endpoint"]
+                .iter()
+                .any(|w| a.contains(w))
+    })
+}
+
 pub(crate) fn render_k3s(
     cfg: &NodeConfig,
     settings: &RenderSettings,
@@ -259,7 +273,13 @@ pub(crate) fn render_k3s(
         text.push_str(&systemd_quote(a));
     }
     text.push('\n');
-    b.put(root_file(&dropin, text.into_bytes(), 0o644, "k3os.k3s"));
+    // A credential passed in k3s_args (e.g. `--token=…`) makes the drop-in itself secret.
+    let mode = if args_carry_secret(&inv.args) {
+        0o600
+    } else {
+        0o644
+    };
+    b.put(root_file(&dropin, text.into_bytes(), mode, "k3os.k3s"));
     b.effects.push(EffectRule {
         effect: Effect::DaemonReload,
         trigger: Trigger::Changed(vec![dropin]),
@@ -584,6 +604,28 @@ mod tests {
              # local edits are overwritten.\n[Service]\n\
              ExecStart=\nExecStart=\"/opt/k3s bin/k3s\" \\\n    server\n"
         );
+    }
+
+    #[test]
+    fn credentials_in_k3s_args_make_the_dropin_secret() {
+        let c = cfg(K3os {
+            k3s_args: strs(&["server", "--agent-token", "abc"]),
+            ..Default::default()
+        });
+        let r = render(&c, &env()).unwrap();
+        let d = file(&r, "/etc/systemd/system/k3s.service.d/90-bosun.conf");
+        assert_eq!((d.mode, d.secret), (0o600, true));
+        assert!(!args_carry_secret(&strs(&[
+            "server",
+            "--disable=traefik",
+            "--node-ip",
+            "1.2.3.4"
+        ])));
+        assert!(args_carry_secret(&strs(&["agent", "-t", "x"])));
+        assert!(args_carry_secret(&strs(&[
+            "server",
+            "--datastore-endpoint=mysql://u:p@h/db"
+        ])));
     }
 
     #[test]

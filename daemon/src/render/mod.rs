@@ -63,6 +63,17 @@ pub struct RenderSettings {
     pub k3s_bin: String,
 }
 
+impl RenderSettings {
+    /// Defaults for another ssh user name: home `/home/<name>`.
+    pub fn for_user(name: &str) -> Self {
+        RenderSettings {
+            ssh_user: name.to_string(),
+            ssh_home: format!("/home/{name}"),
+            ..RenderSettings::default()
+        }
+    }
+}
+
 impl Default for RenderSettings {
     fn default() -> Self {
         RenderSettings {

@@ -124,6 +124,21 @@ mod tests {
     }
 
     #[test]
+    fn configurable_user_is_created_with_its_own_home() {
+        let mut e = env();
+        e.settings = crate::render::RenderSettings::for_user("core");
+        e.ssh_keys = Some(vec![K1.into()]);
+        let r = render(&cfg_with_keys(), &e).unwrap();
+        let f = file(&r, "/home/core/.ssh/authorized_keys");
+        assert_eq!((f.uid, f.gid), (1000, 1000));
+        assert!(text(&r, "/etc/passwd").ends_with("core:x:1000:1000::/home/core:/bin/sh\n"));
+        assert!(!r
+            .state
+            .files
+            .contains_key("/home/rancher/.ssh/authorized_keys"));
+    }
+
+    #[test]
     fn existing_user_home_and_ids_are_used() {
         let mut e = env();
         e.passwd = Some(format!("{PASSWD_TXT}ops:x:1200:1300::/var/ops/:/bin/sh\n"));
