@@ -42,6 +42,9 @@ pub struct KeyFetcherConfig {
     pub max_body: usize,
     /// Directory of cached key lists (created on first write).
     pub cache_dir: PathBuf,
+    /// Extra PEM CA certificates trusted besides the bundled web PKI roots (a self-hosted GitLab
+    /// behind a private CA; tests).
+    pub extra_ca_pem: Vec<Vec<u8>>,
 }
 
 impl KeyFetcherConfig {
@@ -55,6 +58,7 @@ impl KeyFetcherConfig {
             timeout: Duration::from_secs(30),
             max_body: 64 * 1024,
             cache_dir: state_dir.join("ssh-keys"),
+            extra_ca_pem: Vec::new(),
         }
     }
 }
@@ -90,6 +94,12 @@ pub enum FetchError {
 pub enum KeysError {
     #[error("building the HTTP client for ssh key sources: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("extra CA certificate #{index} for ssh key sources is not valid PEM: {source}")]
+    Ca {
+        index: usize,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
 /// What happened to one configured source.
@@ -259,7 +269,13 @@ impl KeyFetcher {
                 attempt.error("redirect to a URL that is neither https nor loopback http")
             }
         });
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for (index, pem) in cfg.extra_ca_pem.iter().enumerate() {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|source| KeysError::Ca { index, source })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.timeout)
             .redirect(policy)

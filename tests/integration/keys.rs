@@ -375,3 +375,88 @@ async fn plain_http_off_loopback_is_refused_before_any_connection() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Serves `app` over TLS on 127.0.0.1 with a certificate made here (rcgen) and returns the
+/// base URL and the CA PEM that signs it.
+async fn start_https(app: Router) -> (String, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert_pem = ck.cert.pem().into_bytes();
+    let cert_der = ck.cert.der().clone();
+    let key_der = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert_der], key_der.into())
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return; // the client rejected our certificate
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{}", addr.port()), cert_pem)
+}
+
+#[tokio::test]
+async fn https_with_a_trusted_ca_works_and_an_untrusted_certificate_falls_back_to_cache() {
+    let mode = Arc::new(AtomicU8::new(OK));
+    let app = Router::new()
+        .route("/alice.keys", get(alice))
+        .with_state(Server { mode: mode.clone() });
+    let (base, ca_pem) = start_https(app).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = |trust: bool| {
+        let mut cfg = KeyFetcherConfig::new(state.path());
+        cfg.github_base = base.clone();
+        cfg.timeout = Duration::from_secs(5);
+        if trust {
+            cfg.extra_ca_pem = vec![ca_pem.clone()];
+        }
+        cfg
+    };
+
+    let trusted = KeyFetcher::new(config(true)).unwrap();
+    let res = trusted.resolve(&[github("alice")]).await;
+    assert_eq!(
+        res.keys,
+        vec![key(1, "alice@laptop"), key(2, "alice@phone")],
+        "{:?}",
+        res.reports
+    );
+
+    // Same server, but its CA is not trusted: a transport (certificate) failure, cache used.
+    let untrusted = KeyFetcher::new(config(false)).unwrap();
+    let err = untrusted
+        .fetch_url(&format!("{base}/alice.keys"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Transport { .. }), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    let res = untrusted.resolve(&[github("alice")]).await;
+    assert!(matches!(
+        res.reports[0].outcome,
+        SourceOutcome::Cached { count: 2, .. }
+    ));
+    assert_eq!(res.keys.len(), 2);
+}
