@@ -1,3 +1,4 @@
 //! The single integration test binary; each module is one area.
 
 mod keys;
+mod render_systemd;
