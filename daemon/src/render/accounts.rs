@@ -328,6 +328,18 @@ fn desired_hash(
     Ok(Some(sha512_hash(pw, salt)?))
 }
 
+/// A fresh 16-character crypt salt for [`super::RenderEnv::password_salt`]. Not pure: reads the
+/// OS random source (the caller's side of rendering, not rendering itself).
+pub fn random_salt() -> Result<String, getrandom::Error> {
+    const ALPHABET: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[(b & 63) as usize] as char)
+        .collect())
+}
+
 /// SHA-512 crypt (`$6$<salt>$<hash>`, default 5000 rounds) of `password` with `salt`.
 pub fn sha512_hash(password: &str, salt: &str) -> Result<String, RenderError> {
     let salt_ok = !salt.is_empty()
@@ -546,6 +558,15 @@ mod tests {
             err.to_string().contains("expected an absolute path"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn random_salt_is_accepted_by_the_hasher() {
+        let salt = super::random_salt().unwrap();
+        assert_eq!(salt.len(), 16);
+        let h = super::sha512_hash("pw", &salt).unwrap();
+        assert!(h.starts_with(&format!("$6${salt}$")));
+        sha_crypt::sha512_check("pw", &h).unwrap();
     }
 
     #[test]
