@@ -2,8 +2,8 @@
 //! [`DesiredState`] (every managed file's exact bytes, mode and owner, plus the effects those
 //! files trigger).
 //!
-//! Owns the mapping of every k3os key to its systemd-era target (see the table in
-//! `docs/ARCHITECTURE.md` / DESIGN.md "What each key becomes on disk").
+//! Owns the mapping of every k3os key to its systemd-era target (table and decisions in
+//! `docs/rendering.md`).
 //!
 //! Invariants:
 //! - **Pure.** No I/O, no clock, no randomness: the caller reads the files bosun edits in place
