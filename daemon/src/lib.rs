@@ -4,10 +4,11 @@
 //! source → snapshot → layers → config → desired state → plan → apply → effects → health.
 //! Pure parts (config merge, rendering, plan, the upgrade state machine, boot-env codecs)
 //! do no I/O; every side effect sits behind a small trait.
-
 pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod health;
+pub mod keys;
+pub mod render;
 pub mod runner;
 pub mod snapshot;

@@ -9,3 +9,5 @@ mod config_fixtures;
 mod config_merge;
 mod health;
 mod runner;
+mod keys;
+mod render_systemd;

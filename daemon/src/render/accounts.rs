@@ -1,0 +1,583 @@
+//! Accounts: the ssh user in the root's `/etc/passwd`, `/etc/group` and `/etc/shadow`, and
+//! `k3os.password` as that user's shadow hash.
+//!
+//! Invariants:
+//! - Every existing line is kept byte for byte; bosun only appends the user's lines when they are
+//!   missing and only rewrites the password field of the user's shadow line.
+//! - An existing user keeps its uid, gid and home; settings apply only when creating it.
+//! - `root` is never touched: k3os kept root locked and never gave it a password or keys. If the
+//!   root's shadow gives root a usable password, bosun leaves it (it does not own that line) and
+//!   warns.
+//! - Plaintext passwords become SHA-512 crypt (`$6$`, 5000 rounds) with the caller's salt; if the
+//!   current hash already verifies against the plaintext it is kept, so renders are stable.
+//!   Values starting with `$` are taken verbatim (as k3os's `chpasswd -e`).
+//! - No configured password leaves the current hash alone (k3os did nothing either).
+
+use super::{lines_with_ends, push_line, root_file, Builder, RenderError, RenderSettings};
+use super::{GROUP, PASSWD, SHADOW};
+use crate::config::Secret;
+
+/// One parsed `/etc/passwd` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+/// One parsed `/etc/group` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub name: String,
+    pub gid: u32,
+}
+
+/// The root's users and groups, for owner resolution. Malformed lines are ignored here (and
+/// preserved in the files).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountDb {
+    pub users: Vec<PasswdEntry>,
+    pub groups: Vec<GroupEntry>,
+}
+
+impl AccountDb {
+    pub fn parse(passwd: &str, group: &str) -> AccountDb {
+        let users = passwd
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                if f.len() < 7 || f[0].is_empty() || f[0].starts_with(['+', '-', '#']) {
+                    return None;
+                }
+                Some(PasswdEntry {
+                    name: f[0].to_string(),
+                    uid: f[2].parse().ok()?,
+                    gid: f[3].parse().ok()?,
+                    home: f[5].to_string(),
+                })
+            })
+            .collect();
+        let groups = group
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                if f.len() < 3 || f[0].is_empty() || f[0].starts_with(['+', '-', '#']) {
+                    return None;
+                }
+                Some(GroupEntry {
+                    name: f[0].to_string(),
+                    gid: f[2].parse().ok()?,
+                })
+            })
+            .collect();
+        AccountDb { users, groups }
+    }
+
+    pub fn user(&self, name: &str) -> Option<&PasswdEntry> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    pub fn user_by_uid(&self, uid: u32) -> Option<&PasswdEntry> {
+        self.users.iter().find(|u| u.uid == uid)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&GroupEntry> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    pub fn group_by_gid(&self, gid: u32) -> Option<&GroupEntry> {
+        self.groups.iter().find(|g| g.gid == gid)
+    }
+
+    pub fn user_names(&self) -> Vec<String> {
+        self.users.iter().map(|u| u.name.clone()).collect()
+    }
+
+    pub fn group_names(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.name.clone()).collect()
+    }
+}
+
+/// The account files after the ssh user is ensured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accounts {
+    pub passwd: String,
+    pub group: String,
+    pub shadow: String,
+    /// The ssh user as it ends up in `passwd`.
+    pub user: PasswdEntry,
+    /// gid of the `shadow` group, 0 when there is none.
+    pub shadow_gid: u32,
+    pub db: AccountDb,
+}
+
+impl Accounts {
+    /// Adds `/etc/passwd` (0644), `/etc/group` (0644) and `/etc/shadow` (0640 root:shadow, or
+    /// root:root when there is no shadow group; secret).
+    pub(crate) fn emit(&self, b: &mut Builder) {
+        b.put(root_file(
+            PASSWD,
+            self.passwd.clone().into_bytes(),
+            0o644,
+            "accounts",
+        ));
+        b.put(root_file(
+            GROUP,
+            self.group.clone().into_bytes(),
+            0o644,
+            "accounts",
+        ));
+        let mut shadow = root_file(SHADOW, self.shadow.clone().into_bytes(), 0o640, "accounts");
+        shadow.gid = self.shadow_gid;
+        shadow.secret = true;
+        b.put(shadow);
+    }
+}
+
+fn valid_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.len() <= 32
+}
+
+/// Ensures the ssh user exists in the account files and carries the configured password.
+/// Pure: takes the current contents, returns the new ones. Missing files are seeded with a
+/// locked root entry (and a warning), never left without root.
+#[allow(clippy::too_many_arguments)]
+pub fn ensure_user(
+    passwd: Option<&str>,
+    group: Option<&str>,
+    shadow: Option<&str>,
+    settings: &RenderSettings,
+    password: Option<&Secret>,
+    salt: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Accounts, RenderError> {
+    let name = settings.ssh_user.as_str();
+    if name == "root" {
+        return Err(RenderError::SshUserIsRoot);
+    }
+    if !valid_user_name(name) {
+        return Err(RenderError::InvalidValue {
+            key: "ssh user".into(),
+            reason: format!("'{name}' is not a valid user name (expected [a-z_][a-z0-9_-]*)"),
+        });
+    }
+    let mut seeded = |file: &str, text: Option<&str>, seed: &str| -> String {
+        match text {
+            Some(t) => t.to_string(),
+            None => {
+                warnings.push(format!(
+                    "{file} is missing under the root; starting from a locked root entry"
+                ));
+                seed.to_string()
+            }
+        }
+    };
+    let mut passwd = seeded(PASSWD, passwd, "root:x:0:0:root:/root:/bin/sh\n");
+    let mut group = seeded(GROUP, group, "root:x:0:\n");
+    let shadow = seeded(SHADOW, shadow, "root:*:::::::\n");
+
+    let db = AccountDb::parse(&passwd, &group);
+    if db.user(name).is_none() {
+        let gid = match db.group(name) {
+            Some(g) => g.gid,
+            None => {
+                if let Some(other) = db.group_by_gid(settings.ssh_gid) {
+                    return Err(RenderError::GidTaken {
+                        group: name.into(),
+                        gid: settings.ssh_gid,
+                        taken_by: other.name.clone(),
+                    });
+                }
+                push_line(&mut group, &format!("{name}:x:{}:", settings.ssh_gid));
+                settings.ssh_gid
+            }
+        };
+        if let Some(other) = db.user_by_uid(settings.ssh_uid) {
+            return Err(RenderError::UidTaken {
+                user: name.into(),
+                uid: settings.ssh_uid,
+                taken_by: other.name.clone(),
+            });
+        }
+        push_line(
+            &mut passwd,
+            &format!(
+                "{name}:x:{}:{gid}::{}:{}",
+                settings.ssh_uid, settings.ssh_home, settings.ssh_shell
+            ),
+        );
+    }
+    let db = AccountDb::parse(&passwd, &group);
+    let user = db
+        .user(name)
+        .cloned()
+        .expect("ssh user was just ensured in passwd");
+    if !user.home.starts_with('/') {
+        return Err(RenderError::InvalidValue {
+            key: "ssh user".into(),
+            reason: format!(
+                "'{name}' has home directory '{}' in the root's /etc/passwd; expected an \
+                 absolute path (authorized_keys lives there)",
+                user.home
+            ),
+        });
+    }
+
+    let shadow = ensure_shadow(&shadow, name, password, salt, warnings)?;
+    let shadow_gid = db.group("shadow").map(|g| g.gid).unwrap_or(0);
+    Ok(Accounts {
+        passwd,
+        group,
+        shadow,
+        user,
+        shadow_gid,
+        db,
+    })
+}
+
+/// Rewrites the password field of `user`'s shadow line (adding the line if missing); every other
+/// line is kept byte for byte.
+fn ensure_shadow(
+    shadow: &str,
+    user: &str,
+    password: Option<&Secret>,
+    salt: &str,
+    warnings: &mut Vec<String>,
+) -> Result<String, RenderError> {
+    let mut out = String::with_capacity(shadow.len() + 128);
+    let mut found = false;
+    for line in lines_with_ends(shadow) {
+        let body = line.trim_end_matches('\n');
+        let mut fields = body.splitn(3, ':');
+        let name = fields.next().unwrap_or("");
+        let field = fields.next();
+        if name == "root" {
+            if let Some(f) = field {
+                if f.is_empty() {
+                    warnings.push(
+                        "/etc/shadow: root has an EMPTY password (anyone can log in as root); \
+                         bosun leaves root's entry alone — lock it with `passwd -l root`"
+                            .into(),
+                    );
+                } else if !f.starts_with(['!', '*']) {
+                    warnings.push(
+                        "/etc/shadow: root has a usable password; k3os kept root locked. bosun \
+                         leaves root's entry alone"
+                            .into(),
+                    );
+                }
+            }
+        }
+        if name != user || found {
+            out.push_str(line);
+            continue;
+        }
+        found = true;
+        let (Some(current), Some(rest)) = (field, fields.next()) else {
+            // Malformed line for our user (fewer than 3 fields): rebuild it.
+            let hash = desired_hash(None, password, salt)?.unwrap_or_else(|| "*".into());
+            out.push_str(&format!("{user}:{hash}:::::::"));
+            out.push_str(if line.ends_with('\n') { "\n" } else { "" });
+            continue;
+        };
+        match desired_hash(Some(current), password, salt)? {
+            Some(hash) if hash != current => {
+                out.push_str(&format!("{user}:{hash}:{rest}"));
+                out.push_str(if line.ends_with('\n') { "\n" } else { "" });
+            }
+            _ => out.push_str(line),
+        }
+    }
+    if !found {
+        let hash = desired_hash(None, password, salt)?.unwrap_or_else(|| "*".into());
+        push_line(&mut out, &format!("{user}:{hash}:::::::"));
+    }
+    Ok(out)
+}
+
+/// The hash field the user should have, or `None` to leave it as it is.
+fn desired_hash(
+    current: Option<&str>,
+    password: Option<&Secret>,
+    salt: &str,
+) -> Result<Option<String>, RenderError> {
+    let Some(pw) = password else {
+        return Ok(None);
+    };
+    let pw = pw.expose();
+    if pw.contains([':', '\n', '\r']) {
+        return Err(RenderError::InvalidValue {
+            key: "k3os.password".into(),
+            reason: "must not contain ':' or line breaks".into(),
+        });
+    }
+    if pw.starts_with('$') {
+        return Ok(Some(pw.to_string()));
+    }
+    if let Some(cur) = current {
+        let verifies = (cur.starts_with("$6$") && sha_crypt::sha512_check(pw, cur).is_ok())
+            || (cur.starts_with("$5$") && sha_crypt::sha256_check(pw, cur).is_ok());
+        if verifies {
+            return Ok(Some(cur.to_string()));
+        }
+    }
+    Ok(Some(sha512_hash(pw, salt)?))
+}
+
+/// A fresh 16-character crypt salt for [`super::RenderEnv::password_salt`]. Not pure: reads the
+/// OS random source (the caller's side of rendering, not rendering itself).
+pub fn random_salt() -> Result<String, getrandom::Error> {
+    const ALPHABET: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[(b & 63) as usize] as char)
+        .collect())
+}
+
+/// SHA-512 crypt (`$6$<salt>$<hash>`, default 5000 rounds) of `password` with `salt`.
+pub fn sha512_hash(password: &str, salt: &str) -> Result<String, RenderError> {
+    let salt_ok = !salt.is_empty()
+        && salt.len() <= 16
+        && salt
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'/');
+    if !salt_ok {
+        return Err(RenderError::InvalidValue {
+            key: "password salt".into(),
+            reason: "expected 1-16 characters of [./0-9A-Za-z]".into(),
+        });
+    }
+    let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT).map_err(|_| {
+        RenderError::InvalidValue {
+            key: "password salt".into(),
+            reason: "sha-512 crypt parameters rejected".into(),
+        }
+    })?;
+    let b64 = sha_crypt::sha512_crypt_b64(password.as_bytes(), salt.as_bytes(), &params).map_err(
+        |_| RenderError::InvalidValue {
+            key: "k3os.password".into(),
+            reason: "sha-512 crypt failed".into(),
+        },
+    )?;
+    Ok(format!("$6${salt}${b64}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::{render, RenderError};
+    use crate::config::{NodeConfig, Secret};
+
+    fn shadow_field(shadow: &str, user: &str) -> String {
+        shadow
+            .lines()
+            .find(|l| l.starts_with(&format!("{user}:")))
+            .unwrap()
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn creates_rancher_and_preserves_existing_lines() {
+        let r = render(&NodeConfig::default(), &env()).unwrap();
+        let passwd = text(&r, "/etc/passwd");
+        assert_eq!(
+            passwd,
+            format!("{PASSWD_TXT}rancher:x:1000:1000::/home/rancher:/bin/sh\n")
+        );
+        assert_eq!(
+            text(&r, "/etc/group"),
+            format!("{GROUP_TXT}rancher:x:1000:\n")
+        );
+        assert_eq!(
+            text(&r, "/etc/shadow"),
+            format!("{SHADOW_TXT}rancher:*:::::::\n")
+        );
+        let sh = file(&r, "/etc/shadow");
+        assert_eq!((sh.mode, sh.uid, sh.gid, sh.secret), (0o640, 0, 42, true));
+        let pw = file(&r, "/etc/passwd");
+        assert_eq!((pw.mode, pw.uid, pw.gid, pw.secret), (0o644, 0, 0, false));
+    }
+
+    #[test]
+    fn existing_user_lines_are_kept_byte_for_byte_even_without_final_newline() {
+        let mut e = env();
+        let passwd = "root:x:0:0::/root:/bin/sh\nrancher:x:1001:1001:R:/var/rancher:/bin/ash";
+        let group = "root:x:0:\nrancher:x:1001:";
+        let shadow = "root:!:1::::::\nrancher:$6$abc$def:19000:0:99999:7:::";
+        e.passwd = Some(passwd.into());
+        e.group = Some(group.into());
+        e.shadow = Some(shadow.into());
+        let r = render(&NodeConfig::default(), &e).unwrap();
+        assert_eq!(text(&r, "/etc/passwd"), passwd);
+        assert_eq!(text(&r, "/etc/group"), group);
+        assert_eq!(text(&r, "/etc/shadow"), shadow);
+        // No shadow group: root:root.
+        assert_eq!(file(&r, "/etc/shadow").gid, 0);
+    }
+
+    #[test]
+    fn plaintext_password_is_sha512_crypt_with_callers_salt_and_other_fields_kept() {
+        let mut e = env();
+        e.shadow = Some(format!("{SHADOW_TXT}rancher:!:19001:0:99999:7:::\n"));
+        let mut cfg = NodeConfig::default();
+        cfg.k3os.password = Some(Secret("supersecure".into()));
+        let r = render(&cfg, &e).unwrap();
+        let shadow = text(&r, "/etc/shadow");
+        let hash = shadow_field(&shadow, "rancher");
+        assert!(hash.starts_with("$6$saltsaltsaltsalt$"), "{hash}");
+        sha_crypt::sha512_check("supersecure", &hash).expect("hash verifies");
+        assert!(sha_crypt::sha512_check("wrong", &hash).is_err());
+        assert!(shadow.ends_with(&format!("rancher:{hash}:19001:0:99999:7:::\n")));
+        assert!(shadow.starts_with(SHADOW_TXT));
+    }
+
+    #[test]
+    fn known_answer_sha512_crypt() {
+        // Test vector from Drepper's SHA-crypt specification.
+        let h = super::sha512_hash("Hello world!", "saltstring").unwrap();
+        assert_eq!(
+            h,
+            "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1"
+        );
+    }
+
+    #[test]
+    fn existing_hash_that_verifies_is_kept_so_render_is_stable() {
+        let existing = super::sha512_hash("pw", "othersalt").unwrap();
+        let mut e = env();
+        e.shadow = Some(format!("rancher:{existing}:1::::::\n"));
+        let mut cfg = NodeConfig::default();
+        cfg.k3os.password = Some(Secret("pw".into()));
+        let r = render(&cfg, &e).unwrap();
+        assert_eq!(shadow_field(&text(&r, "/etc/shadow"), "rancher"), existing);
+        // A different plaintext is rehashed with the caller's salt.
+        cfg.k3os.password = Some(Secret("pw2".into()));
+        let r = render(&cfg, &e).unwrap();
+        let h = shadow_field(&text(&r, "/etc/shadow"), "rancher");
+        assert!(h.starts_with("$6$saltsaltsaltsalt$"));
+    }
+
+    #[test]
+    fn crypt_value_is_kept_verbatim() {
+        let mut cfg = NodeConfig::default();
+        cfg.k3os.password = Some(Secret("$1$tYtghCfK$QHa51MS6MVAcfUKuOzNKt0".into()));
+        let r = render(&cfg, &env()).unwrap();
+        assert_eq!(
+            shadow_field(&text(&r, "/etc/shadow"), "rancher"),
+            "$1$tYtghCfK$QHa51MS6MVAcfUKuOzNKt0"
+        );
+    }
+
+    #[test]
+    fn root_entry_is_never_changed_and_a_usable_root_password_is_warned() {
+        let mut e = env();
+        e.shadow = Some("root:$6$x$y:1::::::\n".into());
+        let mut cfg = NodeConfig::default();
+        cfg.k3os.password = Some(Secret("pw".into()));
+        let r = render(&cfg, &e).unwrap();
+        assert!(text(&r, "/etc/shadow").starts_with("root:$6$x$y:1::::::\n"));
+        assert!(r
+            .warnings
+            .iter()
+            .any(|w| w.contains("root has a usable password")));
+        assert!(
+            !r.warnings.iter().any(|w| w.contains("$6$")),
+            "no hash in warnings"
+        );
+    }
+
+    #[test]
+    fn ssh_user_root_is_refused() {
+        let mut e = env();
+        e.settings.ssh_user = "root".into();
+        assert_eq!(
+            render(&NodeConfig::default(), &e).unwrap_err(),
+            RenderError::SshUserIsRoot
+        );
+    }
+
+    #[test]
+    fn uid_taken_by_another_user_is_an_error_naming_it() {
+        let mut e = env();
+        e.passwd = Some(format!("{PASSWD_TXT}pi:x:1000:1000::/home/pi:/bin/bash\n"));
+        e.group = Some(format!("{GROUP_TXT}rancher:x:1005:\n"));
+        let err = render(&NodeConfig::default(), &e).unwrap_err();
+        assert_eq!(
+            err,
+            RenderError::UidTaken {
+                user: "rancher".into(),
+                uid: 1000,
+                taken_by: "pi".into()
+            }
+        );
+        assert!(err.to_string().contains("'pi'"));
+    }
+
+    #[test]
+    fn existing_group_is_reused_as_primary_group() {
+        let mut e = env();
+        e.group = Some(format!("{GROUP_TXT}rancher:x:1005:\n"));
+        let r = render(&NodeConfig::default(), &e).unwrap();
+        assert!(text(&r, "/etc/passwd").ends_with("rancher:x:1000:1005::/home/rancher:/bin/sh\n"));
+        assert_eq!(
+            text(&r, "/etc/group"),
+            format!("{GROUP_TXT}rancher:x:1005:\n")
+        );
+    }
+
+    #[test]
+    fn missing_files_are_seeded_with_locked_root() {
+        let mut e = env();
+        e.passwd = None;
+        e.group = None;
+        e.shadow = None;
+        let r = render(&NodeConfig::default(), &e).unwrap();
+        assert_eq!(
+            text(&r, "/etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nrancher:x:1000:1000::/home/rancher:/bin/sh\n"
+        );
+        assert_eq!(text(&r, "/etc/shadow"), "root:*:::::::\nrancher:*:::::::\n");
+        assert_eq!(r.warnings.len(), 3);
+    }
+
+    #[test]
+    fn existing_user_without_absolute_home_is_an_error() {
+        let mut e = env();
+        e.passwd = Some(format!("{PASSWD_TXT}rancher:x:1000:1000:::/bin/sh\n"));
+        let err = render(&NodeConfig::default(), &e).unwrap_err();
+        assert!(
+            err.to_string().contains("expected an absolute path"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn random_salt_is_accepted_by_the_hasher() {
+        let salt = super::random_salt().unwrap();
+        assert_eq!(salt.len(), 16);
+        let h = super::sha512_hash("pw", &salt).unwrap();
+        assert!(h.starts_with(&format!("$6${salt}$")));
+        sha_crypt::sha512_check("pw", &h).unwrap();
+    }
+
+    #[test]
+    fn bad_salt_is_rejected() {
+        let mut e = env();
+        e.password_salt = "bad salt!".into();
+        let mut cfg = NodeConfig::default();
+        cfg.k3os.password = Some(Secret("pw".into()));
+        assert!(matches!(
+            render(&cfg, &e).unwrap_err(),
+            RenderError::InvalidValue { key, .. } if key == "password salt"
+        ));
+    }
+}
