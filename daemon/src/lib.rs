@@ -4,6 +4,7 @@
 //! source → snapshot → layers → config → desired state → plan → apply → effects → health.
 //! Pure parts (config merge, rendering, plan, the upgrade state machine, boot-env codecs)
 //! do no I/O; every side effect sits behind a small trait.
+
 pub mod cli;
 pub mod config;
 pub mod desired;
