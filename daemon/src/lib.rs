@@ -5,6 +5,10 @@
 //! Pure parts (config merge, rendering, plan, the upgrade state machine, boot-env codecs)
 //! do no I/O; every side effect sits behind a small trait.
 
+pub mod apply;
 pub mod config;
 pub mod desired;
+pub mod fsroot;
+pub mod plan;
 pub mod snapshot;
+pub mod statefile;
