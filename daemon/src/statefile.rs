@@ -139,8 +139,8 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
 pub fn sweep_temps(dir: &Path) -> Result<usize, StateFileError> {
     let dirfd = open_dir(dir, dir)?;
     let mut names = Vec::new();
-    let mut it = rfs::Dir::read_from(&dirfd).map_err(err(dir, "list directory"))?;
-    while let Some(entry) = it.next() {
+    let it = rfs::Dir::read_from(&dirfd).map_err(err(dir, "list directory"))?;
+    for entry in it {
         let entry = entry.map_err(err(dir, "list directory"))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if is_state_temp(&name) {

@@ -1,1 +1,4 @@
-
+mod apply_crash;
+mod apply_fs;
+#[path = "support/apply.rs"]
+mod support_apply;

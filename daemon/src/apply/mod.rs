@@ -309,6 +309,17 @@ pub fn apply_with(
     for d in &plan.deletes {
         split_node_path(&d.path)?;
     }
+    // Resolve every existing parent before writing anything, so a parent that escapes the
+    // root or is not a directory fails the apply with nothing written.
+    let mut dirs = Dirs::new(root);
+    for (dir, _, f) in &targets {
+        if !dirs.open.contains_key(dir) {
+            // Resolve via the file's path so an error names the file.
+            if let Some(parent) = root.open_parent(&f.path, false)? {
+                dirs.open.insert(dir.clone(), parent.dir);
+            }
+        }
+    }
 
     let txid = new_txid();
     let intent = Intent::new(
@@ -317,7 +328,6 @@ pub fn apply_with(
     );
     journal::write_intent(state_dir, &intent)?;
 
-    let mut dirs = Dirs::new(root);
     let mut renames = Vec::with_capacity(targets.len());
     let staged = stage_all(&mut dirs, &targets, &txid, opts, &mut renames);
     if let Err(e) = staged {
@@ -485,8 +495,17 @@ fn roll_forward(
 fn sweep_intent(root: &Root, intent: &Intent) -> Result<usize, ApplyError> {
     let mut removed = 0;
     for dir in &intent.dirs {
-        let Some(fd) = root.open_dir(dir, false)? else {
-            continue;
+        let fd = match root.open_dir(dir, false) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => continue,
+            // No temp can have been staged through a parent that does not resolve beneath the
+            // root to a directory.
+            Err(
+                FsError::Escape { .. }
+                | FsError::NotADirectory { .. }
+                | FsError::SymlinkLoop { .. },
+            ) => continue,
+            Err(e) => return Err(e.into()),
         };
         let io = |op| {
             let root = root.path().to_path_buf();
