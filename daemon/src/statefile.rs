@@ -133,9 +133,8 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
     }
 }
 
-/// Removes temp files left in `dir` by [`write_atomic`] calls that died (any
-/// `.<name>.tmp.<pid>.<hex>`); returns how many. Only call while no other writer uses `dir`.
-/// Writes to disk.
+/// Removes temp files left in `dir` by [`write_atomic`] calls whose process died (any
+/// `.<name>.tmp.<pid>.<hex>` whose pid is not running); returns how many. Writes to disk.
 pub fn sweep_temps(dir: &Path) -> Result<usize, StateFileError> {
     let dirfd = open_dir(dir, dir)?;
     let mut names = Vec::new();
@@ -143,8 +142,12 @@ pub fn sweep_temps(dir: &Path) -> Result<usize, StateFileError> {
     for entry in it {
         let entry = entry.map_err(err(dir, "list directory"))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if is_state_temp(&name) {
-            names.push(name);
+        if let Some(pid) = state_temp_pid(&name) {
+            // A live writer (this process, or another bosun process) may be about to rename
+            // it; only a dead writer's temp is stale.
+            if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+                names.push(name);
+            }
         }
     }
     for n in &names {
@@ -159,20 +162,20 @@ pub fn sweep_temps(dir: &Path) -> Result<usize, StateFileError> {
     Ok(names.len())
 }
 
-fn is_state_temp(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix('.') else {
-        return false;
-    };
+/// The writer's pid if `name` is a [`write_atomic`] temp (`.<name>.tmp.<pid>.<12 hex>`).
+fn state_temp_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
     let mut parts = rest.rsplitn(3, '.');
-    let (Some(rand), Some(pid), Some(head)) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    head.ends_with(".tmp")
-        && head.len() > 4
-        && pid.bytes().all(|b| b.is_ascii_digit())
-        && !pid.is_empty()
+    let (rand, pid, head) = (parts.next()?, parts.next()?, parts.next()?);
+    let ok = head.len() > 4
+        && head.ends_with(".tmp")
         && rand.len() == 12
-        && rand.bytes().all(|b| b.is_ascii_hexdigit())
+        && rand.bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        pid.parse().ok()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -206,7 +209,11 @@ mod tests {
     #[test]
     fn sweep_removes_only_state_temps() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join(".journal.json.tmp.123.00112233aabb"), b"x").unwrap();
+        // pid 0 is never a process that can own a temp: stale.
+        std::fs::write(d.path().join(".journal.json.tmp.0.00112233aabb"), b"x").unwrap();
+        // Our own pid: a concurrent writer in this process, kept.
+        let live = format!(".managed.json.tmp.{}.00112233aabb", std::process::id());
+        std::fs::write(d.path().join(&live), b"x").unwrap();
         std::fs::write(d.path().join("journal.json"), b"keep").unwrap();
         std::fs::write(d.path().join(".hidden.tmp"), b"keep").unwrap();
         assert_eq!(sweep_temps(d.path()).unwrap(), 1);
@@ -215,6 +222,8 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, vec![".hidden.tmp", "journal.json"]);
+        let mut want = vec![".hidden.tmp".to_string(), "journal.json".to_string(), live];
+        want.sort();
+        assert_eq!(left, want);
     }
 }

@@ -39,11 +39,14 @@ fn no_leftovers(root: &Path, state: &Path) {
 
 #[test]
 fn apply_creates_files_with_mode_owner_and_parents_then_is_idempotent() {
-    for durability in [Durability::FsyncEach, Durability::SyncfsOnce] {
+    for (durability, resolver) in [
+        (Durability::FsyncEach, Resolver::Openat2),
+        (Durability::SyncfsOnce, Resolver::Walk),
+    ] {
         let t = tempfile::tempdir().unwrap();
         let (rootp, state) = (t.path().join("root"), t.path().join("state"));
         std::fs::create_dir(&rootp).unwrap();
-        let root = Root::open(&rootp).unwrap();
+        let root = Root::open_with_resolver(&rootp, resolver).unwrap();
         let d = desired([
             file("/etc/rancher/k3s/config.yaml", "token: x\n", 0o600, 0, 0),
             file(
@@ -214,6 +217,8 @@ fn observation_refuses_symlinked_parent_out_of_root() {
         std::os::unix::fs::symlink(&outside, rootp.join("etc")).unwrap();
         std::os::unix::fs::symlink("../outside", rootp.join("rel")).unwrap();
         std::os::unix::fs::symlink("real", rootp.join("inside")).unwrap();
+        std::fs::create_dir_all(rootp.join("nested")).unwrap();
+        std::os::unix::fs::symlink("../real", rootp.join("nested/back")).unwrap();
         let root = Root::open_with_resolver(&rootp, resolver).unwrap();
 
         for path in ["/etc/passwd", "/rel/passwd"] {
@@ -224,8 +229,10 @@ fn observation_refuses_symlinked_parent_out_of_root() {
             );
             assert!(e.to_string().contains(path), "{e}");
         }
-        let inside = root.observe_one("/inside/passwd").unwrap().unwrap();
-        assert_eq!(inside.content, b"inside\n");
+        for path in ["/inside/passwd", "/nested/back/passwd"] {
+            let inside = root.observe_one(path).unwrap().unwrap();
+            assert_eq!(inside.content, b"inside\n", "{resolver:?} {path}");
+        }
 
         // Apply refuses to write through the escaping parent; nothing outside changes.
         let state = t.path().join("state");

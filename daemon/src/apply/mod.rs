@@ -48,7 +48,7 @@ use rustix::io::Errno;
 
 use crate::desired::DesiredFile;
 use crate::fsroot::{parent_node_path, split_node_path, FsError, Root};
-use crate::plan::Plan;
+use crate::plan::{FileChange, Plan};
 use crate::statefile::{self, StateFileError};
 use journal::{Intent, Journal, JournalError, StagedRename};
 
@@ -288,12 +288,7 @@ pub fn apply_with(
         recovery: recover_locked(root, state_dir)?,
         ..ApplyReport::default()
     };
-    let changes: Vec<&DesiredFile> = plan
-        .creates
-        .iter()
-        .chain(&plan.updates)
-        .map(|c| &c.desired)
-        .collect();
+    let changes: Vec<&FileChange> = plan.creates.iter().chain(&plan.updates).collect();
     if changes.is_empty() && plan.deletes.is_empty() {
         if load_managed(state_dir)? != plan.managed_after {
             write_managed(state_dir, &plan.managed_after)?;
@@ -302,9 +297,9 @@ pub fn apply_with(
     }
     // Validate every path before any write.
     let mut targets = Vec::with_capacity(changes.len());
-    for f in &changes {
-        let (_, name) = split_node_path(&f.path)?;
-        targets.push((parent_node_path(&f.path)?, name.to_string(), *f));
+    for c in &changes {
+        let (_, name) = split_node_path(&c.path)?;
+        targets.push((parent_node_path(&c.path)?, name.to_string(), *c));
     }
     for d in &plan.deletes {
         split_node_path(&d.path)?;
@@ -356,32 +351,33 @@ pub fn apply_with(
 
 fn stage_all(
     dirs: &mut Dirs<'_>,
-    targets: &[(String, String, &DesiredFile)],
+    targets: &[(String, String, &FileChange)],
     txid: &str,
     opts: ApplyOptions,
     renames: &mut Vec<StagedRename>,
 ) -> Result<(), ApplyError> {
     let root = dirs.root;
-    for (dir, name, f) in targets {
+    for (dir, name, c) in targets {
+        let f = &c.desired;
         let temp = temp_name(name, txid);
-        let io = io_err(root, &f.path, "stage");
+        let io = io_err(root, &c.path, "stage");
         let dirfd = dirs
             .get(dir, true)?
             .ok_or_else(|| io(Errno::NOENT))?
             .try_clone()
             .map_err(|e| ApplyError::Io {
-                path: f.path.clone(),
+                path: c.path.clone(),
                 op: "dup directory handle",
                 root: root.path().to_path_buf(),
                 source: e,
             })?;
         // Record first so a failure part-way through removes this temp too.
         renames.push(StagedRename {
-            path: f.path.clone(),
+            path: c.path.clone(),
             temp: temp.clone(),
         });
         dirs.touched.insert(dir.clone());
-        stage_one(root, dirfd.as_fd(), &temp, f, opts.durability)?;
+        stage_one(root, dirfd.as_fd(), &temp, &c.path, f, opts.durability)?;
     }
     match opts.durability {
         Durability::FsyncEach => dirs.sync_touched()?,
@@ -404,6 +400,7 @@ fn stage_one(
     root: &Root,
     dirfd: std::os::fd::BorrowedFd<'_>,
     temp: &str,
+    path: &str,
     f: &DesiredFile,
     durability: Durability,
 ) -> Result<(), ApplyError> {
@@ -413,10 +410,10 @@ fn stage_one(
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )
-    .map_err(io_err(root, &f.path, "create temp file"))?;
+    .map_err(io_err(root, path, "create temp file"))?;
     let mut file = std::fs::File::from(fd);
     file.write_all(&f.content).map_err(|e| ApplyError::Io {
-        path: f.path.clone(),
+        path: path.to_string(),
         op: "write temp file",
         root: root.path().to_path_buf(),
         source: e,
@@ -426,14 +423,14 @@ fn stage_one(
         Some(rustix::process::Uid::from_raw(f.uid)),
         Some(rustix::process::Gid::from_raw(f.gid)),
     )
-    .map_err(io_err(root, &f.path, "chown temp file"))?;
+    .map_err(io_err(root, path, "chown temp file"))?;
     rfs::fchmod(&file, Mode::from_raw_mode(f.mode & 0o7777)).map_err(io_err(
         root,
-        &f.path,
+        path,
         "chmod temp file",
     ))?;
     if durability == Durability::FsyncEach {
-        rfs::fsync(&file).map_err(io_err(root, &f.path, "fsync temp file"))?;
+        rfs::fsync(&file).map_err(io_err(root, path, "fsync temp file"))?;
     }
     Ok(())
 }
