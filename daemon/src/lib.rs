@@ -5,11 +5,15 @@
 //! Pure parts (config merge, rendering, plan, the upgrade state machine, boot-env codecs)
 //! do no I/O; every side effect sits behind a small trait.
 
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod desired;
+pub mod fsroot;
 pub mod health;
 pub mod keys;
+pub mod plan;
 pub mod render;
 pub mod runner;
 pub mod snapshot;
+pub mod statefile;

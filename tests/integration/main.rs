@@ -4,10 +4,13 @@
 
 mod support;
 
+mod apply_crash;
+mod apply_fs;
 mod config_cli;
 mod config_fixtures;
 mod config_merge;
 mod health;
-mod runner;
 mod keys;
 mod render_systemd;
+mod runner;
+mod support_apply;

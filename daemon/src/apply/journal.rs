@@ -1,0 +1,190 @@
+//! The two records an apply keeps in the state directory, both written with
+//! [`crate::statefile::write_atomic`] so each is either absent or complete:
+//!
+//! - [`Intent`] (`apply-intent.json`), written before the first temp file is staged: the
+//!   transaction id and every directory that may receive a temp file. It lets recovery find and
+//!   remove temps of a transaction that never committed.
+//! - [`Journal`] (`apply-journal.json`), written after every temp is durable: the renames and
+//!   deletes that make up the commit and the managed set after it. Its atomic rename into
+//!   place is the commit point; recovery rolls a present journal forward.
+//!
+//! Both are versioned JSON; an unknown version or unparsable record is an error, never
+//! guessed at.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::statefile::{self, StateFileError};
+
+pub const JOURNAL_FILE: &str = "apply-journal.json";
+pub const INTENT_FILE: &str = "apply-intent.json";
+const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(transparent)]
+    Io(#[from] StateFileError),
+    #[error("{path}: not a valid bosun apply record (version {VERSION} JSON expected): {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: record version {found} is not supported (expected {VERSION})")]
+    Version { path: PathBuf, found: u32 },
+}
+
+/// One staged file: `temp` (a file name in the directory of `path`) is renamed onto `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedRename {
+    /// Node path of the final file.
+    pub path: String,
+    /// File name of the staged temp file, in the same directory.
+    pub temp: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub version: u32,
+    pub txid: String,
+    pub renames: Vec<StagedRename>,
+    /// Node paths to unlink.
+    pub deletes: Vec<String>,
+    pub managed_after: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub version: u32,
+    pub txid: String,
+    /// Node paths of directories that may hold this transaction's temp files.
+    pub dirs: BTreeSet<String>,
+}
+
+impl Journal {
+    pub fn new(
+        txid: String,
+        renames: Vec<StagedRename>,
+        deletes: Vec<String>,
+        managed_after: BTreeSet<String>,
+    ) -> Self {
+        Journal {
+            version: VERSION,
+            txid,
+            renames,
+            deletes,
+            managed_after,
+        }
+    }
+}
+
+impl Intent {
+    pub fn new(txid: String, dirs: BTreeSet<String>) -> Self {
+        Intent {
+            version: VERSION,
+            txid,
+            dirs,
+        }
+    }
+}
+
+fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), JournalError> {
+    let bytes = serde_json::to_vec_pretty(value).expect("journal records always serialise");
+    statefile::write_atomic(path, &bytes, 0o600)?;
+    Ok(())
+}
+
+fn read<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    version: impl Fn(&T) -> u32,
+) -> Result<Option<T>, JournalError> {
+    let Some(bytes) = statefile::read_optional(path)? else {
+        return Ok(None);
+    };
+    let value: T = serde_json::from_slice(&bytes).map_err(|source| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let found = version(&value);
+    if found != VERSION {
+        return Err(JournalError::Version {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    Ok(Some(value))
+}
+
+/// Writes the journal durably: this is the commit point. Writes to disk.
+pub fn write_journal(state_dir: &Path, j: &Journal) -> Result<(), JournalError> {
+    write(&state_dir.join(JOURNAL_FILE), j)
+}
+
+/// Reads the journal if one is present. Reads the filesystem only.
+pub fn read_journal(state_dir: &Path) -> Result<Option<Journal>, JournalError> {
+    read(&state_dir.join(JOURNAL_FILE), |j: &Journal| j.version)
+}
+
+/// Removes the journal durably (the transaction is complete). Writes to disk.
+pub fn remove_journal(state_dir: &Path) -> Result<(), JournalError> {
+    Ok(statefile::remove_durable(&state_dir.join(JOURNAL_FILE))?)
+}
+
+/// Writes the intent record durably. Writes to disk.
+pub fn write_intent(state_dir: &Path, i: &Intent) -> Result<(), JournalError> {
+    write(&state_dir.join(INTENT_FILE), i)
+}
+
+/// Reads the intent record if one is present. Reads the filesystem only.
+pub fn read_intent(state_dir: &Path) -> Result<Option<Intent>, JournalError> {
+    read(&state_dir.join(INTENT_FILE), |i: &Intent| i.version)
+}
+
+/// Removes the intent record durably. Writes to disk.
+pub fn remove_intent(state_dir: &Path) -> Result<(), JournalError> {
+    Ok(statefile::remove_durable(&state_dir.join(INTENT_FILE))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_round_trips_and_rejects_garbage() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(read_journal(d.path()).unwrap(), None);
+        let j = Journal::new(
+            "abc".into(),
+            vec![StagedRename {
+                path: "/etc/a".into(),
+                temp: ".bosun-tmp.a.abc".into(),
+            }],
+            vec!["/etc/old".into()],
+            ["/etc/a".to_string()].into(),
+        );
+        write_journal(d.path(), &j).unwrap();
+        assert_eq!(read_journal(d.path()).unwrap(), Some(j));
+        remove_journal(d.path()).unwrap();
+        assert_eq!(read_journal(d.path()).unwrap(), None);
+
+        std::fs::write(d.path().join(JOURNAL_FILE), b"{ half").unwrap();
+        let e = read_journal(d.path()).unwrap_err();
+        assert!(e.to_string().contains(JOURNAL_FILE), "{e}");
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join(INTENT_FILE),
+            br#"{"version":9,"txid":"x","dirs":[]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            read_intent(d.path()),
+            Err(JournalError::Version { found: 9, .. })
+        ));
+    }
+}
