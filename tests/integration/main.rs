@@ -13,4 +13,5 @@ mod health;
 mod keys;
 mod render_systemd;
 mod runner;
+#[path = "support/apply.rs"]
 mod support_apply;
