@@ -10,6 +10,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, explain, Diagnostic, LoadOptions};
+use crate::plan;
+use crate::reconcile;
+use crate::runner::{CommandRunner, RecordingRunner, SystemRunner};
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, Parser)]
@@ -67,8 +70,81 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Show what `apply` would change on this node: files to create, update (content, mode,
+    /// owner) or delete, with diffs (secrets redacted), and the effects that would run.
+    /// Exit 0 when nothing would change, 2 when something would, 1 on errors.
+    Plan {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Plan and apply once, as one crash-safe transaction, then run the triggered effects.
+    /// With a --root other than /, effects are printed, not run.
+    Apply {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Print the JSON Schema of config.yaml layers.
     Schema,
+}
+
+/// Which node, which root, which repo.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// Config repo directory (holding config.yaml, groups/, nodes/).
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// Node name selecting groups and nodes/<hostname>.yaml. Default: this system's hostname.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Resolve every node path under this directory; effects are only run when it is /.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// bosun's state (journal, managed-file set, key cache). Default: <root>/var/lib/bosun.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub strict: bool,
+    /// Base URL for `github:USER` key sources.
+    #[arg(long, default_value = "https://github.com")]
+    pub github_base: String,
+    /// Base URL for `gitlab:USER` key sources.
+    #[arg(long, default_value = "https://gitlab.com")]
+    pub gitlab_base: String,
+    /// The login user that receives ssh_authorized_keys and k3os.password (never root).
+    #[arg(long, default_value = "rancher")]
+    pub ssh_user: String,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Result<reconcile::Target> {
+        let hostname = match &self.hostname {
+            Some(h) => h.clone(),
+            None => rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.root.join("var/lib/bosun"));
+        let mut keys = crate::keys::KeyFetcherConfig::new(&state_dir);
+        keys.github_base = self.github_base.trim_end_matches('/').to_string();
+        keys.gitlab_base = self.gitlab_base.trim_end_matches('/').to_string();
+        Ok(reconcile::Target {
+            hostname,
+            root: self.root.clone(),
+            state_dir,
+            load: LoadOptions {
+                strict: self.strict,
+                ..Default::default()
+            },
+            render: crate::render::RenderSettings::for_user(&self.ssh_user),
+            keys,
+        })
+    }
 }
 
 /// Runs the command line. Prints to stdout/stderr; returns the exit code.
@@ -126,10 +202,100 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan { target, format } => {
+            let Some((prepared, _)) = prepare(&target)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let mut out = std::io::stdout().lock();
+            match format {
+                Format::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&plan::render_json(&prepared.plan))?
+                )?,
+                _ => write!(out, "{}", plan::render_text(&prepared.plan))?,
+            }
+            let changes = prepared.plan.has_file_changes() || prepared.pending_recovery;
+            Ok(if changes {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Apply { target } => {
+            let Some((prepared, t)) = prepare(&target)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let runner: Box<dyn CommandRunner> = if t.live() {
+                Box::new(SystemRunner::new(std::time::Duration::from_secs(300)))
+            } else {
+                Box::new(RecordingRunner::new())
+            };
+            let applied = reconcile::apply_prepared(&prepared, &t, runner.as_ref())?;
+            let r = &applied.report;
+            if let Some(tx) = &r.recovery.rolled_forward {
+                eprintln!("recovered an interrupted apply (transaction {tx}) first");
+            }
+            println!(
+                "applied: {} written, {} deleted, {} unchanged{}",
+                r.written,
+                r.deleted,
+                prepared.plan.unchanged,
+                r.txid
+                    .as_ref()
+                    .map(|t| format!(" (transaction {t})"))
+                    .unwrap_or_default()
+            );
+            for line in &applied.effects.lines {
+                if t.live() {
+                    println!("{line}");
+                } else {
+                    println!(
+                        "{} (recorded, not run: --root is not /)",
+                        line.replacen("ran: ", "would run: ", 1)
+                    );
+                }
+            }
+            Ok(if applied.effects.failures > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Schema => {
             println!("{}", schema_text());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Validates, renders and plans for a target. Prints diagnostics and warnings to stderr;
+/// `None` means the config was rejected (already printed).
+fn prepare(args: &TargetArgs) -> Result<Option<(reconcile::Prepared, reconcile::Target)>> {
+    let t = args.target()?;
+    let snap = Snapshot::from_dir(&args.repo)
+        .with_context(|| format!("reading config repo {}", args.repo.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(reconcile::prepare(&snap, &t)) {
+        Ok(p) => {
+            for w in &p.warnings {
+                eprintln!("{w}");
+            }
+            if p.pending_recovery {
+                eprintln!(
+                    "note: an interrupted apply is waiting in {}; `bosun apply` completes it first",
+                    t.state_dir.display()
+                );
+            }
+            Ok(Some((p, t)))
+        }
+        Err(reconcile::ReconcileError::Config(e)) => {
+            print_diags(&e.diagnostics);
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod fsroot;
 pub mod health;
 pub mod keys;
 pub mod plan;
+pub mod reconcile;
 pub mod render;
 pub mod runner;
 pub mod snapshot;

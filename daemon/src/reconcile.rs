@@ -1,0 +1,297 @@
+//! One reconcile pass: snapshot → config → rendered desired state → plan, and (for apply) the
+//! transaction and its effects. `bosun plan`/`apply` use it once; the daemon loop will call it
+//! per commit.
+//!
+//! Order matters for "bad input changes nothing": the config is loaded and validated (pure)
+//! before anything is read or written under the root or the state dir.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::apply::{self, ApplyReport};
+use crate::config::{self, ConfigError, LoadOptions};
+use crate::desired::{CommandPhase, Effect};
+use crate::fsroot::Root;
+use crate::keys::{KeyFetcher, KeyFetcherConfig};
+use crate::plan::{self, Plan};
+use crate::render::{self, RenderEnv, RenderSettings, Rendered};
+use crate::runner::{display_argv, CommandRunner};
+use crate::snapshot::Snapshot;
+use crate::statefile;
+
+/// Where and how to reconcile.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub hostname: String,
+    /// Every node path is resolved under this directory (`/` on a real node).
+    pub root: PathBuf,
+    /// bosun's own state (journal, managed set, caches).
+    pub state_dir: PathBuf,
+    pub load: LoadOptions,
+    pub render: RenderSettings,
+    pub keys: KeyFetcherConfig,
+}
+
+impl Target {
+    /// Effects run for real only when the root is `/`.
+    pub fn live(&self) -> bool {
+        self.root == Path::new("/")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Fs(#[from] crate::fsroot::FsError),
+    #[error("{0}")]
+    Render(#[from] render::RenderError),
+    #[error("{0}")]
+    Plan(#[from] plan::PlanError),
+    #[error("{0}")]
+    Apply(#[from] apply::ApplyError),
+    #[error("{0}")]
+    Keys(#[from] crate::keys::KeysError),
+    #[error("{path}: not UTF-8 text; bosun edits this file line by line and will not guess its encoding")]
+    NotText { path: String },
+    #[error("generating a password salt: {0}")]
+    Random(String),
+    #[error("state file {path}: {message}")]
+    State { path: PathBuf, message: String },
+}
+
+/// A computed plan and what led to it.
+#[derive(Debug)]
+pub struct Prepared {
+    pub loaded: config::Loaded,
+    pub rendered: Rendered,
+    pub plan: Plan,
+    /// Human-readable warnings from config, rendering and key fetching (never secrets).
+    pub warnings: Vec<String>,
+    /// A journal of an interrupted apply is waiting in the state dir.
+    pub pending_recovery: bool,
+}
+
+const EDITED_IN_PLACE: [&str; 5] = [
+    render::PASSWD,
+    render::GROUP,
+    render::SHADOW,
+    render::HOSTS,
+    render::ENVIRONMENT,
+];
+
+fn read_text(root: &Root, path: &str) -> Result<Option<String>, ReconcileError> {
+    match root.observe_one(path)? {
+        None => Ok(None),
+        Some(o) => String::from_utf8(o.content)
+            .map(Some)
+            .map_err(|_| ReconcileError::NotText { path: path.into() }),
+    }
+}
+
+/// Loads the config, resolves ssh keys, renders and plans. Reads the root; writes only the ssh
+/// key cache in the state dir (after the config validated). Fetches keys over the network.
+pub async fn prepare(snapshot: &Snapshot, target: &Target) -> Result<Prepared, ReconcileError> {
+    let loaded = config::load(snapshot, &target.hostname, &target.load)?;
+    let mut warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    let root = Root::open(&target.root)?;
+
+    let resolution = if loaded.config.ssh_authorized_keys.is_empty() {
+        None
+    } else {
+        let fetcher = KeyFetcher::new(target.keys.clone())?;
+        let r = fetcher.resolve(&loaded.config.ssh_authorized_keys).await;
+        warnings.extend(r.warnings());
+        Some(r)
+    };
+    let [passwd, group, shadow, hosts, environment] = EDITED_IN_PLACE.map(|p| read_text(&root, p));
+    let env = RenderEnv {
+        passwd: passwd?,
+        group: group?,
+        shadow: shadow?,
+        hosts: hosts?,
+        environment: environment?,
+        ssh_keys: resolution.as_ref().and_then(|r| r.for_render()),
+        password_salt: render::accounts::random_salt()
+            .map_err(|e| ReconcileError::Random(e.to_string()))?,
+        node_hostname: target.hostname.clone(),
+        settings: target.render.clone(),
+    };
+    let rendered = render::render(&loaded.config, &env)?;
+    warnings.extend(rendered.warnings.iter().cloned());
+
+    let managed = if target.state_dir.exists() {
+        apply::load_managed(&target.state_dir)?
+    } else {
+        BTreeSet::new()
+    };
+    let paths = plan::paths_to_observe(&rendered.state, &managed);
+    let observation = root.observe(paths.iter().map(String::as_str))?;
+    let plan = plan::plan(&rendered.state, &observation, &managed)?;
+    let pending_recovery = target.state_dir.exists()
+        && matches!(apply::journal::read_journal(&target.state_dir), Ok(Some(_)));
+    Ok(Prepared {
+        loaded,
+        rendered,
+        plan,
+        warnings,
+        pending_recovery,
+    })
+}
+
+/// The commands an effect runs (pure).
+pub fn effect_commands(effect: &Effect) -> Vec<Vec<String>> {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match effect {
+        Effect::SetHostname { hostname } => vec![v(&["hostname", hostname])],
+        Effect::SysctlLoad { file } => vec![v(&["sysctl", "--load", file])],
+        Effect::Modprobe { module } => vec![v(&["modprobe", module])],
+        Effect::DaemonReload => vec![v(&["systemctl", "daemon-reload"])],
+        Effect::RestartUnit { unit } => vec![v(&["systemctl", "restart", unit])],
+        Effect::ReloadUnit { unit } => vec![v(&["systemctl", "reload", unit])],
+        Effect::RunCommands { commands, .. } => {
+            commands.iter().map(|c| v(&["sh", "-c", c])).collect()
+        }
+    }
+}
+
+/// What running effects did: one line per command.
+#[derive(Debug, Default)]
+pub struct EffectLog {
+    pub lines: Vec<String>,
+    pub failures: usize,
+}
+
+/// Runs effects in order through `runner`. A failing command is logged and counted; later
+/// effects still run (a failed `modprobe` must not stop a k3s restart). Runs commands.
+pub fn run_effects(effects: &[Effect], runner: &dyn CommandRunner, log: &mut EffectLog) {
+    for e in effects {
+        for argv in effect_commands(e) {
+            let shown = display_argv(&argv);
+            match runner.run(&argv) {
+                Ok(out) if out.success() => log.lines.push(format!("ran: {shown}")),
+                Ok(out) => {
+                    log.failures += 1;
+                    log.lines
+                        .push(format!("failed: {shown}: {}", out.status_text()));
+                }
+                Err(err) => {
+                    log.failures += 1;
+                    log.lines.push(format!("failed: {err}"));
+                }
+            }
+        }
+    }
+}
+
+/// Boot id of the node (`/proc/sys/kernel/random/boot_id` under the root), or `unknown`.
+pub fn boot_id(root: &Path) -> String {
+    std::fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct BootRecord {
+    /// Boot id for which init_cmd/boot_cmd ran.
+    before_apply: Option<String>,
+    /// Boot id for which run_cmd ran.
+    after_apply: Option<String>,
+}
+
+const BOOT_RECORD: &str = "boot-commands.json";
+
+fn read_boot_record(state_dir: &Path) -> BootRecord {
+    std::fs::read(state_dir.join(BOOT_RECORD))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write_boot_record(state_dir: &Path, r: &BootRecord) -> Result<(), ReconcileError> {
+    let path = state_dir.join(BOOT_RECORD);
+    let bytes = serde_json::to_vec(r).unwrap_or_default();
+    statefile::write_atomic(&path, &bytes, 0o600).map_err(|e| ReconcileError::State {
+        path,
+        message: e.to_string(),
+    })
+}
+
+fn phase_effects(p: &Plan, phases: &[CommandPhase]) -> Vec<Effect> {
+    p.once_per_boot
+        .iter()
+        .filter(|e| matches!(e, Effect::RunCommands { phase, .. } if phases.contains(phase)))
+        .cloned()
+        .collect()
+}
+
+/// What [`apply_prepared`] did.
+#[derive(Debug)]
+pub struct Applied {
+    pub report: ApplyReport,
+    pub effects: EffectLog,
+}
+
+/// Applies a prepared plan: init/boot commands (once per boot), the file transaction, the
+/// triggered effects, then run commands (once per boot). Writes under the root and the state
+/// dir; runs commands through `runner`.
+pub fn apply_prepared(
+    prepared: &Prepared,
+    target: &Target,
+    runner: &dyn CommandRunner,
+) -> Result<Applied, ReconcileError> {
+    std::fs::create_dir_all(&target.state_dir).map_err(|e| ReconcileError::State {
+        path: target.state_dir.clone(),
+        message: e.to_string(),
+    })?;
+    let root = Root::open(&target.root)?;
+    let boot = boot_id(&target.root);
+    let mut record = read_boot_record(&target.state_dir);
+    let mut log = EffectLog::default();
+
+    if record.before_apply.as_deref() != Some(boot.as_str()) {
+        let before = phase_effects(&prepared.plan, &[CommandPhase::Init, CommandPhase::Boot]);
+        run_effects(&before, runner, &mut log);
+        record.before_apply = Some(boot.clone());
+        write_boot_record(&target.state_dir, &record)?;
+    }
+    let report = apply::apply(&root, &target.state_dir, &prepared.plan)?;
+    run_effects(&prepared.plan.effects, runner, &mut log);
+    if record.after_apply.as_deref() != Some(boot.as_str()) {
+        let after = phase_effects(&prepared.plan, &[CommandPhase::Run]);
+        run_effects(&after, runner, &mut log);
+        record.after_apply = Some(boot);
+        write_boot_record(&target.state_dir, &record)?;
+    }
+    Ok(Applied {
+        report,
+        effects: log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::RecordingRunner;
+
+    #[test]
+    fn effects_map_to_commands_and_failures_do_not_stop_later_ones() {
+        let runner =
+            RecordingRunner::new().on(&["modprobe"], crate::runner::CommandOutput::exit(1));
+        let mut log = EffectLog::default();
+        run_effects(
+            &[
+                Effect::Modprobe {
+                    module: "nope".into(),
+                },
+                Effect::RestartUnit { unit: "k3s".into() },
+            ],
+            &runner,
+            &mut log,
+        );
+        assert_eq!(log.failures, 1);
+        let calls: Vec<String> = runner.calls().iter().map(|c| c.join(" ")).collect();
+        assert_eq!(calls, vec!["modprobe nope", "systemctl restart k3s"]);
+    }
+}
