@@ -11,6 +11,7 @@ mod config_fixtures;
 mod config_merge;
 mod health;
 mod keys;
+mod plan_cli;
 mod render_systemd;
 mod runner;
 #[path = "support/apply.rs"]
