@@ -314,6 +314,14 @@ pub fn apply_with(
             }
         }
     }
+    for d in &plan.deletes {
+        let dir = parent_node_path(&d.path)?;
+        if let std::collections::btree_map::Entry::Vacant(slot) = dirs.open.entry(dir) {
+            if let Some(parent) = root.open_parent(&d.path, false)? {
+                slot.insert(parent.dir);
+            }
+        }
+    }
 
     // Directories staging will create, so a rollback can remove them again.
     let mut missing = BTreeSet::new();
@@ -338,17 +346,17 @@ pub fn apply_with(
     .with_created_dirs(created_dirs);
     journal::write_intent(state_dir, &intent)?;
 
-    let mut renames = Vec::with_capacity(targets.len());
-    let staged = stage_all(&mut dirs, &targets, &txid, opts, &mut renames);
-    if let Err(e) = staged {
-        // Roll back: nothing was committed. If this cleanup fails too, the intent stays and
-        // the next recovery removes the temps.
+    // Roll back: nothing was committed. If this cleanup fails too, the intent stays and the
+    // next recovery removes the temps.
+    let roll_back = |e: ApplyError| {
         if sweep_intent(root, &intent).is_ok() {
             remove_created_dirs(root, &intent);
             let _ = journal::remove_intent(state_dir);
         }
-        return Err(e);
-    }
+        e
+    };
+    let mut renames = Vec::with_capacity(targets.len());
+    stage_all(&mut dirs, &targets, &txid, opts, &mut renames).map_err(&roll_back)?;
 
     let j = Journal::new(
         txid.clone(),
@@ -356,7 +364,15 @@ pub fn apply_with(
         plan.deletes.iter().map(|d| d.path.clone()).collect(),
         plan.managed_after.clone(),
     );
-    journal::write_journal(state_dir, &j)?; // commit point
+    // The commit point.
+    if let Err(e) = journal::write_journal(state_dir, &j) {
+        // If the rename happened and only a later step failed, the journal is in place and
+        // the transaction is committed: leave it for recovery to roll forward.
+        return Err(match journal::read_journal(state_dir) {
+            Ok(None) => roll_back(e.into()),
+            _ => e.into(),
+        });
+    }
     let (renamed, deleted) = roll_forward(&mut dirs, state_dir, &j)?;
     report.txid = Some(txid);
     report.written = renamed;
