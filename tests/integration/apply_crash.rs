@@ -2,8 +2,9 @@
 //! change (450 updates of content/mode/owner, 50 creates in a new directory, 50 prunes) and is
 //! killed with SIGKILL at a random moment. After each kill, recovery runs and the test asserts
 //! that every managed file is wholly old or wholly new, that the whole set equals exactly one
-//! commit, that the managed set in the state dir matches that commit, and that no temp file
-//! (staged file or state-file temp) remains anywhere.
+//! commit, that the managed set in the state dir matches that commit, that a rolled-back commit
+//! left no directory it created, and that no temp file (staged file or state-file temp)
+//! remains anywhere.
 //!
 //! The child is this test binary re-executed via `/proc/self/exe`
 //! (`--exact apply_crash::apply_crash_child_entry`) with `BOSUN_CRASH_CHILD=1`; without that
@@ -36,12 +37,13 @@ const FLIP: usize = 50;
 const READY: &str = "BOSUN-CRASH-CHILD-READY";
 const DONE: &str = "BOSUN-CRASH-CHILD-DONE";
 
+/// Each commit's 50 flip files live in a directory of their own that the commit creates.
+fn flip_dir(gen: u64) -> String {
+    format!("/srv/flip/g{gen}")
+}
+
 fn flip_path(gen: u64, i: usize) -> String {
-    if gen % 2 == 0 {
-        format!("/srv/data/even/e{i}.conf")
-    } else {
-        format!("/srv/data/odd/o{i}.conf")
-    }
+    format!("{}/f{i}.conf", flip_dir(gen))
 }
 
 /// Commit number `gen`: 500 files whose content, and for some mode/owner, depend on `gen`.
@@ -244,6 +246,15 @@ fn check_state(root_path: &Path, state: &Path, old: u64, new: u64) -> u64 {
         (_, Ok(())) => new,
         (Err(a), Err(b)) => panic!("tree is neither commit {old} ({a}) nor commit {new} ({b})"),
     };
+    if gen != new {
+        // A rolled-back commit also leaves no directory it created.
+        let dir = root_path.join(flip_dir(new).trim_start_matches('/'));
+        assert!(
+            !dir.exists(),
+            "{} left by the rolled-back commit",
+            dir.display()
+        );
+    }
     let managed = apply::load_managed(state).unwrap();
     let expected: BTreeSet<String> = commit(gen).files.into_keys().collect();
     assert_eq!(managed, expected, "managed set does not match commit {gen}");

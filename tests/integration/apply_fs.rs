@@ -398,8 +398,10 @@ fn failed_staging_rolls_back_every_temp_and_keeps_old_files() {
         Default::default(),
     );
 
-    // "/a/one" is staged first (sorted), then "/locked/x" fails: its directory is immutable.
+    // "/a/new/deep/file" and "/a/one" are staged first (sorted), then "/locked/x" fails: its
+    // directory is immutable.
     let d = desired([
+        file("/a/new/deep/file", "new\n", 0o644, 0, 0),
         file("/a/one", "new\n", 0o644, 0, 0),
         file("/locked/x", "never\n", 0o644, 0, 0),
     ]);
@@ -418,6 +420,10 @@ fn failed_staging_rolls_back_every_temp_and_keeps_old_files() {
         "old\n"
     );
     assert!(!rootp.join("locked/x").exists());
+    assert!(
+        !rootp.join("a/new").exists(),
+        "directory created by the failed apply left behind"
+    );
     assert_eq!(apply::load_managed(&state).unwrap(), set(&["/a/one"]));
     no_leftovers(&rootp, &state);
 }
@@ -510,7 +516,12 @@ fn recover_removes_temps_of_an_uncommitted_transaction() {
         &journal::Intent::new(
             "00000000000000bb".into(),
             set(&["/etc", "/etc/sub", "/not/created"]),
-        ),
+        )
+        .with_created_dirs(vec![
+            "/etc/sub".into(),
+            "/etc".into(),
+            "/not/created".into(),
+        ]),
     )
     .unwrap();
 
@@ -522,5 +533,8 @@ fn recover_removes_temps_of_an_uncommitted_transaction() {
         std::fs::read_to_string(rootp.join("etc/a")).unwrap(),
         "old a\n"
     );
+    // The emptied directory the transaction created goes; a non-empty one stays.
+    assert!(!rootp.join("etc/sub").exists());
+    assert!(rootp.join("etc").is_dir());
     no_leftovers(&rootp, &state);
 }

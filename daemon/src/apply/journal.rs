@@ -8,6 +8,9 @@
 //!   deletes that make up the commit and the managed set after it. Its atomic rename into
 //!   place is the commit point; recovery rolls a present journal forward.
 //!
+//! The intent is removed before the journal, so "intent without journal" always means the
+//! transaction never committed.
+//!
 //! Both are versioned JSON; an unknown version or unparsable record is an error, never
 //! guessed at.
 
@@ -61,6 +64,10 @@ pub struct Intent {
     pub txid: String,
     /// Node paths of directories that may hold this transaction's temp files.
     pub dirs: BTreeSet<String>,
+    /// Directories this transaction creates, deepest first; removed again (if empty) when the
+    /// transaction rolls back.
+    #[serde(default)]
+    pub created_dirs: Vec<String>,
 }
 
 impl Journal {
@@ -86,7 +93,14 @@ impl Intent {
             version: VERSION,
             txid,
             dirs,
+            created_dirs: Vec::new(),
         }
+    }
+
+    /// Records the directories the transaction will create (pure).
+    pub fn with_created_dirs(mut self, created_dirs: Vec<String>) -> Self {
+        self.created_dirs = created_dirs;
+        self
     }
 }
 

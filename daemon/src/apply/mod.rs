@@ -17,14 +17,14 @@
 //! 5. Write the [`journal::Journal`] (renames, deletes, managed set after) with
 //!    [`statefile::write_atomic`]. Its rename into place is the commit point.
 //! 6. Roll forward: rename each temp onto its target, unlink pruned files, fsync each touched
-//!    directory, write the managed set atomically, remove the journal (durably), then remove
-//!    the intent.
+//!    directory, write the managed set atomically, remove the intent, then the journal (both
+//!    durably).
 //!
 //! [`recover`]: with a journal present, roll forward (step 6; a temp that no longer exists was
-//! already renamed — the target must then exist). With an intent present, remove every
-//! `.bosun-tmp.*.<txid>` in its directories (temps of a transaction that never committed, or
-//! nothing), then remove the intent. Both steps are idempotent, so a crash during recovery is
-//! recovered by running it again.
+//! already renamed — the target must then exist). With an intent but no journal, the
+//! transaction never committed: remove every `.bosun-tmp.*.<txid>` in its directories, remove
+//! the (empty) directories it created, then the intent. Both steps are idempotent, so a crash
+//! during recovery is recovered by running it again.
 //!
 //! Durability choice: [`Durability::FsyncEach`] (the default) fsyncs every temp file. It only
 //! flushes bosun's own data, so latency does not depend on what else (containerd, k3s) dirtied
@@ -33,8 +33,7 @@
 //! unrelated dirty data. Both give the same guarantees; a benchmark can compare them.
 //!
 //! Not guarded: changes made by others between observation and apply (the plan's "before" is
-//! not re-checked); directories created for a transaction that rolls back are left (empty).
-//! Renaming replaces the inode, so hard links to a managed file are not updated.
+//! not re-checked). Renaming replaces the inode, so hard links to a managed file are not updated.
 
 pub mod journal;
 
@@ -315,24 +314,49 @@ pub fn apply_with(
             }
         }
     }
+    for d in &plan.deletes {
+        let dir = parent_node_path(&d.path)?;
+        if let std::collections::btree_map::Entry::Vacant(slot) = dirs.open.entry(dir) {
+            if let Some(parent) = root.open_parent(&d.path, false)? {
+                slot.insert(parent.dir);
+            }
+        }
+    }
+
+    // Directories staging will create, so a rollback can remove them again.
+    let mut missing = BTreeSet::new();
+    for (dir, _, _) in &targets {
+        let mut d = dir.clone();
+        while d != "/" && !dirs.open.contains_key(&d) && !missing.contains(&d) {
+            if root.open_dir(&d, false)?.is_some() {
+                break;
+            }
+            missing.insert(d.clone());
+            d = parent_node_path(&d)?;
+        }
+    }
+    let mut created_dirs: Vec<String> = missing.into_iter().collect();
+    created_dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
 
     let txid = new_txid();
     let intent = Intent::new(
         txid.clone(),
         targets.iter().map(|(d, _, _)| d.clone()).collect(),
-    );
+    )
+    .with_created_dirs(created_dirs);
     journal::write_intent(state_dir, &intent)?;
 
-    let mut renames = Vec::with_capacity(targets.len());
-    let staged = stage_all(&mut dirs, &targets, &txid, opts, &mut renames);
-    if let Err(e) = staged {
-        // Roll back: nothing was committed. If this cleanup fails too, the intent stays and
-        // the next recovery removes the temps.
+    // Roll back: nothing was committed. If this cleanup fails too, the intent stays and the
+    // next recovery removes the temps.
+    let roll_back = |e: ApplyError| {
         if sweep_intent(root, &intent).is_ok() {
+            remove_created_dirs(root, &intent);
             let _ = journal::remove_intent(state_dir);
         }
-        return Err(e);
-    }
+        e
+    };
+    let mut renames = Vec::with_capacity(targets.len());
+    stage_all(&mut dirs, &targets, &txid, opts, &mut renames).map_err(&roll_back)?;
 
     let j = Journal::new(
         txid.clone(),
@@ -340,9 +364,16 @@ pub fn apply_with(
         plan.deletes.iter().map(|d| d.path.clone()).collect(),
         plan.managed_after.clone(),
     );
-    journal::write_journal(state_dir, &j)?; // commit point
+    // The commit point.
+    if let Err(e) = journal::write_journal(state_dir, &j) {
+        // If the rename happened and only a later step failed, the journal is in place and
+        // the transaction is committed: leave it for recovery to roll forward.
+        return Err(match journal::read_journal(state_dir) {
+            Ok(None) => roll_back(e.into()),
+            _ => e.into(),
+        });
+    }
     let (renamed, deleted) = roll_forward(&mut dirs, state_dir, &j)?;
-    journal::remove_intent(state_dir)?;
     report.txid = Some(txid);
     report.written = renamed;
     report.deleted = deleted;
@@ -484,6 +515,8 @@ fn roll_forward(
     }
     dirs.sync_touched()?;
     write_managed(state_dir, &j.managed_after)?;
+    // Intent first: an intent without a journal then always means "never committed".
+    journal::remove_intent(state_dir)?;
     journal::remove_journal(state_dir)?;
     Ok((renamed, deleted))
 }
@@ -536,6 +569,20 @@ fn sweep_intent(root: &Root, intent: &Intent) -> Result<usize, ApplyError> {
     Ok(removed)
 }
 
+/// Removes the directories an uncommitted transaction created, deepest first, where they are
+/// empty. Best effort: a directory that cannot be removed is only an empty leftover. Writes to
+/// disk.
+fn remove_created_dirs(root: &Root, intent: &Intent) {
+    for d in &intent.created_dirs {
+        let Ok(Some(parent)) = root.open_parent(d, false) else {
+            continue;
+        };
+        if rfs::unlinkat(&parent.dir, parent.name.as_str(), AtFlags::REMOVEDIR).is_ok() {
+            let _ = rfs::fsync(&parent.dir);
+        }
+    }
+}
+
 /// Finishes or undoes an interrupted transaction so the files under `root` equal exactly one
 /// whole commit; run at start-up before planning. Writes to disk.
 pub fn recover(root: &Root, state_dir: &Path) -> Result<RecoveryReport, ApplyError> {
@@ -552,11 +599,11 @@ fn recover_locked(root: &Root, state_dir: &Path) -> Result<RecoveryReport, Apply
         report.renamed = renamed;
         report.deleted = deleted;
     }
+    // Roll-forward removed its own intent, so one still here never committed.
     if let Some(intent) = journal::read_intent(state_dir)? {
         report.removed_temps = sweep_intent(root, &intent)?;
-        if report.rolled_forward.as_deref() != Some(intent.txid.as_str()) {
-            report.rolled_back = Some(intent.txid.clone());
-        }
+        remove_created_dirs(root, &intent);
+        report.rolled_back = Some(intent.txid.clone());
         journal::remove_intent(state_dir)?;
     }
     statefile::sweep_temps(state_dir)?;
