@@ -8,3 +8,4 @@
 pub mod config;
 pub mod desired;
 pub mod snapshot;
+pub mod source;

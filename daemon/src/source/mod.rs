@@ -1,0 +1,241 @@
+//! The Git source: where config commits come from and why bosun trusts them.
+//!
+//! This module owns the chain of custody from a remote repository to a [`Snapshot`]:
+//!
+//! 1. [`fetch`] keeps a bare repository cache in `cache_dir`. Every poll first reads the ref
+//!    advertisement; when the advertised id equals what the cache holds, no pack is fetched
+//!    ([`FetchOutcome::Unchanged`]). Otherwise only the configured ref is fetched (shallow when
+//!    `depth` is set and the transport supports it).
+//! 2. [`verify_commit`] checks the head commit's SSH or OpenPGP signature against the trust roots
+//!    of the local agent config (never taken from Git), and [`check_descends`] refuses a commit
+//!    that does not descend from the last applied one (anti-rollback).
+//! 3. [`snapshot`] reads `config.yaml`, `groups/*.yaml` and `nodes/*.yaml` straight from the
+//!    commit's tree in the object database. There is no worktree and no checkout, so a
+//!    half-fetched or half-written tree can never be applied.
+//!
+//! Invariants:
+//! - Everything here is blocking (libgit2); the daemon calls it from `spawn_blocking`.
+//! - The cache only ever gains objects and moves refs under `refs/bosun/`; it never has a
+//!   worktree. Deleting `cache_dir` is always safe (the next fetch starts from scratch).
+//! - Verification fails closed: an unreadable trust root is an error, never "no keys".
+
+mod allowed_signers;
+mod fetch;
+mod openpgp;
+mod tree;
+mod verify;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use allowed_signers::{AllowedSigner, AllowedSigners};
+pub use fetch::{
+    fetch, fetch_counted, unshallow, FetchOutcome, TransferCounters, TransferTotals,
+};
+pub use openpgp::OpenPgpKeyring;
+pub use tree::snapshot;
+pub use verify::{
+    check_descends, check_descends_or_deepen, verify_commit, Ancestry, Refusal, SignersSource,
+    Verdict, VerifyConfig, VerifyMode,
+};
+
+pub use git2::Oid;
+
+/// Default username sent with an HTTPS token (GitHub's convention; GitLab accepts any name).
+pub const DEFAULT_TOKEN_USERNAME: &str = "x-access-token";
+
+/// How long to wait for a TCP/SSH connection to the remote before giving up.
+pub const CONNECT_TIMEOUT_MS: i32 = 15_000;
+/// How long a stalled read from or write to the remote may take before the fetch fails.
+pub const SERVER_TIMEOUT_MS: i32 = 60_000;
+
+/// Where and what to fetch. Comes from the local agent config, never from Git.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// `https://`, `ssh://` (or scp-like `user@host:path`), `git://` or `file://` URL.
+    pub url: String,
+    /// A branch (`main`, `refs/heads/main`), a tag (`v1`, `refs/tags/v1`) or a full commit id.
+    pub reference: String,
+    /// Directory of the config repo inside the Git repo (`/`-separated, relative).
+    pub subdir: Option<String>,
+    /// Shallow fetch depth. Ignored for `file://` remotes (libgit2's local transport cannot
+    /// fetch shallow).
+    pub depth: Option<u32>,
+    /// Private key for `ssh://` remotes (no passphrase).
+    pub ssh_key_file: Option<PathBuf>,
+    /// File holding an HTTPS token, sent as the password. Read at every fetch, so a rotated
+    /// token is picked up without a restart.
+    pub token_file: Option<PathBuf>,
+    /// Username sent with the token; [`DEFAULT_TOKEN_USERNAME`] when `None`.
+    pub token_username: Option<String>,
+    /// Bare repository cache (created on first use).
+    pub cache_dir: PathBuf,
+}
+
+impl SourceConfig {
+    /// A config with only the required fields set.
+    pub fn new(url: impl Into<String>, reference: impl Into<String>, cache_dir: PathBuf) -> Self {
+        SourceConfig {
+            url: url.into(),
+            reference: reference.into(),
+            subdir: None,
+            depth: None,
+            ssh_key_file: None,
+            token_file: None,
+            token_username: None,
+            cache_dir,
+        }
+    }
+}
+
+/// Errors of the Git source. Each names the URL, path or commit it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{url}: {op}: {source}")]
+    Remote {
+        url: String,
+        op: &'static str,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("git cache {}: {op}: {source}", path.display())]
+    Cache {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("reading {what} {}: {source}", path.display())]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("source config: {0}")]
+    InvalidConfig(String),
+    #[error("{url}: ref {reference:?} is not advertised by the remote (it has: {available})")]
+    RefNotFound {
+        url: String,
+        reference: String,
+        available: String,
+    },
+    #[error("{url}: commit {commit} is not reachable from any branch or tag of the remote")]
+    CommitNotFound { url: String, commit: Oid },
+    #[error("{url}: ref {reference:?} points to {target}, which is not a commit")]
+    NotACommit {
+        url: String,
+        reference: String,
+        target: Oid,
+    },
+    #[error("commit {commit}: {path}: {reason}")]
+    Snapshot {
+        commit: Oid,
+        path: String,
+        reason: String,
+    },
+    #[error("allowed signers {origin}:{line}: {reason}")]
+    AllowedSigners {
+        origin: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("OpenPGP key #{index} of openpgp_keys: {reason}")]
+    OpenPgpKey { index: usize, reason: String },
+    #[error("commit {commit} refused: {reason}")]
+    Refused { commit: Oid, reason: Refusal },
+    #[error(
+        "commit {new}: cannot tell whether it descends from the last applied commit {last_applied}: \
+         the cache is shallow and the history between them is missing (fetch deeper or unshallow)"
+    )]
+    ShallowAncestry { new: Oid, last_applied: Oid },
+}
+
+impl SourceError {
+    /// The refusal reason when this error is a verification or anti-rollback refusal.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            SourceError::Refused { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// Sets libgit2's process-wide options (connect and server timeouts). Mutates C globals and may
+/// set environment variables (OpenSSL certificate probing), so `main` must call it before the
+/// tokio runtime or any other thread starts. Calling it more than once is harmless.
+pub fn init_git_globals() {
+    // SAFETY: documented contract: called from `main` before any thread is spawned. The
+    // options are plain integers in libgit2's global settings.
+    unsafe {
+        // These setters cannot fail (libgit2 returns an error code only for unknown options).
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
+        let _ = git2::opts::set_server_timeout_in_milliseconds(SERVER_TIMEOUT_MS);
+    }
+}
+
+/// The bare repository cache of one source. Holds objects and `refs/bosun/*` only.
+pub struct Cache {
+    repo: git2::Repository,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("dir", &self.dir).finish()
+    }
+}
+
+impl Cache {
+    /// Opens the bare cache at `dir`, creating it (and its parents) when missing. Writes to
+    /// disk on first use.
+    pub fn open(dir: &Path) -> Result<Cache, SourceError> {
+        let cache_err = |op, source| SourceError::Cache {
+            path: dir.to_path_buf(),
+            op,
+            source,
+        };
+        let repo = if dir.join("HEAD").is_file() {
+            git2::Repository::open_bare(dir).map_err(|e| cache_err("open", e))?
+        } else {
+            std::fs::create_dir_all(dir).map_err(|source| SourceError::ReadFile {
+                what: "cache directory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            git2::Repository::init_bare(dir).map_err(|e| cache_err("init", e))?
+        };
+        Ok(Cache {
+            repo,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The underlying repository (read access for callers that need more than this API).
+    pub fn repo(&self) -> &git2::Repository {
+        &self.repo
+    }
+
+    /// Whether the cache holds a shallow history.
+    pub fn is_shallow(&self) -> bool {
+        self.repo.is_shallow()
+    }
+
+    /// Whether `commit` is present in the object database.
+    pub fn has_commit(&self, commit: Oid) -> bool {
+        self.repo.find_commit(commit).is_ok()
+    }
+
+    fn err(&self, op: &'static str, source: git2::Error) -> SourceError {
+        SourceError::Cache {
+            path: self.dir.clone(),
+            op,
+            source,
+        }
+    }
+}
