@@ -421,7 +421,11 @@ mod tests {
     fn garbage_signature_is_a_bad_signature() {
         let s = AllowedSigners::parse(&format!("a {KEY}"), "t").unwrap();
         assert!(matches!(
-            s.verify("-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n", b"x", 0),
+            s.verify(
+                "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n",
+                b"x",
+                0
+            ),
             Err(Refusal::BadSignature { .. })
         ));
     }

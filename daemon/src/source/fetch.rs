@@ -134,11 +134,12 @@ impl Credentials {
         let token = match &cfg.token_file {
             None => None,
             Some(path) => {
-                let raw = std::fs::read_to_string(path).map_err(|source| SourceError::ReadFile {
-                    what: "token file",
-                    path: path.clone(),
-                    source,
-                })?;
+                let raw =
+                    std::fs::read_to_string(path).map_err(|source| SourceError::ReadFile {
+                        what: "token file",
+                        path: path.clone(),
+                        source,
+                    })?;
                 let token = raw.trim().to_string();
                 if token.is_empty() {
                     return Err(SourceError::InvalidConfig(format!(
@@ -169,6 +170,8 @@ impl Credentials {
 
     fn callbacks(&self) -> RemoteCallbacks<'_> {
         let mut cb = RemoteCallbacks::new();
+        // Without a progress callback libgit2 does not count received bytes.
+        cb.transfer_progress(|_| true);
         let mut attempts = 0u32;
         cb.credentials(move |_url, username_from_url, allowed| {
             // libgit2 calls again after a rejected credential; stop instead of looping.
@@ -276,8 +279,13 @@ pub fn fetch_counted(
         Target::Commit(oid) => {
             // Prefer a ref that points right at it; otherwise fetch every branch and tag in
             // full (the commit may be anywhere in their history).
-            let specs: Vec<String> = match heads.iter().find(|(_, o)| *o == oid) {
-                Some((name, _)) => vec![format!("+{name}:{}", tracking_ref(name))],
+            // (`refs/tags/x^{}` is the peeled id of annotated tag `refs/tags/x`.)
+            let tip = heads
+                .iter()
+                .find(|(_, o)| *o == oid)
+                .map(|(name, _)| name.strip_suffix("^{}").unwrap_or(name));
+            let specs: Vec<String> = match tip {
+                Some(name) => vec![format!("+{name}:{}", tracking_ref(name))],
                 None => vec![
                     "+refs/heads/*:refs/bosun/remote/heads/*".to_string(),
                     "+refs/tags/*:refs/bosun/remote/tags/*".to_string(),
@@ -430,10 +438,7 @@ mod tests {
             parse_target(hex).unwrap(),
             Target::Commit(Oid::from_str(hex).unwrap())
         );
-        assert_eq!(
-            parse_target("main").unwrap(),
-            Target::Named("main".into())
-        );
+        assert_eq!(parse_target("main").unwrap(), Target::Named("main".into()));
         // A short hex string is a name, not an abbreviated id.
         assert_eq!(
             parse_target("abcdef").unwrap(),
@@ -454,7 +459,10 @@ mod tests {
         ];
         assert_eq!(resolve_advertised(&heads, "v1").unwrap().1, oid(2));
         assert_eq!(resolve_advertised(&heads, "v2").unwrap().1, oid(4));
-        assert_eq!(resolve_advertised(&heads, "refs/tags/v1").unwrap().1, oid(3));
+        assert_eq!(
+            resolve_advertised(&heads, "refs/tags/v1").unwrap().1,
+            oid(3)
+        );
         assert_eq!(resolve_advertised(&heads, "HEAD").unwrap().1, oid(1));
         assert!(resolve_advertised(&heads, "v3").is_none());
         // A short name never matches a longer ref by suffix.

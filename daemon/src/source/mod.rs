@@ -29,9 +29,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use allowed_signers::{AllowedSigner, AllowedSigners};
-pub use fetch::{
-    fetch, fetch_counted, unshallow, FetchOutcome, TransferCounters, TransferTotals,
-};
+pub use fetch::{fetch, fetch_counted, unshallow, FetchOutcome, TransferCounters, TransferTotals};
 pub use openpgp::OpenPgpKeyring;
 pub use tree::snapshot;
 pub use verify::{

@@ -82,8 +82,7 @@ impl OpenPgpKeyring {
                            check: &dyn Fn() -> pgp::errors::Result<()>|
          -> bool {
             let (id, fp, signing) = cand();
-            if !signing
-                || (names_issuer && !issuer_ids.contains(&id) && !issuer_fps.contains(&fp))
+            if !signing || (names_issuer && !issuer_ids.contains(&id) && !issuer_fps.contains(&fp))
             {
                 return false;
             }
@@ -157,7 +156,10 @@ mod tests {
     fn garbage_signature_is_a_bad_signature() {
         let ring = OpenPgpKeyring::default();
         assert!(matches!(
-            ring.verify("-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----\n", b"x"),
+            ring.verify(
+                "-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----\n",
+                b"x"
+            ),
             Err(Refusal::BadSignature { .. })
         ));
     }

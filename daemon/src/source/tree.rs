@@ -17,7 +17,9 @@ use crate::snapshot::{Snapshot, MAX_CONFIG_FILE};
 fn normalize_subdir(subdir: Option<&str>) -> Result<Option<String>, String> {
     let Some(raw) = subdir else { return Ok(None) };
     if raw.starts_with('/') {
-        return Err(format!("subdir {raw:?} must be relative to the repository root"));
+        return Err(format!(
+            "subdir {raw:?} must be relative to the repository root"
+        ));
     }
     let parts: Vec<&str> = raw.split('/').filter(|p| !p.is_empty()).collect();
     if parts.iter().any(|p| *p == "." || *p == "..") {
@@ -55,7 +57,9 @@ pub fn snapshot(cache: &Cache, commit: Oid, subdir: Option<&str>) -> Result<Snap
     let c = repo
         .find_commit(commit)
         .map_err(|e| fail("", format!("commit not in the cache: {e}")))?;
-    let root = c.tree().map_err(|e| fail("", format!("reading tree: {e}")))?;
+    let root = c
+        .tree()
+        .map_err(|e| fail("", format!("reading tree: {e}")))?;
     let base: Tree<'_> = match &subdir {
         None => root,
         Some(s) => {
@@ -82,7 +86,9 @@ pub fn snapshot(cache: &Cache, commit: Oid, subdir: Option<&str>) -> Result<Snap
         if size as u64 > MAX_CONFIG_FILE {
             return Err(fail(
                 &shown(rel),
-                format!("{size} bytes is larger than the {MAX_CONFIG_FILE} byte limit for config files"),
+                format!(
+                    "{size} bytes is larger than the {MAX_CONFIG_FILE} byte limit for config files"
+                ),
             ));
         }
         let blob = repo
@@ -94,7 +100,10 @@ pub fn snapshot(cache: &Cache, commit: Oid, subdir: Option<&str>) -> Result<Snap
     let mut files = BTreeMap::new();
     match base.get_name("config.yaml") {
         Some(entry) if is_regular_file(entry.filemode()) => {
-            files.insert("config.yaml".to_string(), read_blob("config.yaml", entry.id())?);
+            files.insert(
+                "config.yaml".to_string(),
+                read_blob("config.yaml", entry.id())?,
+            );
         }
         Some(_) => {
             return Err(fail(
@@ -147,10 +156,7 @@ mod tests {
         assert_eq!(normalize_subdir(None), Ok(None));
         assert_eq!(normalize_subdir(Some("")), Ok(None));
         assert_eq!(normalize_subdir(Some("fleet/")), Ok(Some("fleet".into())));
-        assert_eq!(
-            normalize_subdir(Some("a//b")),
-            Ok(Some("a/b".into()))
-        );
+        assert_eq!(normalize_subdir(Some("a//b")), Ok(Some("a/b".into())));
         assert!(normalize_subdir(Some("/etc")).is_err());
         assert!(normalize_subdir(Some("a/../b")).is_err());
         assert!(normalize_subdir(Some("./a")).is_err());

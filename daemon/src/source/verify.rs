@@ -182,13 +182,13 @@ pub fn check_descends(
     if new == last {
         return Ok(Ancestry::Same);
     }
-    let descends = match cache.repo.graph_descendant_of(new, last) {
-        Ok(d) => d,
-        // `last` is not in the object database at all: with full history that means it is not
-        // an ancestor of anything fetched.
-        Err(e) if e.code() == git2::ErrorCode::NotFound => false,
-        Err(e) => return Err(cache.err("compare history", e)),
-    };
+    // `last` not in the object database at all: with full history that means it is not an
+    // ancestor of anything fetched.
+    let descends = cache.has_commit(last)
+        && cache
+            .repo
+            .graph_descendant_of(new, last)
+            .map_err(|e| cache.err("compare history", e))?;
     if descends {
         return Ok(Ancestry::Descendant);
     }
