@@ -269,7 +269,14 @@ fn shallow_fetch_over_git_daemon_and_ancestry_deepening() {
     }
     // The deepening check unshallows and then proves c3 descends from c1.
     assert_eq!(
-        check_descends_or_deepen(&cfg, oid(&c3), Some(oid(&c1)), false).unwrap(),
+        check_descends_or_deepen(
+            &cfg,
+            oid(&c3),
+            Some(oid(&c1)),
+            false,
+            &TransferCounters::new()
+        )
+        .unwrap(),
         Ancestry::Descendant
     );
     let cache = Cache::open(&cfg.cache_dir).unwrap();
@@ -285,7 +292,14 @@ fn shallow_fetch_over_git_daemon_and_ancestry_deepening() {
         source::fetch(&cfg2).unwrap(),
         FetchOutcome::Updated { commit: oid(&c2) }
     );
-    let err = check_descends_or_deepen(&cfg2, oid(&c2), Some(oid(&c3)), false).unwrap_err();
+    let err = check_descends_or_deepen(
+        &cfg2,
+        oid(&c2),
+        Some(oid(&c3)),
+        false,
+        &TransferCounters::new(),
+    )
+    .unwrap_err();
     assert_eq!(
         refused(&err),
         &Refusal::NotDescendant {
@@ -560,4 +574,76 @@ fn openpgp_signed_commits_verify_against_armored_keys() {
     // A broken key block is a config error naming its position.
     let err = verify_commit(&cache, head, &vcfg(vec![trusted_key, "junk".into()])).unwrap_err();
     assert!(err.to_string().contains("#1"), "{err}");
+}
+
+#[test]
+fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commits() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let trusted = SshKey::generate(&keys, "trusted");
+    let repo = WorkRepo::init(&tmp.path().join("srv/fleet"));
+    fleet(&repo, "fleet/");
+    let c1 = repo.commit_ssh_signed(&trusted.private, "signed one");
+    let daemon = GitDaemon::start(&tmp.path().join("srv"));
+    let mut cfg = SourceConfig::new(daemon.url("fleet"), "main", tmp.path().join("cache"));
+    cfg.subdir = Some("fleet".into());
+    cfg.depth = Some(1);
+    let vcfg = ssh_verify_config(&trusted.allowed_signers_line("ops@example.invalid"));
+    let counters = TransferCounters::new();
+
+    let first = source::poll(&cfg, &vcfg, None, &counters).unwrap();
+    assert_eq!(first.fetch, FetchOutcome::Updated { commit: oid(&c1) });
+    assert_eq!(
+        first.verdict,
+        Verdict::Verified {
+            signer: "ops@example.invalid".into()
+        }
+    );
+    assert_eq!(first.ancestry, Ancestry::FirstApply);
+    assert_eq!(
+        first.snapshot.get("nodes/edge-1.yaml"),
+        Some(&b"hostname: edge-1\n"[..])
+    );
+
+    let before = counters.totals();
+    let idle = source::poll(&cfg, &vcfg, Some(oid(&c1)), &counters).unwrap();
+    assert_eq!(idle.fetch, FetchOutcome::Unchanged { commit: oid(&c1) });
+    assert_eq!(idle.ancestry, Ancestry::Same);
+    assert_eq!(counters.totals().received_bytes, before.received_bytes);
+
+    // An unsigned commit on top is refused; the caller keeps c1.
+    repo.write("fleet/config.yaml", "hostname: unsigned\n");
+    let c2 = repo.commit("unsigned two");
+    let err = source::poll(&cfg, &vcfg, Some(oid(&c1)), &counters).unwrap_err();
+    assert_eq!(refused(&err), &Refusal::Unsigned);
+    assert!(err.to_string().contains(&c2), "{err}");
+
+    // A signed commit on top is accepted as a descendant. Only the first fetch was shallow;
+    // later ones are incremental, so the history from c1 stays connected without deepening.
+    repo.write("fleet/config.yaml", "hostname: three\n");
+    let c3 = repo.commit_ssh_signed(&trusted.private, "signed three");
+    let third = source::poll(&cfg, &vcfg, Some(oid(&c1)), &counters).unwrap();
+    assert_eq!(third.commit(), oid(&c3));
+    assert_eq!(third.ancestry, Ancestry::Descendant);
+    {
+        let cache = Cache::open(&cfg.cache_dir).unwrap();
+        assert!(cache.is_shallow(), "the first fetch was depth 1");
+        assert!(cache.has_commit(oid(&c2)), "incremental fetch brings c2");
+    }
+    assert_eq!(
+        third.snapshot.get("config.yaml"),
+        Some(&b"hostname: three\n"[..])
+    );
+
+    // Replaying the old, validly signed c1 by force-push is a rollback: refused.
+    repo.reset_hard(&c1);
+    let err = source::poll(&cfg, &vcfg, Some(oid(&c3)), &counters).unwrap_err();
+    assert_eq!(
+        refused(&err),
+        &Refusal::NotDescendant {
+            last_applied: oid(&c3)
+        }
+    );
 }

@@ -3,6 +3,8 @@
 //! Invariants:
 //! - An idle poll (advertised id == cached id) opens one connection, reads the advertisement and
 //!   downloads no pack data.
+//! - `depth` applies to the first fetch of a ref; later fetches are incremental from the cached
+//!   tip, so the history between two fetched tips stays connected.
 //! - Only the configured ref is fetched, into `refs/bosun/remote/<name without refs/>`; tags are
 //!   not auto-followed.
 //! - A full commit id as the reference never touches the network once the commit is cached
@@ -260,7 +262,14 @@ pub fn fetch_counted(
                 let commit = peel_commit(&cache, cfg, &name, advertised)?;
                 return Ok(FetchOutcome::Unchanged { commit });
             }
-            let depth = effective_depth(cfg);
+            // Depth limits only the first fetch of a ref. Later fetches are incremental from
+            // the cached tip anyway, and fetching them shallow again would cut the history
+            // between the last applied commit and the new one (forcing an unshallow for every
+            // ancestry check).
+            let depth = match cache.repo.refname_to_id(&local) {
+                Ok(_) => None,
+                Err(_) => effective_depth(cfg),
+            };
             download(
                 &mut remote,
                 &creds,
@@ -312,7 +321,7 @@ pub fn fetch_counted(
 /// Fetches the configured ref's full history into a shallow cache (`--unshallow`), so that
 /// ancestry checks can see every commit. Talks to the network, writes objects to the cache.
 /// A no-op for caches that are not shallow.
-pub fn unshallow(cfg: &SourceConfig) -> Result<(), SourceError> {
+pub fn unshallow(cfg: &SourceConfig, counters: &TransferCounters) -> Result<(), SourceError> {
     let cache = Cache::open(&cfg.cache_dir)?;
     if !cache.is_shallow() {
         return Ok(());
@@ -343,14 +352,8 @@ pub fn unshallow(cfg: &SourceConfig) -> Result<(), SourceError> {
     };
     // libgit2's GIT_FETCH_DEPTH_UNSHALLOW.
     const UNSHALLOW: i32 = i32::MAX;
-    download(
-        &mut remote,
-        &creds,
-        &specs,
-        Some(UNSHALLOW),
-        &TransferCounters::new(),
-    )
-    .map_err(|e| remote_err("unshallow fetch", e))
+    download(&mut remote, &creds, &specs, Some(UNSHALLOW), counters)
+        .map_err(|e| remote_err("unshallow fetch", e))
 }
 
 fn effective_depth(cfg: &SourceConfig) -> Option<i32> {

@@ -13,6 +13,8 @@
 //!    commit's tree in the object database. There is no worktree and no checkout, so a
 //!    half-fetched or half-written tree can never be applied.
 //!
+//! [`poll`] runs the three steps in that order for the daemon.
+//!
 //! Invariants:
 //! - Everything here is blocking (libgit2); the daemon calls it from `spawn_blocking`.
 //! - The cache only ever gains objects and moves refs under `refs/bosun/`; it never has a
@@ -27,6 +29,8 @@ mod verify;
 
 use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::snapshot::Snapshot;
 
 pub use allowed_signers::{AllowedSigner, AllowedSigners};
 pub use fetch::{fetch, fetch_counted, unshallow, FetchOutcome, TransferCounters, TransferTotals};
@@ -170,6 +174,55 @@ pub fn init_git_globals() {
         let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
         let _ = git2::opts::set_server_timeout_in_milliseconds(SERVER_TIMEOUT_MS);
     }
+}
+
+/// A commit that passed every check of [`poll`], with its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// What the fetch did (`Unchanged` polls still re-verify: the trust roots may have changed).
+    pub fetch: FetchOutcome,
+    pub verdict: Verdict,
+    pub ancestry: Ancestry,
+    pub snapshot: Snapshot,
+}
+
+impl Accepted {
+    pub fn commit(&self) -> Oid {
+        self.fetch.commit()
+    }
+}
+
+/// One full poll in chain-of-custody order: fetch the ref ([`fetch_counted`]), verify the head
+/// signature ([`verify_commit`]), refuse rollbacks ([`check_descends_or_deepen`]), then read the
+/// files ([`snapshot`]). Talks to the network and writes to the cache; nothing else. A refusal
+/// is `Err(SourceError::Refused { .. })` and leaves the caller's applied state untouched.
+pub fn poll(
+    cfg: &SourceConfig,
+    verify: &VerifyConfig,
+    last_applied: Option<Oid>,
+    counters: &TransferCounters,
+) -> Result<Accepted, SourceError> {
+    let fetched = fetch_counted(cfg, counters)?;
+    let commit = fetched.commit();
+    let verdict = {
+        let cache = Cache::open(&cfg.cache_dir)?;
+        verify_commit(&cache, commit, verify)?
+    };
+    let ancestry = check_descends_or_deepen(
+        cfg,
+        commit,
+        last_applied,
+        verify.allow_history_rewrite,
+        counters,
+    )?;
+    let cache = Cache::open(&cfg.cache_dir)?;
+    let snapshot = snapshot(&cache, commit, cfg.subdir.as_deref())?;
+    Ok(Accepted {
+        fetch: fetched,
+        verdict,
+        ancestry,
+        snapshot,
+    })
 }
 
 /// The bare repository cache of one source. Holds objects and `refs/bosun/*` only.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use super::allowed_signers::AllowedSigners;
 use super::openpgp::OpenPgpKeyring;
-use super::{fetch, Cache, Oid, SourceConfig, SourceError};
+use super::{fetch, Cache, Oid, SourceConfig, SourceError, TransferCounters};
 
 /// Whether commits must be signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -214,12 +214,13 @@ pub fn check_descends_or_deepen(
     new: Oid,
     last_applied: Option<Oid>,
     allow_history_rewrite: bool,
+    counters: &TransferCounters,
 ) -> Result<Ancestry, SourceError> {
     let cache = Cache::open(&cfg.cache_dir)?;
     match check_descends(&cache, new, last_applied, allow_history_rewrite) {
         Err(SourceError::ShallowAncestry { .. }) => {
             drop(cache);
-            fetch::unshallow(cfg)?;
+            fetch::unshallow(cfg, counters)?;
             // A fresh handle: libgit2 keeps the old shallow grafts in memory.
             let cache = Cache::open(&cfg.cache_dir)?;
             check_descends(&cache, new, last_applied, allow_history_rewrite)
