@@ -571,6 +571,25 @@ fn openpgp_signed_commits_verify_against_armored_keys() {
         "{err}"
     );
 
+    // Signed by a signing subkey (git's `KEYID!` forces that exact subkey): verified, and
+    // attributed to the primary key. The key is exported again so it includes the subkey.
+    let sub_fpr = gpg.add_signing_subkey(&fpr);
+    assert_ne!(sub_fpr, fpr);
+    let with_subkey = gpg.export(&fpr);
+    repo.write("config.yaml", "hostname: subkey\n");
+    let c_sub = repo.commit_gpg_signed(&gpg, &format!("{sub_fpr}!"), "signed by subkey");
+    let (cache, head) = fetch_head(&repo, &tmp.path().join("cache"));
+    assert_eq!(head, oid(&c_sub));
+    assert_eq!(
+        verify_commit(&cache, head, &vcfg(vec![with_subkey])).unwrap(),
+        Verdict::Verified {
+            signer: fpr.clone()
+        }
+    );
+    // The export made before the subkey existed does not know it.
+    let err = verify_commit(&cache, head, &vcfg(vec![trusted_key.clone()])).unwrap_err();
+    assert!(matches!(refused(&err), Refusal::UnknownKey { .. }), "{err}");
+
     // A broken key block is a config error naming its position.
     let err = verify_commit(&cache, head, &vcfg(vec![trusted_key, "junk".into()])).unwrap_err();
     assert!(err.to_string().contains("#1"), "{err}");
@@ -646,4 +665,33 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
             last_applied: oid(&c3)
         }
     );
+}
+
+#[test]
+fn stale_ref_lock_from_a_crash_blocks_fetch_until_cleared() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    fleet(&repo, "");
+    repo.commit("one");
+    let cfg = SourceConfig::new(repo.file_url(), "main", tmp.path().join("cache"));
+    source::fetch(&cfg).unwrap();
+
+    // What a power cut in the middle of a ref update leaves behind.
+    let lock = cfg.cache_dir.join("refs/bosun/remote/heads/main.lock");
+    std::fs::write(&lock, "").unwrap();
+    repo.write("config.yaml", "hostname: two\n");
+    let c2 = repo.commit("two");
+    let err = source::fetch(&cfg).unwrap_err().to_string();
+    assert!(err.contains("lock"), "{err}");
+
+    assert_eq!(
+        Cache::clear_stale_locks(&cfg.cache_dir).unwrap(),
+        vec![lock]
+    );
+    assert_eq!(
+        source::fetch(&cfg).unwrap(),
+        FetchOutcome::Updated { commit: oid(&c2) }
+    );
+    assert!(Cache::clear_stale_locks(&cfg.cache_dir).unwrap().is_empty());
 }

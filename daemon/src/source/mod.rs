@@ -262,6 +262,54 @@ impl Cache {
         })
     }
 
+    /// Removes `*.lock` files that a crash or power loss left in the cache (under `refs/`, and
+    /// `packed-refs.lock`, `shallow.lock`, `config.lock`, `HEAD.lock`). Left alone, a stale ref
+    /// lock fails every later fetch of that ref. Deletes files; returns the paths removed.
+    ///
+    /// Only call this when no fetch can be running on the cache (the daemon: once at startup,
+    /// before its first poll).
+    pub fn clear_stale_locks(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+        fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> io::Result<()> {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    walk(&path, found)?;
+                } else if path.extension().is_some_and(|e| e == "lock") {
+                    found.push(path);
+                }
+            }
+            Ok(())
+        }
+        let io_err = |path: &Path, source| SourceError::ReadFile {
+            what: "stale lock in the git cache",
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut found = Vec::new();
+        walk(&dir.join("refs"), &mut found).map_err(|e| io_err(&dir.join("refs"), e))?;
+        for name in [
+            "packed-refs.lock",
+            "shallow.lock",
+            "config.lock",
+            "HEAD.lock",
+        ] {
+            let p = dir.join(name);
+            if p.is_file() {
+                found.push(p);
+            }
+        }
+        for p in &found {
+            std::fs::remove_file(p).map_err(|e| io_err(p, e))?;
+        }
+        Ok(found)
+    }
+
     /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.dir

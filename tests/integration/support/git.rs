@@ -380,6 +380,32 @@ impl GpgHome {
             .to_string()
     }
 
+    /// Adds an ed25519 signing subkey to the key `fpr`. Returns the subkey's fingerprint.
+    pub fn add_signing_subkey(&self, fpr: &str) -> String {
+        run(self.gpg().args([
+            "--passphrase",
+            "",
+            "--quick-add-key",
+            fpr,
+            "ed25519",
+            "sign",
+            "never",
+        ]));
+        let listing = run(self.gpg().args(["--with-colons", "--list-keys", fpr]));
+        // Lines: pub, fpr (primary), uid, sub, fpr (subkey): take the fpr after the last sub.
+        let mut after_sub = false;
+        let mut sub_fpr = None;
+        for line in listing.lines() {
+            if line.starts_with("sub:") {
+                after_sub = true;
+            } else if after_sub && line.starts_with("fpr:") {
+                sub_fpr = line.split(':').find(|f| f.len() >= 40).map(str::to_string);
+                after_sub = false;
+            }
+        }
+        sub_fpr.expect("subkey fingerprint in gpg listing")
+    }
+
     /// The armored public key of `uid`.
     pub fn export(&self, uid: &str) -> String {
         run(self.gpg().args(["--armor", "--export", uid]))
