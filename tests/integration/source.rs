@@ -10,7 +10,7 @@ use bosun::source::{
     VerifyConfig, VerifyMode,
 };
 
-use crate::support::git::{pack_files, GitDaemon, GpgHome, SshKey, WorkRepo};
+use crate::support::git::{pack_files, GitDaemon, GpgHome, SshKey, SshServer, WorkRepo};
 
 fn init() {
     static ONCE: Once = Once::new();
@@ -694,4 +694,72 @@ fn stale_ref_lock_from_a_crash_blocks_fetch_until_cleared() {
         FetchOutcome::Updated { commit: oid(&c2) }
     );
     assert!(Cache::clear_stale_locks(&cfg.cache_dir).unwrap().is_empty());
+}
+
+#[test]
+fn ssh_remote_with_client_key_and_pinned_host_key() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    fleet(&repo, "");
+    let c1 = repo.commit("over ssh");
+    let server = SshServer::start(&tmp.path().join("sshd"));
+    let known_hosts = tmp.path().join("known_hosts");
+    std::fs::write(&known_hosts, format!("{}\n", server.known_hosts_line())).unwrap();
+    let mut cfg = SourceConfig::new(server.url(&repo.dir), "main", tmp.path().join("cache"));
+    cfg.ssh_key_file = Some(server.client_key.clone());
+    cfg.ssh_known_hosts = Some(known_hosts.clone());
+    cfg.depth = Some(1);
+
+    assert_eq!(
+        source::fetch(&cfg).unwrap(),
+        FetchOutcome::Updated { commit: oid(&c1) }
+    );
+    assert!(Cache::open(&cfg.cache_dir).unwrap().is_shallow());
+    assert_eq!(
+        source::fetch(&cfg).unwrap(),
+        FetchOutcome::Unchanged { commit: oid(&c1) }
+    );
+
+    // Another host key pinned for this host: refused before any credential is sent.
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let impostor = SshKey::generate(&keys, "impostor");
+    let wrong_pin = tmp.path().join("known_hosts_wrong");
+    let impostor_key: Vec<&str> = impostor.public.split_whitespace().take(2).collect();
+    std::fs::write(
+        &wrong_pin,
+        format!("[127.0.0.1]:{} {}\n", server.port, impostor_key.join(" ")),
+    )
+    .unwrap();
+    let mut bad = cfg.clone();
+    bad.cache_dir = tmp.path().join("cache-bad");
+    bad.ssh_known_hosts = Some(wrong_pin.clone());
+    let err = source::fetch(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("does not match") && err.contains("known_hosts_wrong"),
+        "{err}"
+    );
+
+    // The host is not listed at all.
+    std::fs::write(
+        &wrong_pin,
+        format!("example.invalid {}\n", server.host_key_public),
+    )
+    .unwrap();
+    let err = source::fetch(&bad).unwrap_err().to_string();
+    assert!(err.contains("not listed"), "{err}");
+
+    // A client key the server does not accept: a clean authentication error, no retry loop.
+    bad.ssh_known_hosts = Some(known_hosts);
+    bad.ssh_key_file = Some(impostor.private.clone());
+    let err = source::fetch(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains(&server.url(&repo.dir)) && err.contains("authentication"),
+        "{err}"
+    );
+    // No key at all.
+    bad.ssh_key_file = None;
+    let err = source::fetch(&bad).unwrap_err().to_string();
+    assert!(err.contains("ssh_key_file"), "{err}");
 }

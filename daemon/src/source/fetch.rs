@@ -10,11 +10,16 @@
 //! - A full commit id as the reference never touches the network once the commit is cached
 //!   (commit ids are immutable).
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use git2::{AutotagOption, Cred, CredentialType, Direction, FetchOptions, RemoteCallbacks};
+use git2::{
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, FetchOptions,
+    RemoteCallbacks,
+};
 
+use super::known_hosts::{host_name, ssh_host_port, HostKeyCheck, KnownHosts};
 use super::{Cache, Oid, SourceConfig, SourceError, DEFAULT_TOKEN_USERNAME};
 
 /// What a poll found.
@@ -124,10 +129,20 @@ fn is_local_url(url: &str) -> bool {
     url.starts_with("file://") || url.starts_with('/') || url.starts_with('.')
 }
 
-/// Credentials read once per fetch.
+/// Pinned SSH host keys for the source's server.
+struct HostPin {
+    file: PathBuf,
+    hosts: KnownHosts,
+    port: u16,
+}
+
+/// Credentials (and the pinned host keys) read once per fetch.
 struct Credentials {
     ssh_key_file: Option<PathBuf>,
     token: Option<(String, String)>,
+    host_pin: Option<HostPin>,
+    /// Why the pinned host key check refused (libgit2 replaces the callback's message).
+    host_key_refusal: RefCell<Option<String>>,
 }
 
 impl Credentials {
@@ -164,16 +179,75 @@ impl Credentials {
                 )));
             }
         }
+        let host_pin = match &cfg.ssh_known_hosts {
+            None => None,
+            Some(file) => {
+                let text =
+                    std::fs::read_to_string(file).map_err(|source| SourceError::ReadFile {
+                        what: "ssh known_hosts file",
+                        path: file.clone(),
+                        source,
+                    })?;
+                let hosts = KnownHosts::parse(&text, &file.display().to_string())?;
+                let port = ssh_host_port(&cfg.url).map_or(22, |(_, p)| p);
+                Some(HostPin {
+                    file: file.clone(),
+                    hosts,
+                    port,
+                })
+            }
+        };
         Ok(Credentials {
             ssh_key_file: cfg.ssh_key_file.clone(),
             token,
+            host_pin,
+            host_key_refusal: RefCell::new(None),
         })
+    }
+
+    /// Turns a libgit2 failure into a `SourceError`, preferring the host key refusal reason.
+    fn error(&self, url: &str, op: &'static str, source: git2::Error) -> SourceError {
+        match self.host_key_refusal.borrow_mut().take() {
+            Some(reason) => SourceError::HostKeyRejected {
+                url: url.to_string(),
+                reason,
+            },
+            None => SourceError::Remote {
+                url: url.to_string(),
+                op,
+                source,
+            },
+        }
     }
 
     fn callbacks(&self) -> RemoteCallbacks<'_> {
         let mut cb = RemoteCallbacks::new();
         // Without a progress callback libgit2 does not count received bytes.
         cb.transfer_progress(|_| true);
+        if let Some(pin) = &self.host_pin {
+            cb.certificate_check(move |cert, host| {
+                // TLS certificates are libgit2's (OpenSSL's) business; only SSH keys are pinned.
+                let Some(hostkey) = cert.as_hostkey() else {
+                    return Ok(CertificateCheckStatus::CertificatePassthrough);
+                };
+                let Some(blob) = hostkey.hostkey() else {
+                    return Err(git2::Error::from_str(
+                        "the SSH transport did not expose the server's host key",
+                    ));
+                };
+                let name = host_name(host, pin.port);
+                let why = match pin.hosts.check(host, pin.port, blob) {
+                    HostKeyCheck::Trusted => return Ok(CertificateCheckStatus::CertificateOk),
+                    HostKeyCheck::Revoked => "is revoked in",
+                    HostKeyCheck::Mismatch => "does not match the key(s) listed in",
+                    HostKeyCheck::UnknownHost => "is for a host not listed in",
+                };
+                let reason = format!("host key of {name} {why} {}", pin.file.display());
+                let err = git2::Error::from_str(&reason);
+                *self.host_key_refusal.borrow_mut() = Some(reason);
+                Err(err)
+            });
+        }
         let mut attempts = 0u32;
         cb.credentials(move |_url, username_from_url, allowed| {
             // libgit2 calls again after a rejected credential; stop instead of looping.
@@ -237,7 +311,7 @@ pub fn fetch_counted(
     let heads: Vec<(String, Oid)> = {
         let conn = remote
             .connect_auth(Direction::Fetch, Some(creds.callbacks()), None)
-            .map_err(|e| remote_err("connect", e))?;
+            .map_err(|e| creds.error(&cfg.url, "connect", e))?;
         counters.polls.fetch_add(1, Ordering::Relaxed);
         conn.list()
             .map_err(|e| remote_err("list refs", e))?
@@ -277,7 +351,7 @@ pub fn fetch_counted(
                 depth,
                 counters,
             )
-            .map_err(|e| remote_err("fetch", e))?;
+            .map_err(|e| creds.error(&cfg.url, "fetch", e))?;
             let fetched = cache
                 .repo
                 .refname_to_id(&local)
@@ -301,7 +375,7 @@ pub fn fetch_counted(
                 ],
             };
             download(&mut remote, &creds, &specs, None, counters)
-                .map_err(|e| remote_err("fetch", e))?;
+                .map_err(|e| creds.error(&cfg.url, "fetch", e))?;
             if !cache.has_commit(oid) {
                 return Err(SourceError::CommitNotFound {
                     url: cfg.url.clone(),
@@ -353,7 +427,7 @@ pub fn unshallow(cfg: &SourceConfig, counters: &TransferCounters) -> Result<(), 
     // libgit2's GIT_FETCH_DEPTH_UNSHALLOW.
     const UNSHALLOW: i32 = i32::MAX;
     download(&mut remote, &creds, &specs, Some(UNSHALLOW), counters)
-        .map_err(|e| remote_err("unshallow fetch", e))
+        .map_err(|e| creds.error(&cfg.url, "unshallow fetch", e))
 }
 
 fn effective_depth(cfg: &SourceConfig) -> Option<i32> {

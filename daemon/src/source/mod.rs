@@ -23,6 +23,7 @@
 
 mod allowed_signers;
 mod fetch;
+mod known_hosts;
 mod openpgp;
 mod tree;
 mod verify;
@@ -34,6 +35,7 @@ use crate::snapshot::Snapshot;
 
 pub use allowed_signers::{AllowedSigner, AllowedSigners};
 pub use fetch::{fetch, fetch_counted, unshallow, FetchOutcome, TransferCounters, TransferTotals};
+pub use known_hosts::{HostKeyCheck, KnownHosts};
 pub use openpgp::OpenPgpKeyring;
 pub use tree::snapshot;
 pub use verify::{
@@ -65,6 +67,9 @@ pub struct SourceConfig {
     pub depth: Option<u32>,
     /// Private key for `ssh://` remotes (no passphrase).
     pub ssh_key_file: Option<PathBuf>,
+    /// OpenSSH `known_hosts` file pinning the `ssh://` server's host key. When `None`,
+    /// libgit2 checks `~/.ssh/known_hosts` of the daemon's user (and refuses unknown hosts).
+    pub ssh_known_hosts: Option<PathBuf>,
     /// File holding an HTTPS token, sent as the password. Read at every fetch, so a rotated
     /// token is picked up without a restart.
     pub token_file: Option<PathBuf>,
@@ -83,6 +88,7 @@ impl SourceConfig {
             subdir: None,
             depth: None,
             ssh_key_file: None,
+            ssh_known_hosts: None,
             token_file: None,
             token_username: None,
             cache_dir,
@@ -114,6 +120,8 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
+    #[error("{url}: refusing the SSH server: {reason}")]
+    HostKeyRejected { url: String, reason: String },
     #[error("source config: {0}")]
     InvalidConfig(String),
     #[error("{url}: ref {reference:?} is not advertised by the remote (it has: {available})")]
@@ -138,6 +146,12 @@ pub enum SourceError {
     },
     #[error("allowed signers {origin}:{line}: {reason}")]
     AllowedSigners {
+        origin: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("known hosts {origin}:{line}: {reason}")]
+    KnownHosts {
         origin: String,
         line: usize,
         reason: String,

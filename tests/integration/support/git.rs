@@ -435,3 +435,89 @@ pub fn pack_files(bare: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A real OpenSSH server on 127.0.0.1 serving git over `ssh://` to one client key, for the
+/// current user (repos are addressed by absolute path). Killed on drop.
+pub struct SshServer {
+    child: Child,
+    pub port: u16,
+    pub user: String,
+    /// Private key the server accepts.
+    pub client_key: PathBuf,
+    /// `ssh-ed25519 AAAA…` of the server's host key.
+    pub host_key_public: String,
+}
+
+impl SshServer {
+    pub fn start(dir: &Path) -> SshServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let host = SshKey::generate(dir, "host_key");
+        let client = SshKey::generate(dir, "client_key");
+        std::fs::write(dir.join("authorized_keys"), format!("{}\n", client.public)).unwrap();
+        let user = run(Command::new("id").arg("-un"));
+        // sshd running as root wants its privilege separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+             PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n\
+             LogLevel ERROR\n",
+            host = host.private.display(),
+            auth = dir.join("authorized_keys").display(),
+        );
+        let config_path = dir.join("sshd_config");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn /usr/sbin/sshd (package openssh-server)");
+        let mut server = SshServer {
+            child,
+            port,
+            user,
+            client_key: client.private,
+            host_key_public: host
+                .public
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("sshd exited early ({status})");
+            }
+            assert!(Instant::now() < deadline, "sshd did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        server
+    }
+
+    /// `ssh://USER@127.0.0.1:PORT/ABS/PATH`.
+    pub fn url(&self, repo: &Path) -> String {
+        format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            repo.display()
+        )
+    }
+
+    /// The known_hosts line pinning this server's host key.
+    pub fn known_hosts_line(&self) -> String {
+        format!("[127.0.0.1]:{} {}", self.port, self.host_key_public)
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
