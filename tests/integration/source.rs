@@ -10,7 +10,9 @@ use bosun::source::{
     VerifyConfig, VerifyMode,
 };
 
-use crate::support::git::{pack_files, GitDaemon, GpgHome, SshKey, SshServer, WorkRepo};
+use crate::support::git::{
+    pack_files, GitDaemon, GitHttpServer, GpgHome, SshKey, SshServer, WorkRepo,
+};
 
 fn init() {
     static ONCE: Once = Once::new();
@@ -762,4 +764,63 @@ fn ssh_remote_with_client_key_and_pinned_host_key() {
     bad.ssh_key_file = None;
     let err = source::fetch(&bad).unwrap_err().to_string();
     assert!(err.contains("ssh_key_file"), "{err}");
+}
+
+#[test]
+fn http_remote_with_token_file_and_custom_username() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("srv/fleet"));
+    fleet(&repo, "");
+    let c1 = repo.commit("over http");
+    let server = GitHttpServer::start(&tmp.path().join("srv"), "deploy-bot", "s3cret-token");
+    let token = tmp.path().join("token");
+    // Trailing newline as `echo` writes it: trimmed.
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let mut cfg = SourceConfig::new(server.url("fleet"), "main", tmp.path().join("cache"));
+    cfg.token_file = Some(token.clone());
+    cfg.token_username = Some("deploy-bot".into());
+
+    assert_eq!(
+        source::fetch(&cfg).unwrap(),
+        FetchOutcome::Updated { commit: oid(&c1) }
+    );
+    let counters = TransferCounters::new();
+    assert_eq!(
+        source::fetch_counted(&cfg, &counters).unwrap(),
+        FetchOutcome::Unchanged { commit: oid(&c1) }
+    );
+    assert_eq!(counters.totals().pack_fetches, 0);
+
+    // The default username is x-access-token, which this server does not accept.
+    let mut default_user = cfg.clone();
+    default_user.token_username = None;
+    default_user.cache_dir = tmp.path().join("cache-2");
+    let before = server.rejected.load(std::sync::atomic::Ordering::SeqCst);
+    let err = source::fetch(&default_user).unwrap_err().to_string();
+    assert!(err.contains(&server.url("fleet")), "{err}");
+    let attempts = server.rejected.load(std::sync::atomic::Ordering::SeqCst) - before;
+    // libgit2 asks again after each 401; bosun gives up after a few tries instead of looping.
+    assert!((1..=5).contains(&attempts), "{attempts} rejected requests");
+
+    // A rotated token is read at the next fetch.
+    std::fs::write(&token, "rotated-wrong").unwrap();
+    assert!(source::fetch(&cfg).is_err());
+    std::fs::write(&token, "s3cret-token").unwrap();
+    repo.write("config.yaml", "hostname: two\n");
+    let c2 = repo.commit("two");
+    assert_eq!(
+        source::fetch(&cfg).unwrap(),
+        FetchOutcome::Updated { commit: oid(&c2) }
+    );
+
+    // An unreadable token file is an error naming it.
+    cfg.token_file = Some(tmp.path().join("missing-token"));
+    let err = source::fetch(&cfg).unwrap_err().to_string();
+    assert!(err.contains("missing-token"), "{err}");
+    // A token over plain http to a non-loopback host is refused before connecting.
+    cfg.url = "http://git.example.invalid/fleet".into();
+    cfg.token_file = Some(token);
+    let err = source::fetch(&cfg).unwrap_err().to_string();
+    assert!(err.contains("in clear"), "{err}");
 }

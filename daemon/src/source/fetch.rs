@@ -136,6 +136,25 @@ struct HostPin {
     port: u16,
 }
 
+/// Whether `url` is plain `http://` to a host other than loopback.
+fn cleartext_to_network(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        hostport.split(':').next().unwrap_or_default()
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
 /// Credentials (and the pinned host keys) read once per fetch.
 struct Credentials {
     ssh_key_file: Option<PathBuf>,
@@ -150,6 +169,14 @@ impl Credentials {
     fn load(cfg: &SourceConfig) -> Result<Self, SourceError> {
         let token = match &cfg.token_file {
             None => None,
+            Some(path) if cleartext_to_network(&cfg.url) => {
+                return Err(SourceError::InvalidConfig(format!(
+                    "token_file {} with {}: a plain http:// URL would send the token in clear \
+                     over the network; use https://",
+                    path.display(),
+                    cfg.url
+                )));
+            }
             Some(path) => {
                 let raw =
                     std::fs::read_to_string(path).map_err(|source| SourceError::ReadFile {
@@ -553,6 +580,17 @@ mod tests {
             "refs/bosun/remote/heads/main"
         );
         assert_eq!(tracking_ref("HEAD"), "refs/bosun/remote/HEAD");
+    }
+
+    #[test]
+    fn tokens_never_travel_over_cleartext_http_off_the_host() {
+        assert!(cleartext_to_network("http://git.example.com/fleet"));
+        assert!(cleartext_to_network("http://user@10.0.0.1:8080/fleet"));
+        assert!(!cleartext_to_network("http://127.0.0.1:8080/fleet"));
+        assert!(!cleartext_to_network("http://localhost/fleet"));
+        assert!(!cleartext_to_network("http://[::1]:80/fleet"));
+        assert!(!cleartext_to_network("https://git.example.com/fleet"));
+        assert!(!cleartext_to_network("ssh://git.example.com/fleet"));
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub struct SourceConfig {
     /// libgit2 checks `~/.ssh/known_hosts` of the daemon's user (and refuses unknown hosts).
     pub ssh_known_hosts: Option<PathBuf>,
     /// File holding an HTTPS token, sent as the password. Read at every fetch, so a rotated
-    /// token is picked up without a restart.
+    /// token is picked up without a restart. Refused with a plain `http://` URL unless the
+    /// host is loopback (the token would cross the network in clear).
     pub token_file: Option<PathBuf>,
     /// Username sent with the token; [`DEFAULT_TOKEN_USERNAME`] when `None`.
     pub token_username: Option<String>,

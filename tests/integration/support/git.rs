@@ -521,3 +521,179 @@ impl Drop for SshServer {
         let _ = self.child.wait();
     }
 }
+
+/// A real smart-HTTP git server on 127.0.0.1: axum in front of `git http-backend` (CGI), with
+/// HTTP Basic auth against one username/token. Counts rejected (401) requests. Stopped on drop.
+pub struct GitHttpServer {
+    pub port: u16,
+    pub rejected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct HttpState {
+    base: PathBuf,
+    expected_auth: String,
+    rejected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GitHttpServer {
+    /// Serves every repository under `base` at `http://127.0.0.1:PORT/NAME`.
+    pub fn start(base: &Path, user: &str, token: &str) -> GitHttpServer {
+        use base64::Engine;
+        let rejected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let state = std::sync::Arc::new(HttpState {
+            base: base.to_path_buf(),
+            expected_auth: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"))
+            ),
+            rejected: rejected.clone(),
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = axum::Router::new().fallback(cgi).with_state(state);
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await
+                    .expect("serve");
+            });
+        });
+        wait_for_port(port, Duration::from_secs(10));
+        GitHttpServer {
+            port,
+            rejected,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for GitHttpServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn cgi(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<HttpState>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    let authorized = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == state.expected_auth.as_bytes());
+    if !authorized {
+        state
+            .rejected
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut resp = (StatusCode::UNAUTHORIZED, "token required").into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"bosun-test\""),
+        );
+        return resp;
+    }
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .expect("request body");
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let git_protocol = parts
+        .headers
+        .get("git-protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let base = state.base.clone();
+    let method = parts.method.to_string();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or_default().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("git");
+        isolate(&mut cmd);
+        let mut child = cmd
+            .arg("http-backend")
+            .env("GIT_PROJECT_ROOT", &base)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("REQUEST_METHOD", method)
+            .env("PATH_INFO", path)
+            .env("QUERY_STRING", query)
+            .env("CONTENT_TYPE", content_type)
+            .env("CONTENT_LENGTH", body.len().to_string())
+            .env("GIT_PROTOCOL", git_protocol)
+            .env("REMOTE_USER", "bosun")
+            .env("REMOTE_ADDR", "127.0.0.1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn git http-backend");
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&body);
+        });
+        let out = child.wait_with_output().expect("git http-backend");
+        let _ = writer.join();
+        out.stdout
+    })
+    .await
+    .expect("join http-backend");
+    // CGI response: headers, blank line, body.
+    let split = output
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| output.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let Some((at, sep)) = split else {
+        return (StatusCode::BAD_GATEWAY, "malformed CGI output").into_response();
+    };
+    let head = String::from_utf8_lossy(&output[..at]).to_string();
+    let mut resp =
+        axum::response::Response::new(axum::body::Body::from(output[at + sep..].to_vec()));
+    for line in head.lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().and_then(|c| c.parse().ok());
+            if let Some(code) = code.and_then(|c| StatusCode::from_u16(c).ok()) {
+                *resp.status_mut() = code;
+            }
+        } else if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
+    resp
+}
