@@ -17,4 +17,5 @@ pub mod reconcile;
 pub mod render;
 pub mod runner;
 pub mod snapshot;
+pub mod source;
 pub mod statefile;

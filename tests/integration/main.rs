@@ -3,6 +3,8 @@
 //! real boot-env tools).
 
 mod support;
+#[path = "support/apply.rs"]
+mod support_apply;
 
 mod apply_crash;
 mod apply_fs;
@@ -14,5 +16,4 @@ mod keys;
 mod plan_cli;
 mod render_systemd;
 mod runner;
-#[path = "support/apply.rs"]
-mod support_apply;
+mod source;

@@ -1,0 +1,355 @@
+//! The Git source: where config commits come from and why bosun trusts them.
+//!
+//! This module owns the chain of custody from a remote repository to a [`Snapshot`]:
+//!
+//! 1. [`fetch`] keeps a bare repository cache in `cache_dir`. Every poll first reads the ref
+//!    advertisement; when the advertised id equals what the cache holds, no pack is fetched
+//!    ([`FetchOutcome::Unchanged`]). Otherwise only the configured ref is fetched (shallow when
+//!    `depth` is set and the transport supports it).
+//! 2. [`verify_commit`] checks the head commit's SSH or OpenPGP signature against the trust roots
+//!    of the local agent config (never taken from Git), and [`check_descends`] refuses a commit
+//!    that does not descend from the last applied one (anti-rollback).
+//! 3. [`snapshot`] reads `config.yaml`, `groups/*.yaml` and `nodes/*.yaml` straight from the
+//!    commit's tree in the object database. There is no worktree and no checkout, so a
+//!    half-fetched or half-written tree can never be applied.
+//!
+//! [`poll`] runs the three steps in that order for the daemon.
+//!
+//! Invariants:
+//! - Everything here is blocking (libgit2); the daemon calls it from `spawn_blocking`.
+//! - The cache only ever gains objects and moves refs under `refs/bosun/`; it never has a
+//!   worktree. Deleting `cache_dir` is always safe (the next fetch starts from scratch).
+//! - Verification fails closed: an unreadable trust root is an error, never "no keys".
+
+mod allowed_signers;
+mod fetch;
+mod known_hosts;
+mod openpgp;
+mod tree;
+mod verify;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::snapshot::Snapshot;
+
+pub use allowed_signers::{AllowedSigner, AllowedSigners};
+pub use fetch::{fetch, fetch_counted, unshallow, FetchOutcome, TransferCounters, TransferTotals};
+pub use known_hosts::{HostKeyCheck, KnownHosts};
+pub use openpgp::OpenPgpKeyring;
+pub use tree::snapshot;
+pub use verify::{
+    check_descends, check_descends_or_deepen, verify_commit, Ancestry, Refusal, SignersSource,
+    Verdict, VerifyConfig, VerifyMode,
+};
+
+pub use git2::Oid;
+
+/// Default username sent with an HTTPS token (GitHub's convention; GitLab accepts any name).
+pub const DEFAULT_TOKEN_USERNAME: &str = "x-access-token";
+
+/// How long to wait for a TCP/SSH connection to the remote before giving up.
+pub const CONNECT_TIMEOUT_MS: i32 = 15_000;
+/// How long a stalled read from or write to the remote may take before the fetch fails.
+pub const SERVER_TIMEOUT_MS: i32 = 60_000;
+
+/// Where and what to fetch. Comes from the local agent config, never from Git.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// `https://`, `ssh://` (or scp-like `user@host:path`), `git://` or `file://` URL.
+    pub url: String,
+    /// A branch (`main`, `refs/heads/main`), a tag (`v1`, `refs/tags/v1`) or a full commit id.
+    pub reference: String,
+    /// Directory of the config repo inside the Git repo (`/`-separated, relative).
+    pub subdir: Option<String>,
+    /// Shallow fetch depth. Ignored for `file://` remotes (libgit2's local transport cannot
+    /// fetch shallow).
+    pub depth: Option<u32>,
+    /// Private key for `ssh://` remotes (no passphrase).
+    pub ssh_key_file: Option<PathBuf>,
+    /// OpenSSH `known_hosts` file pinning the `ssh://` server's host key. When `None`,
+    /// libgit2 checks `~/.ssh/known_hosts` of the daemon's user (and refuses unknown hosts).
+    pub ssh_known_hosts: Option<PathBuf>,
+    /// File holding an HTTPS token, sent as the password. Read at every fetch, so a rotated
+    /// token is picked up without a restart. Refused with a plain `http://` URL unless the
+    /// host is loopback (the token would cross the network in clear).
+    pub token_file: Option<PathBuf>,
+    /// Username sent with the token; [`DEFAULT_TOKEN_USERNAME`] when `None`.
+    pub token_username: Option<String>,
+    /// Bare repository cache (created on first use).
+    pub cache_dir: PathBuf,
+}
+
+impl SourceConfig {
+    /// A config with only the required fields set.
+    pub fn new(url: impl Into<String>, reference: impl Into<String>, cache_dir: PathBuf) -> Self {
+        SourceConfig {
+            url: url.into(),
+            reference: reference.into(),
+            subdir: None,
+            depth: None,
+            ssh_key_file: None,
+            ssh_known_hosts: None,
+            token_file: None,
+            token_username: None,
+            cache_dir,
+        }
+    }
+}
+
+/// Errors of the Git source. Each names the URL, path or commit it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{url}: {op}: {source}")]
+    Remote {
+        url: String,
+        op: &'static str,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("git cache {}: {op}: {source}", path.display())]
+    Cache {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("reading {what} {}: {source}", path.display())]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{url}: refusing the SSH server: {reason}")]
+    HostKeyRejected { url: String, reason: String },
+    #[error("source config: {0}")]
+    InvalidConfig(String),
+    #[error("{url}: ref {reference:?} is not advertised by the remote (it has: {available})")]
+    RefNotFound {
+        url: String,
+        reference: String,
+        available: String,
+    },
+    #[error("{url}: commit {commit} is not reachable from any branch or tag of the remote")]
+    CommitNotFound { url: String, commit: Oid },
+    #[error("{url}: ref {reference:?} points to {target}, which is not a commit")]
+    NotACommit {
+        url: String,
+        reference: String,
+        target: Oid,
+    },
+    #[error("commit {commit}: {path}: {reason}")]
+    Snapshot {
+        commit: Oid,
+        path: String,
+        reason: String,
+    },
+    #[error("allowed signers {origin}:{line}: {reason}")]
+    AllowedSigners {
+        origin: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("known hosts {origin}:{line}: {reason}")]
+    KnownHosts {
+        origin: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("OpenPGP key #{index} of openpgp_keys: {reason}")]
+    OpenPgpKey { index: usize, reason: String },
+    #[error("commit {commit} refused: {reason}")]
+    Refused { commit: Oid, reason: Refusal },
+    #[error(
+        "commit {new}: cannot tell whether it descends from the last applied commit {last_applied}: \
+         the cache is shallow and the history between them is missing (fetch deeper or unshallow)"
+    )]
+    ShallowAncestry { new: Oid, last_applied: Oid },
+}
+
+impl SourceError {
+    /// The refusal reason when this error is a verification or anti-rollback refusal.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            SourceError::Refused { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// Sets libgit2's process-wide options (connect and server timeouts). Mutates C globals and may
+/// set environment variables (OpenSSL certificate probing), so `main` must call it before the
+/// tokio runtime or any other thread starts. Calling it more than once is harmless.
+pub fn init_git_globals() {
+    // SAFETY: documented contract: called from `main` before any thread is spawned. The
+    // options are plain integers in libgit2's global settings.
+    unsafe {
+        // These setters cannot fail (libgit2 returns an error code only for unknown options).
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
+        let _ = git2::opts::set_server_timeout_in_milliseconds(SERVER_TIMEOUT_MS);
+    }
+}
+
+/// A commit that passed every check of [`poll`], with its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// What the fetch did (`Unchanged` polls still re-verify: the trust roots may have changed).
+    pub fetch: FetchOutcome,
+    pub verdict: Verdict,
+    pub ancestry: Ancestry,
+    pub snapshot: Snapshot,
+}
+
+impl Accepted {
+    pub fn commit(&self) -> Oid {
+        self.fetch.commit()
+    }
+}
+
+/// One full poll in chain-of-custody order: fetch the ref ([`fetch_counted`]), verify the head
+/// signature ([`verify_commit`]), refuse rollbacks ([`check_descends_or_deepen`]), then read the
+/// files ([`snapshot`]). Talks to the network and writes to the cache; nothing else. A refusal
+/// is `Err(SourceError::Refused { .. })` and leaves the caller's applied state untouched.
+pub fn poll(
+    cfg: &SourceConfig,
+    verify: &VerifyConfig,
+    last_applied: Option<Oid>,
+    counters: &TransferCounters,
+) -> Result<Accepted, SourceError> {
+    let fetched = fetch_counted(cfg, counters)?;
+    let commit = fetched.commit();
+    let verdict = {
+        let cache = Cache::open(&cfg.cache_dir)?;
+        verify_commit(&cache, commit, verify)?
+    };
+    let ancestry = check_descends_or_deepen(
+        cfg,
+        commit,
+        last_applied,
+        verify.allow_history_rewrite,
+        counters,
+    )?;
+    let cache = Cache::open(&cfg.cache_dir)?;
+    let snapshot = snapshot(&cache, commit, cfg.subdir.as_deref())?;
+    Ok(Accepted {
+        fetch: fetched,
+        verdict,
+        ancestry,
+        snapshot,
+    })
+}
+
+/// The bare repository cache of one source. Holds objects and `refs/bosun/*` only.
+pub struct Cache {
+    repo: git2::Repository,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("dir", &self.dir).finish()
+    }
+}
+
+impl Cache {
+    /// Opens the bare cache at `dir`, creating it (and its parents) when missing. Writes to
+    /// disk on first use.
+    pub fn open(dir: &Path) -> Result<Cache, SourceError> {
+        let cache_err = |op, source| SourceError::Cache {
+            path: dir.to_path_buf(),
+            op,
+            source,
+        };
+        let repo = if dir.join("HEAD").is_file() {
+            git2::Repository::open_bare(dir).map_err(|e| cache_err("open", e))?
+        } else {
+            std::fs::create_dir_all(dir).map_err(|source| SourceError::ReadFile {
+                what: "cache directory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            git2::Repository::init_bare(dir).map_err(|e| cache_err("init", e))?
+        };
+        Ok(Cache {
+            repo,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Removes `*.lock` files that a crash or power loss left in the cache (under `refs/`, and
+    /// `packed-refs.lock`, `shallow.lock`, `config.lock`, `HEAD.lock`). Left alone, a stale ref
+    /// lock fails every later fetch of that ref. Deletes files; returns the paths removed.
+    ///
+    /// Only call this when no fetch can be running on the cache (the daemon: once at startup,
+    /// before its first poll).
+    pub fn clear_stale_locks(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+        fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> io::Result<()> {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    walk(&path, found)?;
+                } else if path.extension().is_some_and(|e| e == "lock") {
+                    found.push(path);
+                }
+            }
+            Ok(())
+        }
+        let io_err = |path: &Path, source| SourceError::ReadFile {
+            what: "stale lock in the git cache",
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut found = Vec::new();
+        walk(&dir.join("refs"), &mut found).map_err(|e| io_err(&dir.join("refs"), e))?;
+        for name in [
+            "packed-refs.lock",
+            "shallow.lock",
+            "config.lock",
+            "HEAD.lock",
+        ] {
+            let p = dir.join(name);
+            if p.is_file() {
+                found.push(p);
+            }
+        }
+        for p in &found {
+            std::fs::remove_file(p).map_err(|e| io_err(p, e))?;
+        }
+        Ok(found)
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The underlying repository (read access for callers that need more than this API).
+    pub fn repo(&self) -> &git2::Repository {
+        &self.repo
+    }
+
+    /// Whether the cache holds a shallow history.
+    pub fn is_shallow(&self) -> bool {
+        self.repo.is_shallow()
+    }
+
+    /// Whether `commit` is present in the object database.
+    pub fn has_commit(&self, commit: Oid) -> bool {
+        self.repo.find_commit(commit).is_ok()
+    }
+
+    fn err(&self, op: &'static str, source: git2::Error) -> SourceError {
+        SourceError::Cache {
+            path: self.dir.clone(),
+            op,
+            source,
+        }
+    }
+}

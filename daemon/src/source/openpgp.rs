@@ -1,0 +1,166 @@
+//! OpenPGP commit signatures: a keyring of armored public keys from the agent config, and
+//! verification of git's detached `-----BEGIN PGP SIGNATURE-----` over the signed commit data.
+//!
+//! Invariants:
+//! - Keys are checked when loaded (self-signatures and subkey bindings must verify); a key that
+//!   does not is a config error, not a silently smaller keyring.
+//! - A signature is checked only against keys whose id or fingerprint it names as issuer (or
+//!   every signing-capable key when it names none); no match is `UnknownKey`, a match that does
+//!   not verify is `BadSignature`.
+//! - Not checked: key expiry and revocation certificates (rotate keys by editing the agent
+//!   config).
+
+use pgp::composed::{Deserializable, SignedPublicKey, StandaloneSignature};
+use pgp::types::{Fingerprint, KeyDetails, KeyId, PublicKeyTrait};
+
+use super::verify::Refusal;
+use super::SourceError;
+
+/// Trusted OpenPGP public keys.
+#[derive(Debug, Clone, Default)]
+pub struct OpenPgpKeyring {
+    keys: Vec<SignedPublicKey>,
+}
+
+impl OpenPgpKeyring {
+    /// Parses armored public key blocks (each may hold several keys). Pure.
+    pub fn parse(armored: &[String]) -> Result<Self, SourceError> {
+        let mut keys = Vec::new();
+        for (index, block) in armored.iter().enumerate() {
+            let err = |reason: String| SourceError::OpenPgpKey { index, reason };
+            let (iter, _headers) = SignedPublicKey::from_string_many(block)
+                .map_err(|e| err(format!("not an armored OpenPGP public key: {e}")))?;
+            let mut n = 0;
+            for key in iter {
+                let key = key.map_err(|e| err(format!("unreadable public key: {e}")))?;
+                key.verify().map_err(|e| {
+                    err(format!(
+                        "key {} has invalid self-signatures: {e}",
+                        fingerprint_hex(&key.fingerprint())
+                    ))
+                })?;
+                keys.push(key);
+                n += 1;
+            }
+            if n == 0 {
+                return Err(err("contains no public key".to_string()));
+            }
+        }
+        Ok(OpenPgpKeyring { keys })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Primary key fingerprints (upper-case hex), in config order.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| fingerprint_hex(&k.fingerprint()))
+            .collect()
+    }
+
+    /// Verifies an armored detached signature over `signed_data`. Returns the primary key
+    /// fingerprint of the signer. Pure.
+    pub(crate) fn verify(&self, armored: &str, signed_data: &[u8]) -> Result<String, Refusal> {
+        let (sig, _) =
+            StandaloneSignature::from_string(armored).map_err(|e| Refusal::BadSignature {
+                detail: format!("unreadable OpenPGP signature: {e}"),
+            })?;
+        let issuer_ids: Vec<KeyId> = sig.signature.issuer().into_iter().cloned().collect();
+        let issuer_fps: Vec<Fingerprint> = sig
+            .signature
+            .issuer_fingerprint()
+            .into_iter()
+            .cloned()
+            .collect();
+        let names_issuer = !issuer_ids.is_empty() || !issuer_fps.is_empty();
+        let mut matched = false;
+        let mut last_err = String::new();
+        let mut attempt = |cand: &dyn Fn() -> (KeyId, Fingerprint, bool),
+                           check: &dyn Fn() -> pgp::errors::Result<()>|
+         -> bool {
+            let (id, fp, signing) = cand();
+            if !signing || (names_issuer && !issuer_ids.contains(&id) && !issuer_fps.contains(&fp))
+            {
+                return false;
+            }
+            matched = true;
+            match check() {
+                Ok(()) => true,
+                Err(e) => {
+                    last_err = e.to_string();
+                    false
+                }
+            }
+        };
+        for key in &self.keys {
+            let primary_ok = attempt(
+                &|| (key.key_id(), key.fingerprint(), key.is_signing_key()),
+                &|| sig.signature.verify(key, signed_data),
+            );
+            if primary_ok {
+                return Ok(fingerprint_hex(&key.fingerprint()));
+            }
+            for sub in &key.public_subkeys {
+                let bound_for_signing = sub.signatures.iter().any(|s| s.key_flags().sign());
+                let sub_ok = attempt(
+                    &|| {
+                        (
+                            sub.key.key_id(),
+                            sub.key.fingerprint(),
+                            bound_for_signing && sub.key.is_signing_key(),
+                        )
+                    },
+                    &|| sig.signature.verify(&sub.key, signed_data),
+                );
+                if sub_ok {
+                    return Ok(fingerprint_hex(&key.fingerprint()));
+                }
+            }
+        }
+        if matched {
+            return Err(Refusal::BadSignature {
+                detail: format!("OpenPGP signature does not match the commit: {last_err}"),
+            });
+        }
+        let issuer = issuer_fps
+            .first()
+            .map(fingerprint_hex)
+            .or_else(|| issuer_ids.first().map(|id| hex::encode_upper(id.as_ref())))
+            .unwrap_or_else(|| "an unnamed issuer".to_string());
+        Err(Refusal::UnknownKey {
+            key: format!("OpenPGP key {issuer}"),
+        })
+    }
+}
+
+fn fingerprint_hex(fp: &Fingerprint) -> String {
+    hex::encode_upper(fp.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_key_text_is_a_config_error_naming_the_index() {
+        let err = OpenPgpKeyring::parse(&["hello".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("#0"), "{err}");
+    }
+
+    #[test]
+    fn garbage_signature_is_a_bad_signature() {
+        let ring = OpenPgpKeyring::default();
+        assert!(matches!(
+            ring.verify(
+                "-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----\n",
+                b"x"
+            ),
+            Err(Refusal::BadSignature { .. })
+        ));
+    }
+}

@@ -1,0 +1,230 @@
+//! Trust decisions about a fetched commit: is it signed by a trusted key, and does it descend
+//! from the last applied commit (anti-rollback)?
+//!
+//! Invariants:
+//! - `VerifyMode::Head` checks the signature of the commit that will be applied (the ref's
+//!   head), not every commit in between; a trusted signer vouches for the whole tree it signs.
+//! - Trust roots come only from the agent config ([`VerifyConfig`]), never from the repo.
+//! - Refusals are typed ([`Refusal`]) so the daemon can report and keep the last applied state.
+//! - Ancestry in a shallow cache is never guessed: [`check_descends`] answers
+//!   [`SourceError::ShallowAncestry`] when the history needed is cut off, and
+//!   [`check_descends_or_deepen`] then unshallows the ref and asks again.
+
+use std::path::PathBuf;
+
+use super::allowed_signers::AllowedSigners;
+use super::openpgp::OpenPgpKeyring;
+use super::{fetch, Cache, Oid, SourceConfig, SourceError, TransferCounters};
+
+/// Whether commits must be signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyMode {
+    /// Apply unsigned commits (anti-rollback still applies).
+    #[default]
+    Off,
+    /// The head commit must carry a valid signature by a trusted key.
+    Head,
+}
+
+/// Where the allowed signers (git's `gpg.ssh.allowedSignersFile` format) come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignersSource {
+    /// A file on the node, read at each verification.
+    Path(PathBuf),
+    /// The file's contents, inline in the agent config.
+    Contents(String),
+}
+
+/// Verification settings from the local agent config.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VerifyConfig {
+    pub mode: VerifyMode,
+    pub allowed_signers: Option<SignersSource>,
+    /// Armored OpenPGP public keys.
+    pub openpgp_keys: Vec<String>,
+    /// Accept commits that do not descend from the last applied one (force-pushes, rollbacks).
+    pub allow_history_rewrite: bool,
+}
+
+/// Why a commit is not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the commit is not signed, and verification is on")]
+    Unsigned,
+    #[error("signed by {key}, which is not a trusted key (allowed_signers / openpgp_keys)")]
+    UnknownKey { key: String },
+    #[error("bad signature: {detail}")]
+    BadSignature { detail: String },
+    #[error("SSH signature is for namespace {namespace:?}, git commits use \"git\"")]
+    WrongNamespace { namespace: String },
+    #[error(
+        "it does not descend from the last applied commit {last_applied} (history was rewritten \
+         or rolled back; set allow_history_rewrite to accept this)"
+    )]
+    NotDescendant { last_applied: Oid },
+}
+
+/// Outcome of a signature check that did not refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Verification is off; nothing was checked.
+    NotChecked,
+    /// Signed by a trusted key: the SSH principals, or the OpenPGP primary key fingerprint.
+    Verified { signer: String },
+}
+
+/// How a new commit relates to the last applied one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ancestry {
+    /// Nothing was applied before.
+    FirstApply,
+    /// The same commit.
+    Same,
+    /// Strictly newer history.
+    Descendant,
+    /// Not a descendant, accepted because `allow_history_rewrite` is set.
+    Rewritten,
+}
+
+/// Trust roots loaded from a [`VerifyConfig`].
+struct TrustRoots {
+    ssh: AllowedSigners,
+    openpgp: OpenPgpKeyring,
+}
+
+impl TrustRoots {
+    /// Reads the allowed signers file when configured by path.
+    fn load(cfg: &VerifyConfig) -> Result<Self, SourceError> {
+        let ssh = match &cfg.allowed_signers {
+            None => AllowedSigners::default(),
+            Some(SignersSource::Contents(text)) => AllowedSigners::parse(text, "allowed_signers")?,
+            Some(SignersSource::Path(path)) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| SourceError::ReadFile {
+                        what: "allowed signers file",
+                        path: path.clone(),
+                        source,
+                    })?;
+                AllowedSigners::parse(&text, &path.display().to_string())?
+            }
+        };
+        let openpgp = OpenPgpKeyring::parse(&cfg.openpgp_keys)?;
+        if ssh.is_empty() && openpgp.is_empty() {
+            return Err(SourceError::InvalidConfig(
+                "signature verification is on but no trusted key is configured \
+                 (allowed_signers and openpgp_keys are both empty)"
+                    .to_string(),
+            ));
+        }
+        Ok(TrustRoots { ssh, openpgp })
+    }
+}
+
+const SSH_ARMOR: &str = "-----BEGIN SSH SIGNATURE-----";
+const PGP_ARMOR: &str = "-----BEGIN PGP SIGNATURE-----";
+
+/// Checks `commit`'s signature as `cfg` asks. Reads the cache (and the allowed signers file
+/// when configured by path). A refusal is `Err(SourceError::Refused { .. })`.
+pub fn verify_commit(
+    cache: &Cache,
+    commit: Oid,
+    cfg: &VerifyConfig,
+) -> Result<Verdict, SourceError> {
+    if cfg.mode == VerifyMode::Off {
+        return Ok(Verdict::NotChecked);
+    }
+    let roots = TrustRoots::load(cfg)?;
+    let refused = |reason| SourceError::Refused { commit, reason };
+    let c = cache
+        .repo
+        .find_commit(commit)
+        .map_err(|e| cache.err("read commit", e))?;
+    let commit_time = c.committer().when().seconds();
+    let (signature, signed_data) = match cache.repo.extract_signature(&commit, None) {
+        Ok(pair) => pair,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Err(refused(Refusal::Unsigned)),
+        Err(e) => return Err(cache.err("extract signature", e)),
+    };
+    let Ok(armored) = std::str::from_utf8(&signature) else {
+        return Err(refused(Refusal::BadSignature {
+            detail: "signature is not text".to_string(),
+        }));
+    };
+    let armored = armored.trim();
+    let result = if armored.starts_with(SSH_ARMOR) {
+        roots.ssh.verify(armored, &signed_data, commit_time)
+    } else if armored.starts_with(PGP_ARMOR) {
+        roots.openpgp.verify(armored, &signed_data)
+    } else {
+        let first = armored.lines().next().unwrap_or("");
+        Err(Refusal::BadSignature {
+            detail: format!("unsupported signature format {first:?} (expected SSH or OpenPGP)"),
+        })
+    };
+    match result {
+        Ok(signer) => Ok(Verdict::Verified { signer }),
+        Err(reason) => Err(refused(reason)),
+    }
+}
+
+/// Anti-rollback: `new` must equal or descend from `last_applied`, unless
+/// `allow_history_rewrite`. Reads the cache only. In a shallow cache whose history does not
+/// reach `last_applied`, answers [`SourceError::ShallowAncestry`] instead of guessing.
+pub fn check_descends(
+    cache: &Cache,
+    new: Oid,
+    last_applied: Option<Oid>,
+    allow_history_rewrite: bool,
+) -> Result<Ancestry, SourceError> {
+    let Some(last) = last_applied else {
+        return Ok(Ancestry::FirstApply);
+    };
+    if new == last {
+        return Ok(Ancestry::Same);
+    }
+    // `last` not in the object database at all: with full history that means it is not an
+    // ancestor of anything fetched.
+    let descends = cache.has_commit(last)
+        && cache
+            .repo
+            .graph_descendant_of(new, last)
+            .map_err(|e| cache.err("compare history", e))?;
+    if descends {
+        return Ok(Ancestry::Descendant);
+    }
+    if allow_history_rewrite {
+        return Ok(Ancestry::Rewritten);
+    }
+    if cache.is_shallow() {
+        return Err(SourceError::ShallowAncestry {
+            new,
+            last_applied: last,
+        });
+    }
+    Err(SourceError::Refused {
+        commit: new,
+        reason: Refusal::NotDescendant { last_applied: last },
+    })
+}
+
+/// [`check_descends`], and when a shallow cache cannot answer, fetch the ref's full history
+/// ([`fetch::unshallow`]) and ask once more. May talk to the network and write to the cache.
+pub fn check_descends_or_deepen(
+    cfg: &SourceConfig,
+    new: Oid,
+    last_applied: Option<Oid>,
+    allow_history_rewrite: bool,
+    counters: &TransferCounters,
+) -> Result<Ancestry, SourceError> {
+    let cache = Cache::open(&cfg.cache_dir)?;
+    match check_descends(&cache, new, last_applied, allow_history_rewrite) {
+        Err(SourceError::ShallowAncestry { .. }) => {
+            drop(cache);
+            fetch::unshallow(cfg, counters)?;
+            // A fresh handle: libgit2 keeps the old shallow grafts in memory.
+            let cache = Cache::open(&cfg.cache_dir)?;
+            check_descends(&cache, new, last_applied, allow_history_rewrite)
+        }
+        other => other,
+    }
+}
