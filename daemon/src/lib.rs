@@ -5,6 +5,7 @@
 //! Pure parts (config merge, rendering, plan, the upgrade state machine, boot-env codecs)
 //! do no I/O; every side effect sits behind a small trait.
 
+pub mod bootenv;
 pub mod config;
 pub mod desired;
 pub mod snapshot;
