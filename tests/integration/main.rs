@@ -1,1 +1,2 @@
-
+mod bootenv_interop;
+mod bootenv_powercut;

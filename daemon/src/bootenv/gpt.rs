@@ -251,8 +251,8 @@ pub fn attrs_for_state(state: &BootState) -> (PrioAttrs, PrioAttrs) {
     (one(Slot::A), one(Slot::B))
 }
 
-/// Maps the attributes of slots a and b to a state (pure). Good = successful with priority
-/// > 0; primary = the good slot with the higher priority (a on a tie); trial = an
+/// Maps the attributes of slots a and b to a state (pure). Good = successful with a non-zero
+/// priority; primary = the good slot with the higher priority (a on a tie); trial = an
 /// unsuccessful slot with a higher priority than the primary (tries 0 = exhausted).
 pub fn state_from_attrs(a: PrioAttrs, b: PrioAttrs) -> Result<BootState, GptError> {
     let good = GoodSlots {
