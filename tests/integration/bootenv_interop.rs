@@ -12,7 +12,8 @@ use bosun::bootenv::{BootEnv, BootState, GoodSlots, GptPrio, GrubEnv, Slot, Tria
 /// or exits non-zero.
 pub(crate) fn tool(program: &str, args: &[&str]) -> String {
     let package = match program {
-        "grub-editenv" | "grub-script-check" => "grub-common",
+        "grub-editenv" | "grub-script-check" | "grub-mkimage" => "grub-common",
+        "mke2fs" | "debugfs" => "e2fsprogs",
         "fw_printenv" | "fw_setenv" => "libubootenv-tool",
         "sgdisk" => "gdisk",
         _ => "?",
