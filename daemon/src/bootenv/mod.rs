@@ -116,8 +116,9 @@ impl FromStr for Slot {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "a" | "A" => Ok(Slot::A),
-            "b" | "B" => Ok(Slot::B),
+            // Exactly as the bootloader scripts compare: lowercase only.
+            "a" => Ok(Slot::A),
+            "b" => Ok(Slot::B),
             other => Err(ParseSlotError(other.to_string())),
         }
     }
@@ -416,8 +417,16 @@ pub(crate) fn state_from_vars<'a>(
     let tries = match get(vars::TRIES) {
         None | Some("") => 0,
         Some(v) => match v.parse::<u8>() {
-            Ok(n) if n <= MAX_TRIES && v.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => return Err(bad(vars::TRIES, v, "a decimal number 0..=15")),
+            // Canonical form only ("3", not "03" or "+3"): the bootloader scripts compare
+            // strings, and must see the same number bosun does.
+            Ok(n) if n <= MAX_TRIES && n.to_string() == v => n,
+            _ => {
+                return Err(bad(
+                    vars::TRIES,
+                    v,
+                    "a decimal number 0..=15 without leading zeros",
+                ))
+            }
         },
     };
     let trial = match get(vars::TRIAL) {
@@ -564,6 +573,10 @@ mod tests {
         }
         assert_eq!(Slot::A.to_string(), "a");
         assert!("c".parse::<Slot>().is_err());
+        assert!(
+            "A".parse::<Slot>().is_err(),
+            "scripts compare lowercase only"
+        );
         assert!("".parse::<Slot>().is_err());
     }
 
@@ -590,8 +603,10 @@ mod tests {
     fn invalid_vars_are_named() {
         let e = state_from_vars(|n| (n == vars::TRIES).then_some("16")).unwrap_err();
         assert_eq!(e.name, vars::TRIES);
-        let e = state_from_vars(|n| (n == vars::TRIES).then_some("+1")).unwrap_err();
-        assert_eq!(e.name, vars::TRIES);
+        for tries in ["+1", "01", " 1", "1.0", "-1"] {
+            let e = state_from_vars(|n| (n == vars::TRIES).then_some(tries)).unwrap_err();
+            assert_eq!(e.name, vars::TRIES, "{tries:?}");
+        }
         let e = state_from_vars(|n| (n == vars::PRIMARY).then_some("c")).unwrap_err();
         assert_eq!(e.name, vars::PRIMARY);
         let e = state_from_vars(|n| (n == vars::GOOD_B).then_some("yes")).unwrap_err();
