@@ -14,6 +14,7 @@ pub(crate) fn tool(program: &str, args: &[&str]) -> String {
     let package = match program {
         "grub-editenv" | "grub-script-check" | "grub-mkimage" => "grub-common",
         "mke2fs" | "debugfs" => "e2fsprogs",
+        "mkimage" => "u-boot-tools",
         "fw_printenv" | "fw_setenv" => "libubootenv-tool",
         "sgdisk" => "gdisk",
         _ => "?",
