@@ -177,6 +177,17 @@ fn grub_refuses_invalid_file_before_writing() {
     let err = env.set_trial(Slot::B, 2).unwrap_err().to_string();
     assert!(err.contains(s(&path)) && err.contains("1024"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"not an env block");
+
+    // grub-editenv accepts a 2048-byte block; bosun names the size it expects.
+    tool("grub-editenv", &[s(&path), "create"]);
+    let mut big = std::fs::read(&path).unwrap();
+    big.resize(2048, b'#');
+    std::fs::write(&path, &big).unwrap();
+    let err = env.read().unwrap_err().to_string();
+    assert!(
+        err.contains("size is 2048 bytes, expected exactly 1024"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -23,6 +23,8 @@ use super::{
 /// Sector size this codec supports.
 pub const SECTOR: u64 = 512;
 const SIGNATURE: &[u8; 8] = b"EFI PART";
+/// Largest entry array accepted (the usual one is 16 KiB); bounds memory on a corrupt header.
+const MAX_ARRAY_BYTES: u64 = 1 << 20;
 
 /// Errors decoding a GPT or mapping its attributes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +50,18 @@ pub enum GptError {
         which: &'static str,
         lba: u64,
         count: u32,
+    },
+    #[error("{which} header at LBA {lba}: entry array of {bytes} bytes exceeds 1 MiB")]
+    ArrayTooLarge {
+        which: &'static str,
+        lba: u64,
+        bytes: u64,
+    },
+    #[error("{which} header read at LBA {lba} says it lives at LBA {claimed}")]
+    WrongMyLba {
+        which: &'static str,
+        lba: u64,
+        claimed: u64,
     },
     #[error("{which} partition entry array at LBA {lba}: CRC32 mismatch")]
     BadArrayCrc { which: &'static str, lba: u64 },
@@ -128,8 +142,20 @@ impl GptHeader {
                 count: num_entries,
             });
         }
+        let bytes = u64::from(num_entries) * u64::from(entry_size);
+        if bytes > MAX_ARRAY_BYTES {
+            return Err(GptError::ArrayTooLarge { which, lba, bytes });
+        }
+        let my_lba = le64(sector, 24);
+        if my_lba != lba {
+            return Err(GptError::WrongMyLba {
+                which,
+                lba,
+                claimed: my_lba,
+            });
+        }
         Ok(GptHeader {
-            my_lba: le64(sector, 24),
+            my_lba,
             alternate_lba: le64(sector, 32),
             entries_lba: le64(sector, 72),
             num_entries,
@@ -290,9 +316,11 @@ pub struct GptPrio {
     pub part_b: u32,
 }
 
-/// Both tables as read from disk; `None` where a table is invalid.
+/// Both tables as read from disk, each with the reason it is invalid.
 struct Tables {
-    last_lba: u64,
+    /// Where the backup header is (or belongs): the primary's `alternate_lba` when the
+    /// primary is valid and points inside the disk, else the last LBA.
+    backup_lba: u64,
     primary: Result<(GptHeader, Vec<u8>), GptError>,
     backup: Result<(GptHeader, Vec<u8>), GptError>,
 }
@@ -336,10 +364,15 @@ impl GptPrio {
             return Err(self.err(GptError::TooSmall(len)));
         }
         let last_lba = len / SECTOR - 1;
+        let primary = self.read_table(1, "primary")?;
+        let backup_lba = match &primary {
+            Ok((h, _)) if h.alternate_lba > 1 && h.alternate_lba <= last_lba => h.alternate_lba,
+            _ => last_lba,
+        };
         Ok(Tables {
-            last_lba,
-            primary: self.read_table(1, "primary")?,
-            backup: self.read_table(last_lba, "backup")?,
+            backup_lba,
+            primary,
+            backup: self.read_table(backup_lba, "backup")?,
         })
     }
 
@@ -409,9 +442,10 @@ impl GptPrio {
             Ok((h, _)) => h.entries_lba,
             Err(_) => 2,
         };
-        let (backup_lba, backup_entries) = match &tables.backup {
-            Ok((h, _)) => (h.my_lba, h.entries_lba),
-            Err(_) => (tables.last_lba, tables.last_lba - array_sectors),
+        let backup_lba = tables.backup_lba;
+        let backup_entries = match &tables.backup {
+            Ok((h, _)) => h.entries_lba,
+            Err(_) => backup_lba.saturating_sub(array_sectors),
         };
         let backup_header = header.encode(backup_lba, 1, backup_entries, &array);
         let primary_header = header.encode(1, backup_lba, primary_entries, &array);
@@ -544,6 +578,7 @@ mod tests {
         s[12..16].copy_from_slice(&92u32.to_le_bytes());
         s[80..84].copy_from_slice(&4u32.to_le_bytes());
         s[84..88].copy_from_slice(&128u32.to_le_bytes());
+        s[24..32].copy_from_slice(&1u64.to_le_bytes());
         s
     }
 
@@ -553,6 +588,10 @@ mod tests {
         let crc = header_crc(&raw, 92);
         raw[16..20].copy_from_slice(&crc.to_le_bytes());
         let h = GptHeader::parse(&raw, 1, "primary").unwrap();
+        assert!(matches!(
+            GptHeader::parse(&raw, 7, "backup"),
+            Err(GptError::WrongMyLba { claimed: 1, .. })
+        ));
         let array = vec![7u8; 4 * 128];
         let enc = h.encode(99, 1, 95, &array);
         let h2 = GptHeader::parse(&enc, 99, "backup").unwrap();
@@ -587,6 +626,15 @@ mod tests {
         assert!(matches!(
             GptHeader::parse(&raw, 1, "primary"),
             Err(GptError::BadEntrySize { size: 100, .. })
+        ));
+        let mut raw = header_sector();
+        raw[80..84].copy_from_slice(&16384u32.to_le_bytes());
+        raw[84..88].copy_from_slice(&256u32.to_le_bytes());
+        let crc = header_crc(&raw, 92);
+        raw[16..20].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            GptHeader::parse(&raw, 1, "primary"),
+            Err(GptError::ArrayTooLarge { .. })
         ));
     }
 }

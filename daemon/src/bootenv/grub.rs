@@ -187,11 +187,27 @@ impl GrubEnv {
 
     /// Reads and decodes the block; `None` if the file does not exist (reads the file).
     pub fn read_block(&self) -> Result<Option<GrubEnvBlock>, BootEnvError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(b) => b,
+        use std::io::Read;
+        let file = match fs::File::open(&self.path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(BootEnvError::io("read", &self.path, e)),
+            Err(e) => return Err(BootEnvError::io("open", &self.path, e)),
         };
+        let len = file
+            .metadata()
+            .map_err(|e| BootEnvError::io("stat", &self.path, e))?
+            .len();
+        if len != BLOCK_SIZE as u64 {
+            return Err(BootEnvError::Grub {
+                path: self.path.clone(),
+                source: GrubEnvError::WrongSize(len as usize),
+            });
+        }
+        // Bounded read: the file may grow between stat and read.
+        let mut bytes = Vec::with_capacity(BLOCK_SIZE + 1);
+        file.take(BLOCK_SIZE as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| BootEnvError::io("read", &self.path, e))?;
         GrubEnvBlock::parse(&bytes)
             .map(Some)
             .map_err(|source| BootEnvError::Grub {

@@ -28,6 +28,10 @@ use super::{
     BootState, DiskWrite,
 };
 
+/// Largest environment accepted from `fw_env.config` (real ones are 8 KiB..256 KiB); bounds
+/// memory on a mistyped config.
+pub const MAX_ENV_SIZE: u64 = 16 << 20;
+
 /// Errors decoding or encoding one environment copy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UbootEnvError {
@@ -249,8 +253,10 @@ impl UbootConfig {
                     .transpose()
             };
             let env_size = hex(2, "env size")?.unwrap_or(0);
-            if env_size == 0 {
-                return Err(err("env size is 0".into()));
+            if env_size <= 5 || env_size > MAX_ENV_SIZE {
+                return Err(err(format!(
+                    "env size {env_size:#x} out of range 0x6..={MAX_ENV_SIZE:#x}"
+                )));
             }
             if devices.len() == 2 {
                 return Err(ConfigError::TooMany { line });
@@ -617,6 +623,10 @@ mod tests {
         ));
         assert!(matches!(
             UbootConfig::parse("f 0 1g"),
+            Err(ConfigError::Line { .. })
+        ));
+        assert!(matches!(
+            UbootConfig::parse("f 0 0x7fffffff"),
             Err(ConfigError::Line { .. })
         ));
         assert!(matches!(
