@@ -6,6 +6,7 @@
 //! do no I/O; every side effect sits behind a small trait.
 
 pub mod apply;
+pub mod bootenv;
 pub mod cli;
 pub mod config;
 pub mod desired;

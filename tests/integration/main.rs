@@ -8,6 +8,10 @@ mod support_apply;
 
 mod apply_crash;
 mod apply_fs;
+mod bootenv_grub_qemu;
+mod bootenv_interop;
+mod bootenv_powercut;
+mod bootenv_uboot_qemu;
 mod config_cli;
 mod config_fixtures;
 mod config_merge;
