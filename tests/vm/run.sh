@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# End-to-end A/B test in a real VM: real SeaBIOS, real GRUB running boot/grub.cfg, a real
+# Debian kernel, real partitions on a virtio disk, real reboots, and bosun inside the guest.
+# See tests/vm/README.md. Driven by tests/integration/vm_ab.rs; runnable alone:
+#
+#   BOSUN=target/debug/bosun tests/vm/run.sh [SCENARIO...]      (default: every scenario)
+#
+# Environment:
+#   BOSUN      the bosun binary to put into the guest (required)
+#   VM_CACHE   where kernel .debs are cached, keyed by version (default: ${TMPDIR:-/tmp}/bosun-vm-cache)
+#   VM_WORK    work directory (default: a fresh temp dir, removed on success)
+#   VM_TIMEOUT seconds one qemu run may take (default: 240)
+#
+# No root, no loop devices: partitions are written into the disk image file at fixed offsets
+# (sfdisk, mke2fs -d -E offset=, dd), and read back with debugfs.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO_ROOT="$(cd "$HERE/../.." && pwd)"
+: "${BOSUN:?set BOSUN to the bosun binary to boot in the guest}"
+BOSUN="$(realpath "$BOSUN")"
+VM_CACHE="${VM_CACHE:-${TMPDIR:-/tmp}/bosun-vm-cache}"
+VM_TIMEOUT="${VM_TIMEOUT:-240}"
+
+# Disk layout, in 512-byte sectors (MBR; GRUB's core.img lives in sectors 1..2047).
+BOOT_START=2048;   BOOT_SIZE=16384      # 8 MiB   ext2 "bosun-boot": grub.cfg, bosun.cfg, bosun.env
+A_START=18432;     SLOT_SIZE=131072     # 64 MiB  slot a (/dev/vda2)
+B_START=149504                          # 64 MiB  slot b (/dev/vda3)
+DATA_START=280576; DATA_SIZE=524288     # 256 MiB ext2 "bosun-data": config repo, images, state
+DISK_SECTORS=$((DATA_START + DATA_SIZE))
+
+log() { echo "vm: $*" >&2; }
+die() { echo "vm: FAIL: $*" >&2; exit 1; }
+
+need() {
+  local tool pkg
+  for spec in "$@"; do
+    tool="${spec%%:*}"; pkg="${spec#*:}"
+    command -v "$tool" >/dev/null || die "$tool not found: install the Debian package $pkg (listed in .ci/packages.txt)"
+  done
+}
+
+# --- kernel ---------------------------------------------------------------------------------
+
+# Downloads (once per version, into VM_CACHE) and unpacks Debian's kernel; sets KVER and KDIR.
+fetch_kernel() {
+  need apt-cache:apt apt-get:apt dpkg:dpkg
+  local pkg
+  pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1)"
+  [ -n "$pkg" ] || die "apt-cache cannot resolve linux-image-amd64 (run apt-get update)"
+  KVER="${pkg#linux-image-}"
+  KDIR="$VM_CACHE/$pkg"
+  if [ ! -e "$KDIR/.unpacked" ]; then
+    mkdir -p "$VM_CACHE"
+    local deb
+    deb="$(ls "$VM_CACHE/${pkg}"_*.deb 2>/dev/null | head -n1 || true)"
+    if [ -z "$deb" ]; then
+      log "downloading $pkg into $VM_CACHE"
+      (cd "$VM_CACHE" && apt-get download "$pkg" >&2) || die "apt-get download $pkg failed"
+      deb="$(ls "$VM_CACHE/${pkg}"_*.deb | head -n1)"
+    fi
+    rm -rf "$KDIR.tmp" && mkdir -p "$KDIR.tmp"
+    dpkg -x "$deb" "$KDIR.tmp"
+    rm -rf "$KDIR" && mv "$KDIR.tmp" "$KDIR" && touch "$KDIR/.unpacked"
+  fi
+  [ -f "$KDIR/boot/vmlinuz-$KVER" ] || die "no kernel in $KDIR"
+}
+
+# Modules the initramfs insmods, in dependency order (Debian builds virtio and ext4 as modules).
+MODULES="drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko
+drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci_legacy_dev.ko
+drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko lib/crc16.ko fs/mbcache.ko
+fs/jbd2/jbd2.ko crypto/crc32c_generic.ko fs/ext4/ext4.ko"
+
+# --- guest OS images ------------------------------------------------------------------------
+
+# Builds the initramfs tree shared by every OS version into $1: busybox, kernel modules, bosun
+# with its shared libraries, the init script.
+base_tree() {
+  local t="$1" m lib
+  mkdir -p "$t"/{bin,sbin,usr/bin,usr/sbin,lib/modules,etc/bosun,proc,sys,dev,data,boot,tmp,run,var/lib,www}
+  cp /bin/busybox "$t/bin/busybox"
+  for m in $MODULES; do
+    cp "$KDIR/lib/modules/$KVER/kernel/$m" "$t/lib/modules/"
+    echo "$(basename "$m")" >>"$t/lib/modules/order"
+  done
+  objcopy --strip-debug "$BOSUN" "$t/usr/bin/bosun"
+  for lib in $(ldd "$BOSUN" | grep -o '/[^ ]*'); do
+    mkdir -p "$t$(dirname "$lib")"
+    cp -L "$lib" "$t$lib"
+  done
+  # The guest has no systemd: bosun's default reboot command (`systemctl reboot`) lands here.
+  cat >"$t/usr/bin/systemctl" <<'EOF'
+#!/bin/sh
+case "$1" in
+  reboot) echo "VM-REBOOT requested by bosun"; sync; /bin/vm-reboot ;;
+  *) echo "systemctl stand-in: $* (no systemd in the test guest)"; exit 0 ;;
+esac
+EOF
+  chmod 755 "$t/usr/bin/systemctl"
+  cp "$HERE/init.sh" "$t/init"
+  chmod 755 "$t/init"
+}
+
+# Builds one OS version as an ext2 slot filesystem image: $1 name, $2 health (good|none|panic), $3 out.
+os_image() {
+  local name="$1" health="$2" out="$3" t="$WORK/os-$1"
+  rm -rf "$t" && mkdir -p "$t/root/boot"
+  if [ "$health" = panic ]; then
+    # A kernel that never reaches bosun: its init exits at once, so the kernel panics
+    # ("Attempted to kill init") and panic=1 reboots.
+    mkdir -p "$t/initrd/bin"
+    cp /bin/busybox "$t/initrd/bin/busybox"
+    printf '#!/bin/busybox sh\necho "VM-PANIC-IMAGE version=%s: init exits"\nexit 1\n' "$name" >"$t/initrd/init"
+    chmod 755 "$t/initrd/init"
+  else
+    cp -a "$WORK/base" "$t/initrd"
+    echo "$name" >"$t/initrd/etc/os-version"
+    echo "$health" >"$t/initrd/etc/vm-health"
+  fi
+  (cd "$t/initrd" && find . | busybox cpio -o -H newc -R 0:0 2>/dev/null | gzip -1) >"$t/root/boot/initrd.img"
+  cp "$KDIR/boot/vmlinuz-$KVER" "$t/root/boot/vmlinuz"
+  echo "$name" >"$t/root/os-version"
+  local kib=$(( $(du -sk "$t/root" | cut -f1) + 2048 ))
+  rm -f "$out"
+  mke2fs -q -F -t ext2 -b 4096 -L "os-$name" -d "$t/root" "$out" "${kib}k"
+  rm -rf "$t"
+}
+
+# --- disk -----------------------------------------------------------------------------------
+
+# GRUB's boot.img and core.img (i386-pc), built once into $WORK.
+grub_images() {
+  need grub-mkimage:grub-pc-bin
+  [ -f /usr/lib/grub/i386-pc/boot.img ] || die "/usr/lib/grub/i386-pc/boot.img missing: install grub-pc-bin"
+  cat >"$WORK/early.cfg" <<'EOF'
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+search --no-floppy --label --set=root bosun-boot
+set prefix=($root)/grub
+EOF
+  grub-mkimage -O i386-pc -o "$WORK/core.img" -c "$WORK/early.cfg" -p "(hd0,msdos1)/grub" \
+    biosdisk part_msdos ext2 search search_label loadenv test linux serial terminal echo sleep \
+    reboot halt normal configfile
+  [ "$(stat -c %s "$WORK/core.img")" -lt $(( (BOOT_START - 1) * 512 )) ] || die "core.img does not fit before sector $BOOT_START"
+}
+
+# Assembles a scenario's disk: $1 dir holding boot/ and data/ staging trees. Writes $1/disk.img.
+assemble_disk() {
+  local d="$1" disk="$1/disk.img"
+  rm -f "$disk"
+  truncate -s $((DISK_SECTORS * 512)) "$disk"
+  sfdisk -q "$disk" >/dev/null <<EOF
+label: dos
+start=$BOOT_START, size=$BOOT_SIZE, type=83, bootable
+start=$A_START, size=$SLOT_SIZE, type=83
+start=$B_START, size=$SLOT_SIZE, type=83
+start=$DATA_START, size=$DATA_SIZE, type=83
+EOF
+  # boot.img's code (not the partition table), then core.img right after the MBR.
+  dd if=/usr/lib/grub/i386-pc/boot.img of="$disk" bs=440 count=1 conv=notrunc status=none
+  dd if="$WORK/core.img" of="$disk" bs=512 seek=1 conv=notrunc status=none
+  mke2fs -q -F -t ext2 -L bosun-boot -d "$d/boot" -E offset=$((BOOT_START * 512)) "$disk" $((BOOT_SIZE / 2))k
+  dd if="$WORK/v1.img" of="$disk" bs=1M seek=$((A_START * 512)) oflag=seek_bytes conv=notrunc,sparse status=none
+  mke2fs -q -F -t ext2 -L bosun-data -d "$d/data" -E offset=$((DATA_START * 512)) "$disk" $((DATA_SIZE / 2))k
+}
+
+# Reads a file from an ext2 partition of disk $1 (boot|data): path $3 → host file $4.
+read_back() {
+  local disk="$1" start size path="$3" out="$4" part="$WORK/part.$$"
+  case "$2" in
+    boot) start=$BOOT_START; size=$BOOT_SIZE ;;
+    data) start=$DATA_START; size=$DATA_SIZE ;;
+  esac
+  dd if="$disk" of="$part" bs=1M skip=$((start * 512)) count=$((size * 512)) iflag=skip_bytes,count_bytes status=none
+  rm -f "$out"
+  debugfs -R "dump $path $out" "$part" 2>/dev/null
+  rm -f "$part"
+  [ -f "$out" ]
+}
+
+# --- one scenario ---------------------------------------------------------------------------
+
+run_qemu() {
+  local d="$1"
+  : >"$d/serial.log"
+  set +e
+  timeout --kill-after=5 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m 512 -smp 1 \
+    -display none -monitor none -nodefaults -serial "file:$d/serial.log" \
+    -drive "file=$d/disk.img,format=raw,if=virtio" >"$d/qemu.out" 2>&1
+  local rc=$?
+  set -e
+  if [ $rc -ne 0 ]; then
+    tail_log "$d"
+    [ $rc -eq 124 ] && die "qemu did not power off within ${VM_TIMEOUT}s (see serial log above)"
+    die "qemu exited with $rc: $(cat "$d/qemu.out")"
+  fi
+}
+
+tail_log() {
+  echo "----- serial log tail ($1/serial.log) -----" >&2
+  clean_log "$1" | tail -n 80 >&2
+  echo "----- end of serial log -----" >&2
+}
+
+# Stages a scenario dir $1 with config-repo contents from stdin (config.yaml) and image $2 (or "").
+stage_scenario() {
+  local d="$1" image="$2"
+  rm -rf "$d" && mkdir -p "$d/boot/grub" "$d/data/images" "$d/data/vm/root" "$d/data/bosun"
+  cp "$REPO_ROOT/boot/grub.cfg" "$d/boot/grub/bosun.cfg"
+  # The image's grub.cfg: slots by partition (images are written to either slot, so their
+  # filesystem labels say nothing about the slot), a short panic delay, serial console.
+  cat >"$d/boot/grub/grub.cfg" <<'EOF'
+set bosun_dev_a=hd0,msdos2
+set bosun_dev_b=hd0,msdos3
+set bosun_root_a=/dev/vda2
+set bosun_root_b=/dev/vda3
+set bosun_cmdline="console=ttyS0 loglevel=4 panic=1"
+set bosun_reboot_delay=0
+source ${prefix}/bosun.cfg
+EOF
+  grub-editenv "$d/boot/grub/bosun.env" create
+  if [ -n "$image" ]; then ln "$WORK/$image.img" "$d/data/images/$image.img"; fi
+  mkdir -p "$d/config"
+  cat >"$d/config/config.yaml"
+  cp -a "$d/config" "$d/data/vm/config"
+  git init -q -b main "$d/config"
+  git -C "$d/config" add -A
+  git -C "$d/config" -c user.name=vm -c user.email=vm@localhost commit -q -m "node config"
+  git clone -q --bare "$d/config" "$d/data/repo.git"
+  cp "$HERE/agent.yaml" "$d/data/bosun/agent.yaml"
+}
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# The serial log without GRUB's terminal escapes and carriage returns.
+clean_log() { tr -d '\r' <"$1/serial.log" | sed 's/\x1b\[[0-9;]*[A-Za-z]//g'; }
+
+expect_log() {
+  local d="$1" pattern="$2" what="$3"
+  clean_log "$d" | grep -qE "$pattern" || { tail_log "$d"; die "$what: no line matching /$pattern/ in the serial log"; }
+}
+
+count_log() { clean_log "$1" | grep -cE "$2" || true; }
+
+expect_env() {
+  local d="$1" var="$2" want="$3" got
+  got="$(grub-editenv "$d/bosun.env" list | sed -n "s/^$var=//p")"
+  [ "$got" = "$want" ] || { tail_log "$d"; grub-editenv "$d/bosun.env" list >&2; die "grubenv after the run: $var='$got', expected '$want'"; }
+}
+
+# --- scenarios ------------------------------------------------------------------------------
+
+# GRUB honours a trial set from the host and falls back when the tries run out; bosun runs in
+# the guest on both slots and renders the node config from the data partition's repo.
+scenario_smoke() {
+  local d="$WORK/smoke"
+  stage_scenario "$d" "" <<'EOF'
+hostname: vm-node
+write_files:
+  - path: /etc/vm-smoke
+    content: "rendered by bosun in the guest\n"
+EOF
+  echo smoke >"$d/data/vm/mode"
+  grub-editenv "$d/boot/grub/bosun.env" set bosun_primary=a bosun_good_a=1 bosun_trial=b bosun_tries=1 bosun_good_b=0
+  assemble_disk "$d"
+  dd if="$WORK/v1.img" of="$d/disk.img" bs=1M seek=$((B_START * 512)) oflag=seek_bytes conv=notrunc,sparse status=none
+  run_qemu "$d"
+  read_back "$d/disk.img" boot /grub/bosun.env "$d/bosun.env" || die "cannot read bosun.env back"
+  expect_log "$d" '^bosun: booting slot b' "GRUB boots the trial slot"
+  expect_log "$d" '^VM-BOOT 1 slot=b version=v1' "the trial kernel reaches the init on slot b"
+  expect_log "$d" '^VM-SMOKE bosun apply ok' "bosun applies the config in the guest"
+  expect_log "$d" '^VM-BOOT 2 slot=a version=v1' "after the trial's one try, GRUB boots the primary"
+  expect_log "$d" '^VM-POWEROFF' "the guest powers off"
+  expect_env "$d" bosun_tries 0
+  expect_env "$d" bosun_trial b
+  expect_env "$d" bosun_primary a
+  read_back "$d/disk.img" data /vm/root/etc/vm-smoke "$d/smoke-file" || die "the guest did not record the applied file"
+  grep -q "rendered by bosun in the guest" "$d/smoke-file" || die "applied file has the wrong content: $(cat "$d/smoke-file")"
+}
+
+upgrade_config() {
+  local image="$1" tries="$2"
+  cat <<EOF
+hostname: vm-node
+upgrade:
+  version: "$image"
+  image: /data/images/$image.img
+  sha256: $(sha "$WORK/$image.img")
+  tries: $tries
+health:
+  timeout: 20s
+  interval: 1s
+  successes: 2
+  checks:
+    - type: kubelet
+EOF
+}
+
+# --- main -----------------------------------------------------------------------------------
+
+main() {
+  need qemu-system-x86_64:qemu-system-x86 sfdisk:fdisk mke2fs:e2fsprogs debugfs:e2fsprogs \
+    grub-editenv:grub-common busybox:busybox-static git:git objcopy:binutils timeout:coreutils
+  [ -f /usr/share/seabios/bios-256k.bin ] || die "SeaBIOS missing: install the Debian package seabios"
+  local keep="${VM_WORK:+1}"
+  WORK="${VM_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/bosun-vm.XXXXXX")}"
+  mkdir -p "$WORK"
+  local scenarios=("$@")
+  [ ${#scenarios[@]} -gt 0 ] || scenarios=(smoke)
+  local t0=$SECONDS
+  fetch_kernel
+  grub_images
+  rm -rf "$WORK/base" && base_tree "$WORK/base"
+  os_image v1 good "$WORK/v1.img"
+  os_image v2-good good "$WORK/v2-good.img"
+  os_image v3-bad none "$WORK/v3-bad.img"
+  os_image v4-panic panic "$WORK/v4-panic.img"
+  log "images built in $((SECONDS - t0))s (kernel $KVER)"
+  for s in "${scenarios[@]}"; do
+    local t1=$SECONDS
+    declare -F "scenario_$s" >/dev/null || die "unknown scenario $s"
+    log "scenario $s"
+    "scenario_$s"
+    log "scenario $s passed in $((SECONDS - t1))s"
+  done
+  log "all passed in $((SECONDS - t0))s"
+  [ -n "$keep" ] || rm -rf "$WORK"
+}
+
+main "$@"
