@@ -6,6 +6,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = bosun::cli::Cli::parse();
+    // libgit2's global options (and openssl-probe's setenv) must run before any thread exists,
+    // i.e. before a tokio runtime is built.
+    bosun::source::init_git_globals();
     match bosun::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -15,6 +15,9 @@
 //!
 //! [`poll`] runs the three steps in that order for the daemon.
 //!
+//! Transports: `git://`, `ssh://` (key file; host key pinned by an optional `known_hosts` file),
+//! `https://` (token file as the password) and `file://`.
+//!
 //! Invariants:
 //! - Everything here is blocking (libgit2); the daemon calls it from `spawn_blocking`.
 //! - The cache only ever gains objects and moves refs under `refs/bosun/`; it never has a

@@ -75,48 +75,25 @@ impl OpenPgpKeyring {
             .into_iter()
             .cloned()
             .collect();
-        let names_issuer = !issuer_ids.is_empty() || !issuer_fps.is_empty();
+        let issuers = Issuers {
+            ids: issuer_ids,
+            fingerprints: issuer_fps,
+        };
+        // Some(result) for each key the signature names (or every signing key if it names
+        // none); the first that verifies wins.
         let mut matched = false;
         let mut last_err = String::new();
-        let mut attempt = |cand: &dyn Fn() -> (KeyId, Fingerprint, bool),
-                           check: &dyn Fn() -> pgp::errors::Result<()>|
-         -> bool {
-            let (id, fp, signing) = cand();
-            if !signing || (names_issuer && !issuer_ids.contains(&id) && !issuer_fps.contains(&fp))
-            {
-                return false;
-            }
-            matched = true;
-            match check() {
-                Ok(()) => true,
-                Err(e) => {
-                    last_err = e.to_string();
-                    false
-                }
-            }
-        };
         for key in &self.keys {
-            let primary_ok = attempt(
-                &|| (key.key_id(), key.fingerprint(), key.is_signing_key()),
-                &|| sig.signature.verify(key, signed_data),
-            );
-            if primary_ok {
-                return Ok(fingerprint_hex(&key.fingerprint()));
-            }
-            for sub in &key.public_subkeys {
+            let primary = issuers.try_key(&sig, key, key.is_signing_key(), signed_data);
+            let subkeys = key.public_subkeys.iter().map(|sub| {
                 let bound_for_signing = sub.signatures.iter().any(|s| s.key_flags().sign());
-                let sub_ok = attempt(
-                    &|| {
-                        (
-                            sub.key.key_id(),
-                            sub.key.fingerprint(),
-                            bound_for_signing && sub.key.is_signing_key(),
-                        )
-                    },
-                    &|| sig.signature.verify(&sub.key, signed_data),
-                );
-                if sub_ok {
-                    return Ok(fingerprint_hex(&key.fingerprint()));
+                issuers.try_key(&sig, &sub.key, bound_for_signing, signed_data)
+            });
+            for outcome in std::iter::once(primary).chain(subkeys).flatten() {
+                matched = true;
+                match outcome {
+                    Ok(()) => return Ok(fingerprint_hex(&key.fingerprint())),
+                    Err(e) => last_err = e,
                 }
             }
         }
@@ -125,14 +102,42 @@ impl OpenPgpKeyring {
                 detail: format!("OpenPGP signature does not match the commit: {last_err}"),
             });
         }
-        let issuer = issuer_fps
+        let issuer = issuers
+            .fingerprints
             .first()
             .map(fingerprint_hex)
-            .or_else(|| issuer_ids.first().map(|id| hex::encode_upper(id.as_ref())))
+            .or_else(|| issuers.ids.first().map(|id| hex::encode_upper(id.as_ref())))
             .unwrap_or_else(|| "an unnamed issuer".to_string());
         Err(Refusal::UnknownKey {
             key: format!("OpenPGP key {issuer}"),
         })
+    }
+}
+
+/// Who a signature says made it.
+struct Issuers {
+    ids: Vec<KeyId>,
+    fingerprints: Vec<Fingerprint>,
+}
+
+impl Issuers {
+    /// `None` when `key` cannot have made the signature (not signing-capable, or not the named
+    /// issuer); otherwise whether the signature verifies with it. Lazy: subkeys are tried only
+    /// when the primary key did not verify.
+    fn try_key<K: PublicKeyTrait>(
+        &self,
+        sig: &StandaloneSignature,
+        key: &K,
+        may_sign: bool,
+        signed_data: &[u8],
+    ) -> Option<Result<(), String>> {
+        let named = (self.ids.is_empty() && self.fingerprints.is_empty())
+            || self.ids.contains(&key.key_id())
+            || self.fingerprints.contains(&key.fingerprint());
+        if !may_sign || !key.is_signing_key() || !named {
+            return None;
+        }
+        Some(sig.verify(key, signed_data).map_err(|e| e.to_string()))
     }
 }
 
