@@ -54,6 +54,53 @@ else
   echo "VM-HEALTH no kubelet endpoint in this image"
 fi
 
+# The upgrade lifecycle state bosun persisted (idle, downloading, staged, trial, committed,
+# rolled_back, failed, …), read through `bosun upgrade status --json`.
+upgrade_state() {
+  bosun upgrade status --json --state-dir /data/bosun/state --grub-env /boot/grub/bosun.env \
+      --slot-a /dev/vda2 --slot-b /dev/vda3 >/tmp/status.json 2>/tmp/status.err ||
+    { echo "VM-ERROR bosun upgrade status: $(cat /tmp/status.err)"; return; }
+  sed -n 's/^ *"state": "\([a-z_]*\)",*$/\1/p' /tmp/status.json | head -n1
+}
+
+# Runs bosun's daemon and watches the upgrade until it settles (committed, rolled back or
+# failed). The first time it settles the guest reboots once more, to show which slot GRUB boots
+# next and that bosun does not start the upgrade again; that boot powers off.
+upgrade_mode() {
+  echo "VM-DAEMON start"
+  bosun daemon --config /data/bosun/agent.yaml --log-format text 2>&1 | sed -u 's/^/bosun-daemon: /' &
+  last=""
+  settled_polls=0
+  t=0
+  while [ $t -lt "${VM_BOOT_BOUND:-150}" ]; do
+    sleep 1
+    t=$((t + 1))
+    st="$(upgrade_state)"
+    if [ "$st" != "$last" ]; then echo "VM-STATE $st slot=$slot t=${t}s"; last="$st"; fi
+    case "$st" in
+      committed|rolled_back|failed)
+        settled_polls=$((settled_polls + 1))
+        if [ ! -e /data/vm/settled ]; then
+          echo "VM-SETTLED state=$st slot=$slot version=$version"
+          cp /tmp/status.json /data/vm/settled
+          echo "VM-REBOOT by the test init (confirm the next boot)"
+          /bin/vm-reboot
+        elif [ $settled_polls -ge "${VM_CONFIRM_POLLS:-8}" ]; then
+          # Long enough for several daemon passes (interval 1s): a retry would show as a
+          # VM-STATE change above.
+          cp /tmp/status.json /data/vm/final
+          echo "VM-FINAL state=$st slot=$slot version=$version"
+          /bin/vm-poweroff
+        fi
+        ;;
+      *) settled_polls=0 ;;
+    esac
+  done
+  echo "VM-TIMEOUT no settled upgrade state after ${t}s on slot $slot"
+  cp /tmp/status.json /data/vm/final 2>/dev/null
+  /bin/vm-poweroff
+}
+
 mode="$(cat /data/vm/mode 2>/dev/null || echo upgrade)"
 case "$mode" in
 smoke)
@@ -68,6 +115,9 @@ smoke)
   if [ "$boots" -ge 2 ]; then /bin/vm-poweroff; fi
   echo "VM-REBOOT by the test init"
   /bin/vm-reboot
+  ;;
+upgrade)
+  upgrade_mode
   ;;
 esac
 

@@ -283,7 +283,6 @@ EOF
 upgrade_config() {
   local image="$1" tries="$2"
   cat <<EOF
-hostname: vm-node
 upgrade:
   version: "$image"
   image: /data/images/$image.img
@@ -296,6 +295,103 @@ health:
   checks:
     - type: kubelet
 EOF
+}
+
+# Stages and boots an upgrade scenario: node on slot a running v1, config naming image $2.
+upgrade_run() {
+  local d="$1" image="$2" tries="$3"
+  upgrade_config "$image" "$tries" | stage_scenario "$d" "$image"
+  echo upgrade >"$d/data/vm/mode"
+  assemble_disk "$d"
+  run_qemu "$d"
+  read_back "$d/disk.img" boot /grub/bosun.env "$d/bosun.env" || die "cannot read bosun.env back"
+  read_back "$d/disk.img" data /vm/final "$d/final.json" || { tail_log "$d"; die "the guest wrote no final upgrade status"; }
+  log "$(basename "$d"): $(grub-editenv "$d/bosun.env" list | tr '\n' ' ')"
+}
+
+# The log must hold these lines in this order (other lines may come between).
+expect_sequence() {
+  local d="$1"; shift
+  local rest; rest="$(clean_log "$d")"
+  for pattern in "$@"; do
+    local line
+    line="$(printf '%s\n' "$rest" | grep -nE "$pattern" | head -n1 | cut -d: -f1)"
+    [ -n "$line" ] || { tail_log "$d"; die "expected, in order: $*; missing /$pattern/ after the previous marker"; }
+    rest="$(printf '%s\n' "$rest" | tail -n +$((line + 1)))"
+  done
+}
+
+expect_final() {
+  local d="$1" pattern="$2" what="$3"
+  grep -qE "$pattern" "$d/final.json" || { tail_log "$d"; cat "$d/final.json" >&2; die "$what: final status has no /$pattern/"; }
+}
+
+# Slot b (/dev/vda3) holds exactly the image's bytes.
+expect_slot_b() {
+  local d="$1" image="$2" size got
+  size="$(stat -c %s "$WORK/$image.img")"
+  got="$(dd if="$d/disk.img" bs=1M skip=$((B_START * 512)) count="$size" iflag=skip_bytes,count_bytes status=none | sha256sum | cut -d' ' -f1)"
+  [ "$got" = "$(sha "$WORK/$image.img")" ] || die "slot b does not hold $image (sha256 $got)"
+}
+
+# 1. The good image: installed to b, trial boot of b, health passes, committed, b boots next.
+scenario_good() {
+  local d="$WORK/good"
+  upgrade_run "$d" v2-good 3
+  expect_sequence "$d" \
+    'VM-BOOT 1 slot=a version=v1' 'VM-REBOOT requested by bosun' 'bosun: booting slot b' \
+    'VM-BOOT 2 slot=b version=v2-good' 'VM-HEALTH kubelet stand-in up' \
+    'VM-SETTLED state=committed slot=b version=v2-good' \
+    'bosun: booting slot b' 'VM-BOOT 3 slot=b version=v2-good' \
+    'VM-FINAL state=committed slot=b version=v2-good' 'VM-POWEROFF'
+  [ "$(count_log "$d" 'VM-REBOOT requested by bosun')" = 1 ] || die "bosun rebooted more than once"
+  expect_slot_b "$d" v2-good
+  expect_env "$d" bosun_primary b
+  expect_env "$d" bosun_good_b 1
+  expect_env "$d" bosun_trial ""
+  expect_final "$d" '"state": "committed"' "committed"
+  expect_final "$d" 'v2-good' "runs v2-good"
+}
+
+# 2. The bad image (no kubelet endpoint): trial boot of b, health times out, bosun marks b bad
+#    and reboots, GRUB boots a, bosun reports rolled back and does not install again.
+scenario_bad() {
+  local d="$WORK/bad"
+  upgrade_run "$d" v3-bad 3
+  expect_sequence "$d" \
+    'VM-BOOT 1 slot=a version=v1' 'VM-REBOOT requested by bosun' 'bosun: booting slot b' \
+    'VM-BOOT 2 slot=b version=v3-bad' 'VM-HEALTH no kubelet endpoint' \
+    'VM-REBOOT requested by bosun' 'bosun: booting slot a' 'VM-BOOT 3 slot=a version=v1' \
+    'VM-SETTLED state=rolled_back slot=a version=v1' 'VM-BOOT 4 slot=a version=v1' \
+    'VM-FINAL state=rolled_back slot=a version=v1' 'VM-POWEROFF'
+  [ "$(count_log "$d" 'slot=b version=')" = 1 ] || die "slot b booted more than once"
+  [ "$(count_log "$d" 'VM-STATE downloading')" = 1 ] || die "bosun installed the image more than once"
+  expect_slot_b "$d" v3-bad
+  expect_env "$d" bosun_primary a
+  expect_env "$d" bosun_good_b 0
+  expect_env "$d" bosun_trial ""
+  expect_final "$d" '"state": "rolled_back"' "rolled back"
+  expect_final "$d" 'v3-bad' "names the quarantined image"
+}
+
+# 3. The image whose kernel never reaches bosun: GRUB's tries run out on b, GRUB boots a, bosun
+#    sees the fallback and quarantines the image.
+scenario_panic() {
+  local d="$WORK/panic"
+  upgrade_run "$d" v4-panic 2
+  expect_sequence "$d" \
+    'VM-BOOT 1 slot=a version=v1' 'VM-REBOOT requested by bosun' \
+    'bosun: booting slot b' 'VM-PANIC-IMAGE' 'bosun: booting slot b' 'VM-PANIC-IMAGE' \
+    'bosun: booting slot a' 'VM-BOOT 2 slot=a version=v1' \
+    'VM-SETTLED state=rolled_back slot=a version=v1' 'VM-BOOT 3 slot=a version=v1' \
+    'VM-FINAL state=rolled_back slot=a version=v1' 'VM-POWEROFF'
+  [ "$(count_log "$d" 'VM-PANIC-IMAGE')" = 2 ] || die "the panicking image booted other than twice (tries: 2)"
+  [ "$(count_log "$d" 'VM-REBOOT requested by bosun')" = 1 ] || die "bosun rebooted more than once"
+  expect_env "$d" bosun_primary a
+  expect_env "$d" bosun_good_b 0
+  expect_final "$d" '"state": "rolled_back"' "rolled back"
+  expect_final "$d" 'fallback' "the reason is the bootloader fallback"
+  expect_final "$d" 'v4-panic' "names the quarantined image"
 }
 
 # --- main -----------------------------------------------------------------------------------
