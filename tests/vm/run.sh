@@ -93,7 +93,7 @@ base_tree() {
   cat >"$t/usr/bin/systemctl" <<'EOF'
 #!/bin/sh
 case "$1" in
-  reboot) echo "VM-REBOOT requested by bosun"; sync; /bin/vm-reboot ;;
+  reboot) echo "VM-REBOOT requested by bosun" >/dev/console; sync; /bin/vm-reboot ;;
   *) echo "systemctl stand-in: $* (no systemd in the test guest)"; exit 0 ;;
 esac
 EOF
