@@ -15,9 +15,10 @@
 //! - a commit in the bad set is never applied again; newer commits are tried normally;
 //! - a commit is recorded bad (and the history saved) *before* the revert runs, so a crash
 //!   during the revert never re-applies it; the next call finishes the revert (see below);
-//! - the commit whose apply starts is saved first ("applied"); if bosun dies before the verdict,
-//!   the next apply is gated even if its plan is empty (the k3s config on disk was never
-//!   verified) — unless `health.gate` is `none`;
+//! - the commit whose apply starts is saved first ("applied"). While the commit on disk was
+//!   never verified healthy (bosun died before the verdict, or it failed and was kept), the
+//!   next apply is gated even if its plan is empty or leaves k3s alone — unless
+//!   `health.gate` is `none`. So "last good" always means "verified" under a gate;
 //! - the rollback counter only counts completed reverts;
 //! - the history is written only when it changed (no flash wear on every poll).
 //!
@@ -300,6 +301,14 @@ impl CommitHistory {
         (!good && self.bad(a).is_none()).then_some(a)
     }
 
+    /// The commit on disk when it was never verified healthy: an interrupted trial, or a bad
+    /// commit kept (no earlier good one) or whose revert did not finish.
+    pub fn unverified_on_disk(&self) -> Option<&str> {
+        let a = self.applied.as_deref()?;
+        let good = self.last_good.as_ref().is_some_and(|g| g.commit == a);
+        (!good).then_some(a)
+    }
+
     /// A bad commit is still on disk although a good one exists: its revert did not finish.
     pub fn revert_pending(&self) -> Option<&str> {
         let a = self.applied.as_deref()?;
@@ -366,8 +375,9 @@ pub enum GateReason {
     K3sConfigChanged { paths: Vec<String> },
     /// The plan restarts the k3s unit.
     K3sRestarted { unit: String },
-    /// An earlier apply of this commit started but its verdict never came (bosun stopped).
-    InterruptedTrial { commit: String },
+    /// The config on disk (commit `commit`) was never verified healthy: its trial was
+    /// interrupted (bosun stopped before the verdict) or it failed and was kept.
+    UnverifiedOnDisk { commit: String },
 }
 
 impl std::fmt::Display for GateReason {
@@ -378,8 +388,11 @@ impl std::fmt::Display for GateReason {
                 write!(f, "k3s configuration changed ({})", paths.join(", "))
             }
             GateReason::K3sRestarted { unit } => write!(f, "{unit} is restarted"),
-            GateReason::InterruptedTrial { commit } => {
-                write!(f, "the health check of commit {commit} was interrupted")
+            GateReason::UnverifiedOnDisk { commit } => {
+                write!(
+                    f,
+                    "the config on disk (commit {commit}) was never verified healthy"
+                )
             }
         }
     }
@@ -399,11 +412,11 @@ fn is_k3s_unit(unit: &str) -> bool {
 
 /// Decides whether applying `plan` is health-gated (pure). `gate`: `none` never, `all`
 /// always, `k3s` when the plan changes a k3s config file or restarts the k3s unit, or when
-/// `interrupted_trial` names a commit whose verdict never came.
+/// `unverified_on_disk` names the commit on disk that was never verified healthy.
 pub fn gate_reason(
     gate: HealthGate,
     plan: &Plan,
-    interrupted_trial: Option<&str>,
+    unverified_on_disk: Option<&str>,
 ) -> Option<GateReason> {
     match gate {
         HealthGate::None => None,
@@ -425,7 +438,7 @@ pub fn gate_reason(
             if let Some(unit) = restart {
                 return Some(GateReason::K3sRestarted { unit });
             }
-            interrupted_trial.map(|c| GateReason::InterruptedTrial {
+            unverified_on_disk.map(|c| GateReason::UnverifiedOnDisk {
                 commit: c.to_string(),
             })
         }
@@ -579,7 +592,11 @@ pub async fn apply_guarded(
     };
     let prepared = reconcile::prepare(new, target).await.map_err(apply_err)?;
     let cfg = &prepared.loaded.config;
-    let gate = gate_reason(cfg.health.gate, &prepared.plan, history.interrupted_trial());
+    let gate = gate_reason(
+        cfg.health.gate,
+        &prepared.plan,
+        history.unverified_on_disk(),
+    );
     history.begin(&commit);
     history.save()?;
     let applied = reconcile::apply_prepared(&prepared, target, runner).map_err(apply_err)?;
@@ -759,10 +776,10 @@ mod tests {
     }
 
     #[test]
-    fn interrupted_trial_gates_an_empty_plan() {
+    fn unverified_config_on_disk_gates_an_empty_plan() {
         assert_eq!(
             gate_reason(HealthGate::K3s, &Plan::default(), Some("abc")),
-            Some(GateReason::InterruptedTrial {
+            Some(GateReason::UnverifiedOnDisk {
                 commit: "abc".into()
             })
         );
@@ -790,9 +807,11 @@ mod tests {
         assert_eq!(h.interrupted_trial(), Some("b"));
         h.record_bad("b", "timed out", 20);
         assert_eq!(h.interrupted_trial(), None);
+        assert_eq!(h.unverified_on_disk(), Some("b"));
         assert_eq!(h.revert_pending(), Some("b"));
         h.record_rollback();
         assert_eq!(h.revert_pending(), None);
+        assert_eq!(h.unverified_on_disk(), None);
         assert_eq!(h.applied(), Some("a"));
         assert_eq!(h.config_rollbacks_total(), 1);
         assert_eq!(h.bad("b").unwrap().at, 20);
