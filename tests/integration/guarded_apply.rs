@@ -611,6 +611,58 @@ async fn a_trial_interrupted_before_its_verdict_is_gated_again_after_restart() {
     assert_eq!(history.config_rollbacks_total(), 1);
 }
 
+/// Regression: bosun stopped after recording a commit bad but before its revert finished.
+/// The commit is refused from then on, and refusing it completes the revert to the last good
+/// commit (nothing else would ever bring the node back).
+#[tokio::test]
+async fn refusing_a_bad_commit_finishes_an_unfinished_revert() {
+    let node = Node::new().await;
+    let mut history = CommitHistory::load(&node.state).unwrap();
+    let a = node.commit(&Spec {
+        tier: "edge",
+        motd: "good",
+        markers: &[],
+        checks: Checks::Apiserver,
+    });
+    expect_healthy(&node.apply(&a, &mut history).await);
+    let good_tree = tree(&node.root);
+
+    // What apply_guarded does up to the revert, then the process "dies".
+    let b = node.commit(&Spec {
+        tier: "broken",
+        motd: "bad",
+        markers: &[APISERVER_BROKEN],
+        checks: Checks::Apiserver,
+    });
+    history.begin(&id(&b));
+    history.save().unwrap();
+    let prepared = reconcile::prepare(&b, &node.target).await.unwrap();
+    reconcile::apply_prepared(&prepared, &node.target, node.runner.as_ref()).unwrap();
+    history.record_bad(&id(&b), "health gate timed out", 1);
+    history.save().unwrap();
+    drop(history);
+    assert_ne!(tree(&node.root), good_tree);
+
+    let mut history = CommitHistory::load(&node.state).unwrap();
+    assert_eq!(history.revert_pending(), Some(id(&b).as_str()));
+    let restarts = node.k3s_restarts();
+    match node.apply(&b, &mut history).await {
+        GuardedOutcome::Refused { revert, .. } => assert!(revert.is_some()),
+        other => panic!("expected Refused with a revert, got {other:#?}"),
+    }
+    assert_eq!(tree(&node.root), good_tree);
+    assert_eq!(node.k3s_restarts(), restarts + 1);
+    assert_eq!(history.revert_pending(), None);
+    assert_eq!(history.config_rollbacks_total(), 1);
+    // Done: refusing again changes nothing.
+    let calls = node.runner.calls().len();
+    assert!(matches!(
+        node.apply(&b, &mut history).await,
+        GuardedOutcome::Refused { revert: None, .. }
+    ));
+    assert_eq!(node.runner.calls().len(), calls);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_cli_exits_0_when_healthy_1_when_unhealthy_and_skips_units_off_the_live_root() {
     let node = Node::new().await;
