@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod fsroot;
+pub mod guarded_apply;
 pub mod health;
 pub mod keys;
 pub mod plan;

@@ -246,6 +246,78 @@ pub async fn run_health_command(
     Ok(all_ok)
 }
 
+/// Whether a check asks the live system (systemd, or a program on this machine's `PATH`)
+/// rather than an endpoint: such checks say nothing about a `--root` other than `/`.
+pub fn checks_live_system(check: &HealthCheck) -> bool {
+    matches!(
+        check,
+        HealthCheck::Unit { .. } | HealthCheck::Command { .. }
+    )
+}
+
+/// [`run_health_command`] for any root: when `live` is false (`--root` is not `/`), unit and
+/// command checks are not run and are reported as `skipped (not the live root)` — never as
+/// passed; the verdict is over the checks that ran. Returns whether every check that ran passed.
+/// Side effects: HTTP requests, commands via the runner (only when `live`), writes to `out`.
+pub async fn run_health_command_at(
+    cfg: &HealthConfig,
+    role: K3sRole,
+    ctx: &HealthContext,
+    live: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<bool> {
+    if live {
+        return run_health_command(cfg, role, ctx, out).await;
+    }
+    let (skipped, checks): (Vec<HealthCheck>, Vec<HealthCheck>) = effective_checks(cfg, role)
+        .into_iter()
+        .partition(checks_live_system);
+    let results = check_once(&checks, ctx).await;
+    let source = if cfg.checks.is_empty() {
+        format!("default checks for a K3s {role}")
+    } else {
+        "checks from health.checks".to_string()
+    };
+    writeln!(
+        out,
+        "bosun health: {} ({source}; root {})",
+        ctx.hostname,
+        ctx.root.display()
+    )?;
+    for r in &results {
+        writeln!(
+            out,
+            "  [{}] {}: {}",
+            if r.outcome.ok { " ok " } else { "FAIL" },
+            describe(&r.check),
+            r.outcome.detail
+        )?;
+    }
+    for c in &skipped {
+        writeln!(out, "  [skip] {}: skipped (not the live root)", describe(c))?;
+    }
+    let failed = results.iter().filter(|r| !r.outcome.ok).count();
+    let skip_note = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(", {} skipped", skipped.len())
+    };
+    if failed == 0 {
+        writeln!(
+            out,
+            "healthy: all {} checks that ran passed{skip_note}",
+            results.len()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "unhealthy: {failed} of {} checks failed{skip_note}",
+            results.len()
+        )?;
+    }
+    Ok(failed == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
