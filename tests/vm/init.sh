@@ -43,7 +43,7 @@ version="$(cat /etc/os-version)"
 boots=$(( $(cat /data/vm/boots 2>/dev/null || echo 0) + 1 ))
 echo "$boots" >/data/vm/boots
 sync
-echo "VM-BOOT $boots slot=$slot version=$version"
+echo "VM-BOOT $boots slot=$slot version=$version bosun-reboots=$(cat /data/vm/bosun-reboots 2>/dev/null || echo 0)"
 
 if [ "$(cat /etc/vm-health)" = good ]; then
   # Stands in for K3s's kubelet: the real kubelet cannot run in this guest, so busybox httpd
@@ -63,18 +63,53 @@ upgrade_state() {
   sed -n 's/^ *"state": "\([a-z_]*\)",*$/\1/p' /tmp/status.json | head -n1
 }
 
-# Runs bosun's daemon and watches the upgrade until it settles (committed, rolled back or
-# failed). The first time it settles the guest reboots once more, to show which slot GRUB boots
-# next and that bosun does not start the upgrade again; that boot powers off.
-upgrade_mode() {
-  echo "VM-DAEMON start"
-  bosun daemon --config /data/bosun/agent.yaml --log-format text 2>&1 | sed -u 's/^/bosun-daemon: /' &
+BOSUN_NODE="--state-dir /data/bosun/state --grub-env /boot/grub/bosun.env --slot-a /dev/vda2 --slot-b /dev/vda3"
+
+# Driver "step": the init plays the daemon's loop with bosun's one-shot commands, once a
+# second: `bosun health` (the config's checks, one round) gives the verdict while the state is
+# trial (healthy after `successes` passes in a row, unhealthy once the trial is older than
+# health.timeout), and `bosun upgrade step` advances the lifecycle (install, trial, reboot,
+# commit, mark bad, fallback detection, quarantine) exactly as the daemon's upgrade pass does.
+health_passes=0
+trial_since=""
+uptime_s() { cut -d. -f1 /proc/uptime; }
+step_once() {
+  verdict=pending
+  if [ "$1" = trial ]; then
+    [ -n "$trial_since" ] || trial_since=$(uptime_s)
+    if bosun health --repo /data/vm/config --hostname vm-node --state-dir /data/bosun/state \
+        >/tmp/health.out 2>&1; then
+      health_passes=$((health_passes + 1))
+    else
+      health_passes=0
+    fi
+    if [ $health_passes -ge "$(cat /data/vm/health-successes)" ]; then
+      verdict=healthy
+    elif [ $(( $(uptime_s) - trial_since )) -ge "$(cat /data/vm/health-timeout)" ]; then
+      verdict=unhealthy
+      echo "VM-HEALTH timed out after $(( $(uptime_s) - trial_since ))s: $(tr '\n' ' ' </tmp/health.out)"
+    fi
+  fi
+  # shellcheck disable=SC2086
+  # Straight to the console: a step that reboots leaves no pipe to flush.
+  bosun upgrade step $BOSUN_NODE --config /data/vm/config/config.yaml --health "$verdict" \
+      --reason "health checks failed for $(cat /data/vm/health-timeout)s" ||
+    echo "VM-ERROR bosun upgrade step failed"
+}
+
+# Watches the upgrade until it settles (committed, rolled back or failed). The first time it
+# settles the guest reboots once more, to show which slot GRUB boots next and that bosun does
+# not start the upgrade again; that boot powers off. $1: the driver, "daemon" (bosun daemon
+# with the agent config) or "step" (above).
+watch_upgrade() {
+  if [ "$1" = daemon ]; then
+    echo "VM-DAEMON start"
+    bosun daemon --config /data/bosun/agent.yaml --log-format text 2>&1 | sed -u 's/^/bosun-daemon: /' &
+  fi
   last=""
   settled_polls=0
   t=0
   while [ $t -lt "${VM_BOOT_BOUND:-150}" ]; do
-    sleep 1
-    t=$((t + 1))
     st="$(upgrade_state)"
     if [ "$st" != "$last" ]; then echo "VM-STATE $st slot=$slot t=${t}s"; last="$st"; fi
     case "$st" in
@@ -85,9 +120,8 @@ upgrade_mode() {
           cp /tmp/status.json /data/vm/settled
           echo "VM-REBOOT by the test init (confirm the next boot)"
           /bin/vm-reboot
-        elif [ $settled_polls -ge "${VM_CONFIRM_POLLS:-8}" ]; then
-          # Long enough for several daemon passes (interval 1s): a retry would show as a
-          # VM-STATE change above.
+        elif [ $settled_polls -ge "${VM_CONFIRM_POLLS:-6}" ]; then
+          # Several passes (one a second): a retry would show as a VM-STATE change above.
           cp /tmp/status.json /data/vm/final
           echo "VM-FINAL state=$st slot=$slot version=$version"
           /bin/vm-poweroff
@@ -95,13 +129,16 @@ upgrade_mode() {
         ;;
       *) settled_polls=0 ;;
     esac
+    [ "$1" = step ] && step_once "$st"
+    sleep 1
+    t=$((t + 1))
   done
   echo "VM-TIMEOUT no settled upgrade state after ${t}s on slot $slot"
   cp /tmp/status.json /data/vm/final 2>/dev/null
   /bin/vm-poweroff
 }
 
-mode="$(cat /data/vm/mode 2>/dev/null || echo upgrade)"
+mode="$(cat /data/vm/mode 2>/dev/null || echo missing)"
 case "$mode" in
 smoke)
   # bosun runs in the guest (its libraries were found) and applies the node config from the
@@ -116,8 +153,8 @@ smoke)
   echo "VM-REBOOT by the test init"
   /bin/vm-reboot
   ;;
-upgrade)
-  upgrade_mode
+daemon|step)
+  watch_upgrade "$mode"
   ;;
 esac
 
