@@ -1,7 +1,8 @@
 //! GPT codec (headers, partition entry arrays, ChromeOS/gptprio attribute bits) and the
 //! [`GptPrio`] backend.
 //!
-//! Layout (UEFI spec, 512-byte sectors): the primary header at LBA 1 points to its entry array
+//! Layout (UEFI spec; 512-byte logical sectors only: on a 4Kn disk no table is found and
+//! reads fail with [`GptError::NoValidTable`]): the primary header at LBA 1 points to its entry array
 //! (LBA 2 by convention) and to the backup header at the last LBA, whose entry array sits just
 //! before it. Each header carries a CRC32 of itself (with the CRC field zeroed) and of its
 //! entry array. Attribute bits of an entry (bytes 48..56, little-endian u64): 48–51 priority,

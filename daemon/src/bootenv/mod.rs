@@ -75,8 +75,9 @@ pub use uboot::UbootEnv;
 /// The largest tries count the contract allows (the GPT tries field has 4 bits).
 pub const MAX_TRIES: u8 = 15;
 
-/// One of the two A/B slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One of the two A/B slots. Serialized as `"a"` / `"b"`, like [`fmt::Display`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Slot {
     A,
     B,
@@ -125,7 +126,7 @@ impl FromStr for Slot {
 }
 
 /// A pending (or exhausted, when `tries_left == 0`) trial boot of a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Trial {
     pub slot: Slot,
     /// Boot attempts the bootloader will still make. 0 means the trial is exhausted and the
@@ -134,7 +135,7 @@ pub struct Trial {
 }
 
 /// Which slots are known good (booted and committed, not since marked bad or overwritten).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GoodSlots {
     pub a: bool,
     pub b: bool,
@@ -158,7 +159,7 @@ impl GoodSlots {
 
 /// What the bootloader will do, as stored in a boot environment. See the module docs for the
 /// contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BootState {
     /// Slot booted when no trial is pending. Known good in every state bosun writes.
     pub primary: Slot,
@@ -577,6 +578,8 @@ mod tests {
             "A".parse::<Slot>().is_err(),
             "scripts compare lowercase only"
         );
+        assert_eq!(serde_json::to_string(&Slot::B).unwrap(), "\"b\"");
+        assert_eq!(serde_json::from_str::<Slot>("\"a\"").unwrap(), Slot::A);
         assert!("".parse::<Slot>().is_err());
     }
 
