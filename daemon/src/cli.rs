@@ -87,6 +87,9 @@ pub enum Command {
     },
     /// Print the JSON Schema of config.yaml layers.
     Schema,
+    /// A/B OS upgrades: status, manual rollback, mark-good.
+    #[command(subcommand)]
+    Upgrade(crate::upgrade::commands::UpgradeCommand),
 }
 
 /// Which node, which root, which repo.
@@ -266,6 +269,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", schema_text());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Upgrade(cmd) => crate::upgrade::commands::run(cmd),
     }
 }
 
