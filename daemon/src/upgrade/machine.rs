@@ -875,3 +875,664 @@ impl UpgradeState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootenv::{GoodSlots, Trial};
+
+    fn img(v: &str) -> ImageId {
+        ImageId {
+            version: v.into(),
+            sha256: format!("{:0>64}", v.len()),
+        }
+    }
+
+    fn cfg(v: &str) -> UpgradeConfig {
+        let mut sha = [0u8; 32];
+        sha[31] = v.len() as u8;
+        UpgradeConfig {
+            version: v.into(),
+            image: format!("/images/{v}.img"),
+            sha256: sha,
+            size: None,
+            compression: None,
+            tries: 3,
+        }
+    }
+
+    fn id(c: &UpgradeConfig) -> ImageId {
+        ImageId::of(c)
+    }
+
+    fn all_states() -> Vec<Lifecycle> {
+        let t = img("2");
+        vec![
+            Lifecycle::Idle,
+            Lifecycle::Downloading {
+                target: t.clone(),
+                slot: Slot::B,
+                attempts: 1,
+                last_error: None,
+            },
+            Lifecycle::Staged {
+                target: t.clone(),
+                slot: Slot::B,
+            },
+            Lifecycle::Trial {
+                target: t.clone(),
+                slot: Slot::B,
+                since: 5,
+            },
+            Lifecycle::RollingBack {
+                target: Some(t.clone()),
+                slot: Slot::B,
+                reason: RollbackReason::Fallback,
+            },
+            Lifecycle::Committed {
+                image: t.clone(),
+                slot: Slot::B,
+            },
+            Lifecycle::RolledBack {
+                target: Some(t.clone()),
+                slot: Slot::B,
+                reason: RollbackReason::Manual,
+            },
+            Lifecycle::Failed {
+                target: t,
+                slot: Slot::B,
+                error: "x".into(),
+            },
+        ]
+    }
+
+    type Transition = fn(&Lifecycle) -> Result<Lifecycle, TransitionError>;
+
+    /// Every transition from every state: allowed exactly from its documented sources, and
+    /// a typed error naming the transition and the state otherwise.
+    #[test]
+    fn transitions_assert_their_source_states() {
+        let table: Vec<(&str, Transition, &[&str])> = vec![
+            (
+                "start_download",
+                |s| s.start_download(img("3"), Slot::B),
+                &[
+                    "idle",
+                    "downloading",
+                    "staged",
+                    "committed",
+                    "rolled_back",
+                    "failed",
+                ],
+            ),
+            ("installed", |s| s.installed(), &["downloading"]),
+            (
+                "install_failed",
+                |s| s.install_failed("e"),
+                &["downloading"],
+            ),
+            ("cancelled", |s| s.cancelled(), &["downloading", "staged"]),
+            ("booted_trial", |s| s.booted_trial(9), &["staged"]),
+            ("committed", |s| s.committed(), &["trial"]),
+            (
+                "rolling_back",
+                |s| s.rolling_back(RollbackReason::Unhealthy("x".into())),
+                &["trial"],
+            ),
+            ("rolled_back", |s| s.rolled_back(), &["rolling_back"]),
+            ("fell_back", |s| s.fell_back(), &["staged", "trial"]),
+        ];
+        for (name, f, allowed) in table {
+            for s in all_states() {
+                let r = f(&s);
+                if allowed.contains(&s.name()) {
+                    assert!(r.is_ok(), "{name} from {} refused: {r:?}", s.name());
+                } else {
+                    assert_eq!(
+                        r,
+                        Err(TransitionError {
+                            transition: name,
+                            from: s.name()
+                        }),
+                        "{name} from {}",
+                        s.name()
+                    );
+                    assert!(r.unwrap_err().to_string().contains(s.name()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transition_results() {
+        let t = img("2");
+        let d = Lifecycle::Idle.start_download(t.clone(), Slot::B).unwrap();
+        assert_eq!(
+            d,
+            Lifecycle::Downloading {
+                target: t.clone(),
+                slot: Slot::B,
+                attempts: 1,
+                last_error: None
+            }
+        );
+        // Resuming the same target counts the attempt; another target starts over.
+        let d2 = d.start_download(t.clone(), Slot::B).unwrap();
+        assert!(matches!(d2, Lifecycle::Downloading { attempts: 2, .. }));
+        assert!(matches!(
+            d2.start_download(img("3"), Slot::B).unwrap(),
+            Lifecycle::Downloading { attempts: 1, .. }
+        ));
+        let staged = d2.installed().unwrap();
+        assert_eq!(
+            staged,
+            Lifecycle::Staged {
+                target: t.clone(),
+                slot: Slot::B
+            }
+        );
+        let trial = staged.booted_trial(42).unwrap();
+        assert_eq!(
+            trial,
+            Lifecycle::Trial {
+                target: t.clone(),
+                slot: Slot::B,
+                since: 42
+            }
+        );
+        assert_eq!(
+            trial.committed().unwrap(),
+            Lifecycle::Committed {
+                image: t.clone(),
+                slot: Slot::B
+            }
+        );
+        let rb = trial
+            .rolling_back(RollbackReason::Unhealthy("no node Ready".into()))
+            .unwrap();
+        assert_eq!(
+            rb.rolled_back().unwrap(),
+            Lifecycle::RolledBack {
+                target: Some(t.clone()),
+                slot: Slot::B,
+                reason: RollbackReason::Unhealthy("no node Ready".into())
+            }
+        );
+        assert!(matches!(
+            staged.fell_back().unwrap(),
+            Lifecycle::RolledBack {
+                reason: RollbackReason::Fallback,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn install_failures_count_up_to_failed() {
+        let mut s = UpgradeState {
+            lifecycle: Lifecycle::Idle.start_download(img("2"), Slot::B).unwrap(),
+            ..Default::default()
+        };
+        for attempt in 1..MAX_INSTALL_ATTEMPTS {
+            s = s.after_install(Err("cut")).unwrap();
+            assert!(
+                matches!(&s.lifecycle, Lifecycle::Downloading { attempts, last_error: Some(e), .. } if *attempts == attempt && e == "cut")
+            );
+            s.lifecycle = s.lifecycle.start_download(img("2"), Slot::B).unwrap();
+        }
+        s = s.after_install(Err("sha mismatch")).unwrap();
+        assert!(matches!(s.lifecycle, Lifecycle::Failed { .. }));
+        assert_eq!(s.counters.failed, 1);
+        assert!(s.after_install(Ok(())).is_err(), "not from Failed");
+    }
+
+    #[test]
+    fn state_file_json_round_trips() {
+        for lc in all_states() {
+            let s = UpgradeState {
+                lifecycle: lc,
+                quarantine: vec![img("9")],
+                ..Default::default()
+            };
+            let text = serde_json::to_string(&s).unwrap();
+            assert_eq!(serde_json::from_str::<UpgradeState>(&text).unwrap(), s);
+        }
+        let text = serde_json::to_string(&Lifecycle::Staged {
+            target: img("2"),
+            slot: Slot::B,
+        })
+        .unwrap();
+        assert!(
+            text.contains(r#""state":"staged""#) && text.contains(r#""slot":"b""#),
+            "{text}"
+        );
+    }
+
+    // ---- decide ----
+
+    fn env_initial() -> BootState {
+        BootState::initial()
+    }
+
+    fn inputs<'a>(desired: Option<&'a UpgradeConfig>, booted: Slot, env: BootState) -> Inputs<'a> {
+        Inputs {
+            desired,
+            booted: Some(booted),
+            env: Some(env),
+            health: HealthInput::Pending,
+            now: 1000,
+            trial_timeout: None,
+        }
+    }
+
+    fn persisted(d: &Decision) -> &UpgradeState {
+        d.steps
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Step::Persist(p) => Some(p),
+                _ => None,
+            })
+            .expect("a Persist step")
+    }
+
+    #[test]
+    fn unsupported_without_slot_or_env() {
+        let c = cfg("2");
+        let s = UpgradeState::default();
+        let mut i = inputs(Some(&c), Slot::A, env_initial());
+        i.booted = None;
+        let d = decide(&s, &i).unwrap();
+        assert!(d.steps.is_empty());
+        assert!(matches!(&d.notes[..], [Note::Unsupported(w)] if w.contains("bosun.slot")));
+        let mut i = inputs(Some(&c), Slot::A, env_initial());
+        i.env = None;
+        let d = decide(&s, &i).unwrap();
+        assert!(d.steps.is_empty());
+        assert!(matches!(&d.notes[..], [Note::Unsupported(_)]));
+        // Nothing to say when no upgrade is asked for.
+        i.desired = None;
+        assert_eq!(decide(&s, &i).unwrap(), Decision::default());
+    }
+
+    #[test]
+    fn new_image_starts_install_in_safe_order() {
+        let c = cfg("2");
+        let s = UpgradeState::default();
+        // Slot b is good (an older image): it must be made unbootable before the write.
+        let env = BootState {
+            primary: Slot::A,
+            trial: None,
+            good: GoodSlots { a: true, b: true },
+        };
+        let d = decide(&s, &inputs(Some(&c), Slot::A, env)).unwrap();
+        assert_eq!(d.steps.len(), 3, "{d:?}");
+        let Step::Persist(p) = &d.steps[0] else {
+            panic!("{d:?}")
+        };
+        assert!(matches!(
+            &p.lifecycle,
+            Lifecycle::Downloading {
+                slot: Slot::B,
+                attempts: 1,
+                ..
+            }
+        ));
+        assert_eq!(p.slots.b, None);
+        assert_eq!(d.steps[1], Step::MarkBad(Slot::B));
+        assert_eq!(
+            d.steps[2],
+            Step::Install {
+                slot: Slot::B,
+                image: id(&c)
+            }
+        );
+        // With b already not good, no env write is needed.
+        let d = decide(&s, &inputs(Some(&c), Slot::A, env_initial())).unwrap();
+        assert!(matches!(
+            &d.steps[..],
+            [Step::Persist(_), Step::Install { slot: Slot::B, .. }]
+        ));
+    }
+
+    #[test]
+    fn running_image_needs_nothing() {
+        let c = cfg("2");
+        let mut s = UpgradeState::default();
+        s.slots.b = Some(id(&c));
+        s.lifecycle = Lifecycle::Committed {
+            image: id(&c),
+            slot: Slot::B,
+        };
+        let env = env_initial()
+            .with_trial(Slot::B, 3)
+            .unwrap()
+            .committed(Slot::B);
+        assert_eq!(
+            decide(&s, &inputs(Some(&c), Slot::B, env)).unwrap(),
+            Decision::default()
+        );
+        assert_eq!(
+            decide(&s, &inputs(None, Slot::B, env)).unwrap(),
+            Decision::default()
+        );
+    }
+
+    #[test]
+    fn blocked_when_booted_slot_is_not_good() {
+        let c = cfg("2");
+        let env = env_initial(); // primary a; booted b is not good
+        let d = decide(&UpgradeState::default(), &inputs(Some(&c), Slot::B, env)).unwrap();
+        assert!(d.steps.is_empty());
+        assert!(matches!(&d.notes[..], [Note::Blocked(w)] if w.contains("mark-good")));
+    }
+
+    #[test]
+    fn downloading_resumes_or_is_cancelled_or_superseded() {
+        let c = cfg("2");
+        let s = UpgradeState {
+            lifecycle: Lifecycle::Idle.start_download(id(&c), Slot::B).unwrap(),
+            ..Default::default()
+        };
+        let d = decide(&s, &inputs(Some(&c), Slot::A, env_initial())).unwrap();
+        assert!(matches!(
+            &persisted(&d).lifecycle,
+            Lifecycle::Downloading { attempts: 2, .. }
+        ));
+        assert!(matches!(d.steps.last(), Some(Step::Install { .. })));
+        // Config dropped the upgrade.
+        let d = decide(&s, &inputs(None, Slot::A, env_initial())).unwrap();
+        assert_eq!(d.steps, vec![Step::Persist(s.with(Lifecycle::Idle))]);
+        // Config names another image: start over with it.
+        let c3 = cfg("three");
+        let d = decide(&s, &inputs(Some(&c3), Slot::A, env_initial())).unwrap();
+        assert!(matches!(
+            &persisted(&d).lifecycle,
+            Lifecycle::Downloading { attempts: 1, target, .. } if *target == id(&c3)
+        ));
+    }
+
+    fn staged(c: &UpgradeConfig) -> UpgradeState {
+        let mut s = UpgradeState {
+            lifecycle: Lifecycle::Idle.start_download(id(c), Slot::B).unwrap(),
+            ..Default::default()
+        };
+        s = s.after_install(Ok(())).unwrap();
+        assert_eq!(s.slots.b, Some(id(c)));
+        s
+    }
+
+    #[test]
+    fn staged_schedules_trial_then_reboots() {
+        let c = cfg("2");
+        let s = staged(&c);
+        let d = decide(&s, &inputs(Some(&c), Slot::A, env_initial())).unwrap();
+        assert_eq!(
+            d.steps,
+            vec![
+                Step::SetTrial {
+                    slot: Slot::B,
+                    tries: 3
+                },
+                Step::Reboot
+            ]
+        );
+        // Trial already scheduled (cut before the reboot): only reboot.
+        let env = env_initial().with_trial(Slot::B, 3).unwrap();
+        let d = decide(&s, &inputs(Some(&c), Slot::A, env)).unwrap();
+        assert_eq!(d.steps, vec![Step::Reboot]);
+        // Cancelled before the reboot: the scheduled trial is removed.
+        let d = decide(&s, &inputs(None, Slot::A, env)).unwrap();
+        assert_eq!(d.steps[0], Step::MarkBad(Slot::B));
+        assert_eq!(persisted(&d).lifecycle, Lifecycle::Idle);
+    }
+
+    #[test]
+    fn booting_the_staged_slot_starts_the_trial() {
+        let c = cfg("2");
+        let s = staged(&c);
+        let mut env = env_initial().with_trial(Slot::B, 3).unwrap();
+        env.trial.as_mut().unwrap().tries_left = 2; // the bootloader's decrement
+        let d = decide(&s, &inputs(Some(&c), Slot::B, env)).unwrap();
+        assert_eq!(
+            persisted(&d).lifecycle,
+            Lifecycle::Trial {
+                target: id(&c),
+                slot: Slot::B,
+                since: 1000
+            }
+        );
+        assert_eq!(d.steps.len(), 1);
+    }
+
+    fn trial(c: &UpgradeConfig) -> UpgradeState {
+        let s = staged(c);
+        s.with(s.lifecycle.booted_trial(1000).unwrap())
+    }
+
+    fn trial_env() -> BootState {
+        let mut env = env_initial().with_trial(Slot::B, 3).unwrap();
+        env.trial = Some(Trial {
+            slot: Slot::B,
+            tries_left: 2,
+        });
+        env
+    }
+
+    #[test]
+    fn healthy_trial_commits_env_first() {
+        let c = cfg("2");
+        let s = trial(&c);
+        let mut i = inputs(Some(&c), Slot::B, trial_env());
+        assert_eq!(
+            decide(&s, &i).unwrap().notes,
+            vec![Note::AwaitingHealth { slot: Slot::B }]
+        );
+        i.health = HealthInput::Healthy;
+        let d = decide(&s, &i).unwrap();
+        assert_eq!(d.steps[0], Step::MarkGood(Slot::B));
+        let p = persisted(&d);
+        assert_eq!(
+            p.lifecycle,
+            Lifecycle::Committed {
+                image: id(&c),
+                slot: Slot::B
+            }
+        );
+        assert_eq!(p.counters.committed, 1);
+        assert_eq!(
+            p.metrics(Some(Slot::B)).current_version.as_deref(),
+            Some("2")
+        );
+        // Cut after the env commit: the next step only records it, whatever the verdict.
+        let env = trial_env().committed(Slot::B);
+        let d = decide(&s, &inputs(Some(&c), Slot::B, env)).unwrap();
+        assert_eq!(d.steps, vec![Step::Persist(p.clone())]);
+    }
+
+    #[test]
+    fn unhealthy_trial_persists_intent_marks_bad_and_reboots() {
+        let c = cfg("2");
+        let s = trial(&c);
+        let mut i = inputs(Some(&c), Slot::B, trial_env());
+        i.health = HealthInput::Unhealthy("apiserver readyz".into());
+        let d = decide(&s, &i).unwrap();
+        assert_eq!(d.steps.len(), 3);
+        assert!(matches!(
+            &d.steps[0],
+            Step::Persist(p) if matches!(&p.lifecycle, Lifecycle::RollingBack { reason: RollbackReason::Unhealthy(w), .. } if w == "apiserver readyz")
+        ));
+        assert_eq!(d.steps[1], Step::MarkBad(Slot::B));
+        assert_eq!(d.steps[2], Step::Reboot);
+    }
+
+    #[test]
+    fn trial_timeout_rolls_back() {
+        let c = cfg("2");
+        let s = trial(&c);
+        let mut i = inputs(Some(&c), Slot::B, trial_env());
+        i.trial_timeout = Some(600);
+        i.now = 1599;
+        assert!(decide(&s, &i).unwrap().steps.is_empty());
+        i.now = 1600;
+        let d = decide(&s, &i).unwrap();
+        assert!(matches!(
+            &d.steps[0],
+            Step::Persist(p) if matches!(&p.lifecycle, Lifecycle::RollingBack { reason: RollbackReason::Unhealthy(w), .. } if w.contains("600s"))
+        ));
+    }
+
+    fn rolling_back(c: &UpgradeConfig) -> UpgradeState {
+        let s = trial(c);
+        s.with(
+            s.lifecycle
+                .rolling_back(RollbackReason::Unhealthy("x".into()))
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn rolling_back_finishes_on_either_slot() {
+        let c = cfg("2");
+        let s = rolling_back(&c);
+        // Still on b, env not yet changed (cut before MarkBad): mark bad, reboot.
+        let d = decide(&s, &inputs(Some(&c), Slot::B, trial_env())).unwrap();
+        assert_eq!(d.steps, vec![Step::MarkBad(Slot::B), Step::Reboot]);
+        // Still on b, env changed (cut before the reboot): only reboot.
+        let env = trial_env().marked_bad(Slot::B).unwrap();
+        let d = decide(&s, &inputs(Some(&c), Slot::B, env)).unwrap();
+        assert_eq!(d.steps, vec![Step::Reboot]);
+        // On a: rolled back, quarantined, counted; no retry of the same image afterwards.
+        let d = decide(&s, &inputs(Some(&c), Slot::A, env)).unwrap();
+        let p = persisted(&d).clone();
+        assert!(matches!(p.lifecycle, Lifecycle::RolledBack { .. }));
+        assert_eq!(p.quarantine, vec![id(&c)]);
+        assert_eq!(p.counters.rolled_back, 1);
+        let d = decide(&p, &inputs(Some(&c), Slot::A, env)).unwrap();
+        assert_eq!(d.notes, vec![Note::Refused(id(&c))]);
+        let p2 = persisted(&d).clone();
+        assert_eq!(p2.counters.refused, 1);
+        // Refusal counted once in a row.
+        let d = decide(&p2, &inputs(Some(&c), Slot::A, env)).unwrap();
+        assert!(d.steps.is_empty());
+        assert_eq!(d.notes, vec![Note::Refused(id(&c))]);
+        // Another image is tried.
+        let c3 = cfg("three");
+        let d = decide(&p2, &inputs(Some(&c3), Slot::A, env)).unwrap();
+        assert!(matches!(d.steps.last(), Some(Step::Install { .. })));
+        // Same version, different sha: also another image.
+        let mut c2b = c.clone();
+        c2b.sha256[0] = 7;
+        let d = decide(&p2, &inputs(Some(&c2b), Slot::A, env)).unwrap();
+        assert!(matches!(d.steps.last(), Some(Step::Install { .. })));
+    }
+
+    #[test]
+    fn fallback_detected_from_trial_and_from_staged() {
+        let c = cfg("2");
+        // Trial on b recorded, but a booted: the bootloader gave up.
+        let mut env = trial_env();
+        env.trial.as_mut().unwrap().tries_left = 0;
+        for s in [trial(&c), staged(&c)] {
+            let d = decide(&s, &inputs(Some(&c), Slot::A, env)).unwrap();
+            assert_eq!(d.steps[0], Step::MarkBad(Slot::B), "{}", s.lifecycle.name());
+            let p = persisted(&d);
+            assert!(matches!(
+                p.lifecycle,
+                Lifecycle::RolledBack {
+                    reason: RollbackReason::Fallback,
+                    slot: Slot::B,
+                    ..
+                }
+            ));
+            assert_eq!(p.quarantine, vec![id(&c)]);
+            assert_eq!(p.counters.fallback, 1);
+        }
+        // Staged with tries left and a booted: the reboot has not happened yet.
+        let d = decide(&staged(&c), &inputs(Some(&c), Slot::A, trial_env())).unwrap();
+        assert_eq!(d.steps, vec![Step::Reboot]);
+    }
+
+    #[test]
+    fn manual_operations() {
+        let c = cfg("2");
+        let s = trial(&c);
+        let g = s.marked_good(Slot::B);
+        assert!(matches!(g.lifecycle, Lifecycle::Committed { .. }));
+        assert_eq!(g.counters.committed, 1);
+        assert_eq!(s.marked_good(Slot::A), s, "not the trial slot: unchanged");
+
+        let r = g.manual_rollback(Slot::B).unwrap();
+        assert_eq!(
+            r.lifecycle,
+            Lifecycle::RollingBack {
+                target: Some(id(&c)),
+                slot: Slot::B,
+                reason: RollbackReason::Manual
+            }
+        );
+        assert_eq!(
+            staged(&c).manual_rollback(Slot::A),
+            Err(TransitionError {
+                transition: "manual_rollback",
+                from: "staged"
+            })
+        );
+        // After the reboot into a: rolled back and quarantined; env keeps b good.
+        let env = BootState {
+            primary: Slot::A,
+            trial: None,
+            good: GoodSlots { a: true, b: true },
+        };
+        let d = decide(&r, &inputs(Some(&c), Slot::A, env)).unwrap();
+        assert_eq!(d.steps.len(), 1, "no env write: {d:?}");
+        assert_eq!(persisted(&d).quarantine, vec![id(&c)]);
+    }
+
+    #[test]
+    fn decide_reaches_a_fixpoint_from_every_state() {
+        // Applying the decision's Persist and env steps and deciding again (same boot) ends
+        // with no steps or only a reboot within a few rounds.
+        let c = cfg("2");
+        for lc in all_states() {
+            for booted in [Slot::A, Slot::B] {
+                let mut s = UpgradeState {
+                    lifecycle: lc.clone(),
+                    ..Default::default()
+                };
+                let mut env = if booted == Slot::A {
+                    env_initial()
+                } else {
+                    trial_env()
+                };
+                let mut settled = false;
+                for _ in 0..6 {
+                    let mut i = inputs(Some(&c), booted, env);
+                    i.health = HealthInput::Healthy;
+                    let d = decide(&s, &i).unwrap();
+                    if d.steps.is_empty() || d.steps.last() == Some(&Step::Reboot) {
+                        settled = true;
+                        break;
+                    }
+                    for st in d.steps {
+                        match st {
+                            Step::Persist(p) => s = p,
+                            Step::MarkBad(x) => env = env.marked_bad(x).unwrap(),
+                            Step::MarkGood(x) => env = env.committed(x),
+                            Step::SetTrial { slot, tries } => {
+                                env = env.with_trial(slot, tries).unwrap()
+                            }
+                            Step::Install { .. } => {
+                                s = s.after_install(Ok(())).unwrap();
+                                break;
+                            }
+                            Step::Reboot => unreachable!(),
+                        }
+                        env.check().unwrap();
+                    }
+                }
+                assert!(settled, "{} on {booted}", lc.name());
+            }
+        }
+    }
+}
