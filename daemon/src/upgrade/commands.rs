@@ -88,7 +88,7 @@ pub struct NodeArgs {
     #[arg(long, group = "bootenv", requires = "gpt_parts")]
     pub gpt_disk: Option<PathBuf>,
     /// Partition numbers of slots a and b on --gpt-disk, e.g. `2,3`.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',')]
     pub gpt_parts: Vec<u32>,
     /// Reboot command (words split on whitespace).
     #[arg(long, default_value = "systemctl reboot")]
