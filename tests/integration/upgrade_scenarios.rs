@@ -49,7 +49,10 @@ fn step_cli(node: &Node, config: &str, health: &str) -> String {
         health.into(),
     ]);
     let (ok, out, err) = run_bosun(&args);
-    assert!(ok, "bosun upgrade step failed\nstdout: {out}\nstderr: {err}");
+    assert!(
+        ok,
+        "bosun upgrade step failed\nstdout: {out}\nstderr: {err}"
+    );
     out
 }
 
@@ -95,7 +98,10 @@ fn healthy_trial_commits_through_the_binary() {
         // Another reboot stays on b; nothing more to do.
         assert_eq!(node.boot(), Slot::B);
         let out = step_cli(&node, &cfg, "pending");
-        assert!(!out.contains("reboot") && !out.contains("installed"), "{out}");
+        assert!(
+            !out.contains("reboot") && !out.contains("installed"),
+            "{out}"
+        );
 
         let mut args: Vec<String> = vec!["upgrade".into(), "status".into(), "--json".into()];
         args.extend(node.cli_args());
@@ -163,7 +169,9 @@ fn unhealthy_trial_rolls_back_quarantines_and_never_retries() {
         assert_eq!(r.state.quarantine.len(), 1);
         assert_eq!(r.state.quarantine[0].version, "v2");
         assert_eq!(r.state.counters.rolled_back, 1);
-        assert!(r.notes.contains(&Note::Refused(r.state.quarantine[0].clone())));
+        assert!(r
+            .notes
+            .contains(&Note::Refused(r.state.quarantine[0].clone())));
 
         // No update → rollback loop: further steps with the same config do nothing.
         let slot_b = std::fs::read(&node.slots.b).unwrap();
@@ -202,7 +210,10 @@ fn unhealthy_trial_rolls_back_quarantines_and_never_retries() {
             Lifecycle::Committed { slot: Slot::B, .. }
         ));
         assert_eq!(r.state.quarantine.len(), 1, "v2 stays quarantined");
-        assert_eq!(r.state.metrics(Some(Slot::B)).current_version.as_deref(), Some("v3"));
+        assert_eq!(
+            r.state.metrics(Some(Slot::B)).current_version.as_deref(),
+            Some("v3")
+        );
     }
 }
 
@@ -317,9 +328,8 @@ fn manual_rollback_and_mark_good_through_the_binary() {
     let out = step_cli(&node, &cfg, "pending");
     assert!(!out.contains("installed"), "{out}");
 
-    // Rolling back again is refused: b was not marked bad by the manual rollback, but the
-    // running slot a... is the primary; b is still good, so this is allowed; instead check
-    // that rollback is refused when the other slot is not good.
+    // Rolling back is refused when the other slot is not good: no bootable slot would be
+    // left to go to.
     let env = node.env();
     env.mark_bad(Slot::B).unwrap();
     let mut args: Vec<String> = vec!["upgrade".into(), "rollback".into()];
@@ -366,10 +376,9 @@ fn unsupported_without_slots_is_reported_and_does_nothing() {
 /// the simulator implements, in the same order.
 #[test]
 fn grub_cfg_matches_the_simulator() {
-    let cfg = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot/grub.cfg"),
-    )
-    .unwrap();
+    let cfg =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot/grub.cfg"))
+            .unwrap();
     let steps = [
         // only the contract variables are loaded
         "load_env --file \"${bosun_env}\" bosun_primary bosun_trial bosun_tries bosun_good_a bosun_good_b",
@@ -502,8 +511,7 @@ fn state_file_survives_and_names_itself_when_corrupt() {
     let err = node
         .actor(&Power::unlimited())
         .step(None, HealthInput::Pending)
-        .err()
-        .expect("corrupt state is an error")
+        .expect_err("corrupt state is an error")
         .to_string();
     assert!(err.contains("upgrade.json"), "{err}");
     // Nothing was written to the boot env.

@@ -59,6 +59,11 @@ pub enum UpgradeError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "upgrade state file {path}: format {found}, this bosun reads format {}",
+        machine::STATE_FORMAT
+    )]
+    StateFormat { path: PathBuf, found: u32 },
     #[error("kernel command line {path}: {detail}")]
     Cmdline { path: PathBuf, detail: String },
     #[error("boot environment: {0}")]
@@ -458,7 +463,7 @@ impl UpgradeActor {
                             state.lifecycle.name(),
                             next.lifecycle.name()
                         ));
-                        state = next;
+                        state = *next;
                     }
                     Step::MarkBad(slot) => {
                         let s = self.env_backend()?.mark_bad(slot)?;

@@ -493,7 +493,7 @@ pub struct Inputs<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Persist this state (atomically) before the steps after it.
-    Persist(UpgradeState),
+    Persist(Box<UpgradeState>),
     /// Boot env: mark `slot` not good and end any trial of it (it is about to be
     /// overwritten, or the trial is cancelled/over). The other slot becomes primary.
     MarkBad(Slot),
@@ -613,14 +613,19 @@ pub fn decide(state: &UpgradeState, inputs: &Inputs) -> Result<Decision, Transit
             let slot = *slot;
             if env.primary == slot && env.is_good(slot) && env.trial.is_none() {
                 // The env commit landed but the state write did not (crash): finish it.
-                return Ok(Decision::steps(vec![Step::Persist(commit(state)?)]));
+                return Ok(Decision::steps(vec![Step::Persist(Box::new(commit(
+                    state,
+                )?))]));
             }
             if env.primary != slot && !env.is_good(slot) && env.trial.is_none() {
                 // The env no longer selects the trial slot (marked bad by someone): roll back.
                 let next = state.with(state.lifecycle.rolling_back(RollbackReason::Unhealthy(
                     "the boot environment no longer selects the trial slot".into(),
                 ))?);
-                return Ok(Decision::steps(vec![Step::Persist(next), Step::Reboot]));
+                return Ok(Decision::steps(vec![
+                    Step::Persist(Box::new(next)),
+                    Step::Reboot,
+                ]));
             }
             let timed_out = inputs
                 .trial_timeout
@@ -628,7 +633,7 @@ pub fn decide(state: &UpgradeState, inputs: &Inputs) -> Result<Decision, Transit
             match &inputs.health {
                 HealthInput::Healthy => Ok(Decision::steps(vec![
                     Step::MarkGood(slot),
-                    Step::Persist(commit(state)?),
+                    Step::Persist(Box::new(commit(state)?)),
                 ])),
                 HealthInput::Unhealthy(why) => Ok(rollback_steps(state, why.clone())?),
                 HealthInput::Pending if timed_out => Ok(rollback_steps(
@@ -659,7 +664,7 @@ pub fn decide(state: &UpgradeState, inputs: &Inputs) -> Result<Decision, Transit
             if env.trial.is_some_and(|t| t.slot == slot) {
                 steps.push(Step::MarkBad(slot));
             }
-            steps.push(Step::Persist(next));
+            steps.push(Step::Persist(Box::new(next)));
             Ok(Decision::steps(steps))
         }
         Lifecycle::Downloading { target, slot, .. } => match desired {
@@ -691,7 +696,7 @@ fn fallback(
     if env.trial.is_some_and(|t| t.slot == slot) || env.is_good(slot) {
         steps.push(Step::MarkBad(slot));
     }
-    steps.push(Step::Persist(next));
+    steps.push(Step::Persist(Box::new(next)));
     Ok(Decision::steps(steps))
 }
 
@@ -707,7 +712,7 @@ fn superseded(
     let idle = state.with(state.lifecycle.cancelled()?);
     let mut d = settled_or_new(&idle, env, booted, desired)?;
     if !matches!(d.steps.first(), Some(Step::Persist(_))) {
-        d.steps.insert(0, Step::Persist(idle));
+        d.steps.insert(0, Step::Persist(Box::new(idle)));
     }
     if env.trial.is_some_and(|t| t.slot == slot) && !d.steps.contains(&Step::MarkBad(slot)) {
         // A scheduled trial of the cancelled image must not boot.
@@ -741,7 +746,7 @@ fn rollback_steps(state: &UpgradeState, why: String) -> Result<Decision, Transit
     // Intent first: if the env write is cut, the next boot (trial again, tries permitting,
     // or the old slot) finds RollingBack and finishes the rollback.
     Ok(Decision::steps(vec![
-        Step::Persist(next),
+        Step::Persist(Box::new(next)),
         Step::MarkBad(slot),
         Step::Reboot,
     ]))
@@ -760,9 +765,9 @@ fn staged_steps(
     let slot = *slot;
     if booted == slot {
         // Booted the staged slot: the trial begins.
-        return Ok(Decision::steps(vec![Step::Persist(
+        return Ok(Decision::steps(vec![Step::Persist(Box::new(
             state.with(state.lifecycle.booted_trial(now)?),
-        )]));
+        ))]));
     }
     match desired {
         Some((want, tries)) if want == target => {
@@ -816,7 +821,7 @@ fn settled_or_new(
             let mut next = state.clone();
             next.counters.refused += 1;
             next.last_refused = Some(want);
-            d.steps.push(Step::Persist(next));
+            d.steps.push(Step::Persist(Box::new(next)));
         }
         return Ok(d);
     }
@@ -843,7 +848,7 @@ fn start_install(
     let mut next = state.with(state.lifecycle.start_download(want.clone(), slot)?);
     next.slots.set(slot, None);
     next.last_refused = None;
-    let mut steps = vec![Step::Persist(next)];
+    let mut steps = vec![Step::Persist(Box::new(next))];
     // Before the first byte is written, the target slot must not be bootable: not good, no
     // trial, and the booted slot primary.
     if env.is_good(slot) || env.trial.is_some() || env.primary != booted {
@@ -860,6 +865,43 @@ pub struct UpgradeMetrics {
     pub lifecycle: &'static str,
     pub booted_slot: Option<Slot>,
     pub current_version: Option<String>,
+}
+
+impl UpgradeMetrics {
+    /// Prometheus text exposition (pure): `bosun_upgrades_total{result=…}` counters and a
+    /// `bosun_upgrade_info{state,slot,version}` gauge of 1.
+    pub fn render_prometheus(&self) -> String {
+        let c = &self.counters;
+        let mut out = String::from(
+            "# HELP bosun_upgrades_total A/B upgrades by outcome.\n# TYPE bosun_upgrades_total counter\n",
+        );
+        for (result, n) in [
+            ("committed", c.committed),
+            ("rolled_back", c.rolled_back),
+            ("fallback", c.fallback),
+            ("refused", c.refused),
+            ("failed", c.failed),
+        ] {
+            out.push_str(&format!(
+                "bosun_upgrades_total{{result=\"{result}\"}} {n}\n"
+            ));
+        }
+        let esc = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        out.push_str(
+            "# HELP bosun_upgrade_info Upgrade lifecycle state, booted slot and running version.\n# TYPE bosun_upgrade_info gauge\n",
+        );
+        out.push_str(&format!(
+            "bosun_upgrade_info{{state=\"{}\",slot=\"{}\",version=\"{}\"}} 1\n",
+            self.lifecycle,
+            self.booted_slot.map(|s| s.as_str()).unwrap_or(""),
+            esc(self.current_version.as_deref().unwrap_or(""))
+        ));
+        out
+    }
 }
 
 impl UpgradeState {
@@ -1242,7 +1284,10 @@ mod tests {
         assert!(matches!(d.steps.last(), Some(Step::Install { .. })));
         // Config dropped the upgrade.
         let d = decide(&s, &inputs(None, Slot::A, env_initial())).unwrap();
-        assert_eq!(d.steps, vec![Step::Persist(s.with(Lifecycle::Idle))]);
+        assert_eq!(
+            d.steps,
+            vec![Step::Persist(Box::new(s.with(Lifecycle::Idle)))]
+        );
         // Config names another image: start over with it.
         let c3 = cfg("three");
         let d = decide(&s, &inputs(Some(&c3), Slot::A, env_initial())).unwrap();
@@ -1347,7 +1392,7 @@ mod tests {
         // Cut after the env commit: the next step only records it, whatever the verdict.
         let env = trial_env().committed(Slot::B);
         let d = decide(&s, &inputs(Some(&c), Slot::B, env)).unwrap();
-        assert_eq!(d.steps, vec![Step::Persist(p.clone())]);
+        assert_eq!(d.steps, vec![Step::Persist(Box::new(p.clone()))]);
     }
 
     #[test]
@@ -1454,6 +1499,26 @@ mod tests {
     }
 
     #[test]
+    fn metrics_render_counters_and_info() {
+        let mut s = UpgradeState::default();
+        s.counters.rolled_back = 2;
+        s.slots.a = Some(img("v\"1"));
+        let text = s.metrics(Some(Slot::A)).render_prometheus();
+        assert!(
+            text.contains("bosun_upgrades_total{result=\"rolled_back\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bosun_upgrades_total{result=\"committed\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bosun_upgrade_info{state=\"idle\",slot=\"a\",version=\"v\\\"1\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn manual_operations() {
         let c = cfg("2");
         let s = trial(&c);
@@ -1516,7 +1581,7 @@ mod tests {
                     }
                     for st in d.steps {
                         match st {
-                            Step::Persist(p) => s = p,
+                            Step::Persist(p) => s = *p,
                             Step::MarkBad(x) => env = env.marked_bad(x).unwrap(),
                             Step::MarkGood(x) => env = env.committed(x),
                             Step::SetTrial { slot, tries } => {

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bosun::bootenv::{BootEnv, BootEnvError, BootState, DiskWrite, GoodSlots, GptPrio, GrubEnv, Slot, UbootEnv};
+use bosun::bootenv::{
+    BootEnv, BootEnvError, BootState, DiskWrite, GoodSlots, GptPrio, GrubEnv, Slot, UbootEnv,
+};
 use bosun::config::model::UpgradeConfig;
 use bosun::runner::RecordingRunner;
 use bosun::upgrade::actor::{
@@ -169,7 +171,9 @@ impl Node {
             return i.clone();
         }
         let mut bytes = format!("BOSUN-TEST-IMAGE {version}\n").into_bytes();
-        let mut x: u32 = version.bytes().fold(7, |h, b| h.wrapping_mul(31) ^ u32::from(b));
+        let mut x: u32 = version
+            .bytes()
+            .fold(7, |h, b| h.wrapping_mul(31) ^ u32::from(b));
         while bytes.len() < 48 * 1024 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
             bytes.push((x >> 16) as u8);
@@ -299,7 +303,9 @@ impl Node {
         for slot in [Slot::A, Slot::B] {
             let may_boot = env.primary == slot
                 || env.is_good(slot)
-                || env.trial.is_some_and(|t| t.slot == slot && t.tries_left > 0);
+                || env
+                    .trial
+                    .is_some_and(|t| t.slot == slot && t.tries_left > 0);
             if may_boot {
                 assert!(
                     self.slot_version(slot).is_some(),
@@ -359,7 +365,11 @@ impl Node {
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default()
         };
-        let primary = if get("bosun_primary") == "b" { "b" } else { "a" };
+        let primary = if get("bosun_primary") == "b" {
+            "b"
+        } else {
+            "a"
+        };
         let trial = get("bosun_trial");
         let mut chosen = primary.to_string();
         // 1. A pending trial: decrement, save, and only then boot the trial slot.
@@ -433,7 +443,12 @@ impl Node {
                 let spec = format!("GUID:{}", bits.join(","));
                 tool(
                     "sfdisk",
-                    &["--part-attrs", disk.to_str().unwrap(), &part.to_string(), &spec],
+                    &[
+                        "--part-attrs",
+                        disk.to_str().unwrap(),
+                        &part.to_string(),
+                        &spec,
+                    ],
                 );
                 assert_eq!(self.gpt_attrs(part), next, "sfdisk wrote the tries");
             }
