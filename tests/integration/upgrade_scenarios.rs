@@ -524,3 +524,118 @@ fn state_file_survives_and_names_itself_when_corrupt() {
         }
     );
 }
+
+/// A real `bosun upgrade step` process killed with SIGKILL in the middle of the slot write
+/// (the image is a FIFO the test feeds by hand, so the kill lands mid-write every time): the
+/// old slot b, which was good, lost its good mark before the write began, the node boots a,
+/// and the next step resumes the install from the start and commits.
+#[test]
+fn killed_during_slot_write_resumes_from_a_good_slot() {
+    use std::io::Write;
+    let mut node = Node::new(Backend::Grub, true);
+    let v2 = node.image("v2");
+    let fifo = node.dir.path().join("v2-stream.img");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let streaming = crate::support_upgrade::Image {
+        version: v2.version.clone(),
+        path: fifo.clone(),
+        bytes: v2.bytes.clone(),
+    };
+    let cfg_fifo = write_config(node.dir.path(), &streaming, 3);
+    std::fs::rename(&cfg_fifo, node.dir.path().join("config-fifo.yaml")).unwrap();
+    let cfg_fifo = node.dir.path().join("config-fifo.yaml");
+
+    let mut args: Vec<String> = vec!["upgrade".into(), "step".into()];
+    args.extend(node.cli_args());
+    args.extend(["--config".into(), cfg_fifo.display().to_string()]);
+    let mut child = bosun()
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Blocks until bosun opens the image for reading.
+    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let half = v2.bytes.len() / 2;
+    pipe.write_all(&v2.bytes[..half]).unwrap();
+    pipe.flush().unwrap();
+    // Wait until the first bytes reached the slot, then pull the plug.
+    let start = std::time::Instant::now();
+    while !std::fs::read(&node.slots.b)
+        .unwrap()
+        .starts_with(&v2.bytes[..4096])
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "bosun never wrote the slot"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(pipe);
+
+    assert!(matches!(
+        node.state().lifecycle,
+        Lifecycle::Downloading { attempts: 1, .. }
+    ));
+    assert_eq!(node.slot_version(Slot::B), None, "slot b is torn");
+    let env = node.env().read().unwrap();
+    assert!(!env.is_good(Slot::B), "torn slot b must not be good: {env}");
+    node.assert_bootable("after SIGKILL mid-write");
+    assert_eq!(node.boot(), Slot::A);
+
+    // The same image (version + sha256) from a regular file: the install resumes.
+    let cfg = write_config(node.dir.path(), &v2, 3);
+    let out = step_cli(&node, &cfg, "pending");
+    assert!(out.contains("installed v2"), "{out}");
+    assert!(matches!(node.state().lifecycle, Lifecycle::Staged { .. }));
+    assert_eq!(node.boot(), Slot::B);
+    step_cli(&node, &cfg, "pending");
+    let out = step_cli(&node, &cfg, "healthy");
+    assert!(out.contains("state: committed"), "{out}");
+}
+
+/// Two upgrades in a row: the second goes into slot a (the first's fallback), with b, the
+/// committed slot, as the fallback of its trial.
+#[test]
+fn consecutive_upgrades_alternate_slots() {
+    for backend in ALL_BACKENDS {
+        let mut node = Node::new(backend, false);
+        let power = Power::unlimited();
+        for (version, new_slot) in [("v2", Slot::B), ("v3", Slot::A)] {
+            let c = node.image(version).config(3);
+            let r = node
+                .actor(&power)
+                .step(Some(&c), HealthInput::Pending)
+                .unwrap();
+            assert!(r.reboot_requested, "{backend:?} {version}");
+            assert_eq!(node.slot_version(new_slot).as_deref(), Some(version));
+            node.assert_bootable(&format!("{backend:?} {version} staged"));
+            assert_eq!(node.boot(), new_slot, "{backend:?} {version}");
+            node.actor(&power)
+                .step(Some(&c), HealthInput::Pending)
+                .unwrap();
+            let r = node
+                .actor(&power)
+                .step(Some(&c), HealthInput::Healthy)
+                .unwrap();
+            assert!(
+                matches!(r.state.lifecycle, Lifecycle::Committed { slot, .. } if slot == new_slot),
+                "{backend:?} {version}: {:?}",
+                r.state.lifecycle
+            );
+            let env = node.env().read().unwrap();
+            assert_eq!(env.primary, new_slot, "{backend:?}");
+            assert!(
+                env.is_good(new_slot.other()),
+                "{backend:?}: old slot stays good"
+            );
+        }
+        assert_eq!(node.state().counters.committed, 2);
+    }
+}
