@@ -291,22 +291,23 @@ pub struct StepReport {
     pub install_error: Option<String>,
 }
 
-/// Drives the upgrade lifecycle on this node. Not thread-safe; the daemon owns one.
+/// Drives the upgrade lifecycle on this node. `Send`, so the daemon can run [`Self::step`]
+/// (blocking I/O) on a blocking thread; one actor per node.
 pub struct UpgradeActor {
-    pub store: Box<dyn StateStore>,
+    pub store: Box<dyn StateStore + Send>,
     /// Kernel command line file (`<root>/proc/cmdline`).
     pub cmdline: PathBuf,
     /// `None`: no slots configured (overlay install); upgrades are reported unsupported.
     pub slots: Option<SlotPaths>,
-    pub bootenv: Option<Box<dyn BootEnv>>,
-    pub installer: Box<dyn Installer>,
+    pub bootenv: Option<Box<dyn BootEnv + Send>>,
+    pub installer: Box<dyn Installer + Send>,
     pub runner: Arc<dyn CommandRunner>,
     /// Default `systemctl reboot`.
     pub reboot_argv: Vec<String>,
     /// A trial without a healthy verdict after this many seconds is rolled back.
     pub trial_timeout: Option<u64>,
     /// Unix seconds (a seam for tests).
-    pub clock: Box<dyn Fn() -> u64>,
+    pub clock: Box<dyn Fn() -> u64 + Send>,
 }
 
 /// The default reboot command.
@@ -337,8 +338,8 @@ impl UpgradeActor {
         state_dir: &Path,
         cmdline: PathBuf,
         slots: Option<SlotPaths>,
-        bootenv: Option<Box<dyn BootEnv>>,
-        installer: Box<dyn Installer>,
+        bootenv: Option<Box<dyn BootEnv + Send>>,
+        installer: Box<dyn Installer + Send>,
         runner: Arc<dyn CommandRunner>,
     ) -> UpgradeActor {
         UpgradeActor {
@@ -621,6 +622,12 @@ impl UpgradeActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn actor_is_send() {
+        fn send<T: Send>() {}
+        send::<UpgradeActor>();
+    }
 
     #[test]
     fn cmdline_parsing() {

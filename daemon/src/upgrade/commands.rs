@@ -100,7 +100,7 @@ impl NodeArgs {
         self.root == Path::new("/")
     }
 
-    fn bootenv(&self) -> Result<Option<Box<dyn BootEnv>>> {
+    fn bootenv(&self) -> Result<Option<Box<dyn BootEnv + Send>>> {
         if let Some(p) = &self.grub_env {
             return Ok(Some(Box::new(GrubEnv::new(p))));
         }

@@ -190,7 +190,7 @@ impl Node {
     }
 
     /// The backend bosun uses for this medium.
-    pub fn env(&self) -> Box<dyn BootEnv> {
+    pub fn env(&self) -> Box<dyn BootEnv + Send> {
         match &self.medium {
             Medium::Grub(p) => Box::new(GrubEnv::new(p)),
             Medium::Uboot(fx) => Box::new(fx.env()),
@@ -546,7 +546,7 @@ pub enum MediumRef {
 
 /// The node's boot env, whose write is torn when the power dies during it.
 pub struct CutEnv {
-    pub inner: Box<dyn BootEnv>,
+    pub inner: Box<dyn BootEnv + Send>,
     pub medium: MediumRef,
     pub power: Power,
 }
