@@ -91,6 +91,9 @@ pub enum Command {
     /// and report each. Exit 0 when all pass, 1 otherwise. With a --root other than /, unit and
     /// command checks are skipped (they would ask the live system), never counted as passed.
     Health(HealthArgs),
+    /// A/B OS upgrades: status, manual rollback, mark-good.
+    #[command(subcommand)]
+    Upgrade(crate::upgrade::commands::UpgradeCommand),
 }
 
 /// Where `bosun health` takes its config from.
@@ -289,6 +292,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Health(args) => health(&args),
+        Command::Upgrade(cmd) => crate::upgrade::commands::run(cmd),
     }
 }
 

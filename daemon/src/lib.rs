@@ -21,3 +21,4 @@ pub mod runner;
 pub mod snapshot;
 pub mod source;
 pub mod statefile;
+pub mod upgrade;

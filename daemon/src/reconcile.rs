@@ -231,6 +231,10 @@ fn phase_effects(p: &Plan, phases: &[CommandPhase]) -> Vec<Effect> {
 pub struct Applied {
     pub report: ApplyReport,
     pub effects: EffectLog,
+    /// Node paths the apply created, updated or deleted.
+    pub changed_paths: Vec<String>,
+    /// Node paths of every desired file (what drift watching covers).
+    pub desired_paths: Vec<String>,
 }
 
 /// Applies a prepared plan: init/boot commands (once per boot), the file transaction, the
@@ -267,6 +271,13 @@ pub fn apply_prepared(
     Ok(Applied {
         report,
         effects: log,
+        changed_paths: prepared
+            .plan
+            .changed_paths()
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        desired_paths: prepared.rendered.state.files.keys().cloned().collect(),
     })
 }
 

@@ -5,6 +5,8 @@
 mod support;
 #[path = "support/apply.rs"]
 mod support_apply;
+#[path = "support/upgrade.rs"]
+mod support_upgrade;
 
 mod apply_crash;
 mod apply_fs;
@@ -22,4 +24,5 @@ mod plan_cli;
 mod render_systemd;
 mod runner;
 mod source;
+mod upgrade_scenarios;
 mod vm_ab;

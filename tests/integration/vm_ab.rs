@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Scenarios run in one script invocation so the images are built once.
-const SCENARIOS: &[&str] = &["smoke"];
+const SCENARIOS: &[&str] = &["good", "bad", "panic"];
 
 fn target_dir() -> PathBuf {
     // <target>/debug/bosun

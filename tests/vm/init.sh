@@ -120,7 +120,7 @@ watch_upgrade() {
           cp /tmp/status.json /data/vm/settled
           echo "VM-REBOOT by the test init (confirm the next boot)"
           /bin/vm-reboot
-        elif [ $settled_polls -ge "${VM_CONFIRM_POLLS:-6}" ]; then
+        elif [ $settled_polls -ge "${VM_CONFIRM_POLLS:-4}" ]; then
           # Several passes (one a second): a retry would show as a VM-STATE change above.
           cp /tmp/status.json /data/vm/final
           echo "VM-FINAL state=$st slot=$slot version=$version"

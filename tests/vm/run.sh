@@ -9,7 +9,7 @@
 #   BOSUN      the bosun binary to put into the guest (required)
 #   VM_CACHE   where kernel .debs are cached, keyed by version (default: ${TMPDIR:-/tmp}/bosun-vm-cache)
 #   VM_WORK    work directory (default: a fresh temp dir, removed on success)
-#   VM_TIMEOUT seconds one qemu run may take (default: 240)
+#   VM_TIMEOUT seconds one qemu run may take (default: 420)
 #   VM_DRIVER  step (default) or daemon: see below
 #
 # No root, no loop devices: partitions are written into the disk image file at fixed offsets
@@ -21,12 +21,12 @@ REPO_ROOT="$(cd "$HERE/../.." && pwd)"
 : "${BOSUN:?set BOSUN to the bosun binary to boot in the guest}"
 BOSUN="$(realpath "$BOSUN")"
 VM_CACHE="${VM_CACHE:-${TMPDIR:-/tmp}/bosun-vm-cache}"
-VM_TIMEOUT="${VM_TIMEOUT:-240}"
+VM_TIMEOUT="${VM_TIMEOUT:-420}"
 # Who drives the upgrade in the guest: "step" (the init calls bosun's one-shot `upgrade step`
 # and `health` once a second) or "daemon" (`bosun daemon`, once it runs the upgrade actor).
 VM_DRIVER="${VM_DRIVER:-step}"
 # The config's health block: a short timeout so the bad image is rolled back quickly.
-HEALTH_TIMEOUT=20
+HEALTH_TIMEOUT=15
 HEALTH_SUCCESSES=2
 
 # Disk layout, in 512-byte sectors (MBR; GRUB's core.img lives in sectors 1..2047).
@@ -179,7 +179,8 @@ EOF
 
 # Reads a file from an ext2 partition of disk $1 (boot|data): path $3 → host file $4.
 read_back() {
-  local disk="$1" start size path="$3" out="$4" part="$WORK/part.$$"
+  local disk="$1" start size path="$3" out="$4" part
+  part="$(dirname "$disk")/partition.img"
   case "$2" in
     boot) start=$BOOT_START; size=$BOOT_SIZE ;;
     data) start=$DATA_START; size=$DATA_SIZE ;;
@@ -418,7 +419,7 @@ main() {
   WORK="${VM_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/bosun-vm.XXXXXX")}"
   mkdir -p "$WORK"
   local scenarios=("$@")
-  [ ${#scenarios[@]} -gt 0 ] || scenarios=(smoke)
+  [ ${#scenarios[@]} -gt 0 ] || scenarios=(good bad panic)
   local t0=$SECONDS
   fetch_kernel
   grub_images
@@ -428,13 +429,27 @@ main() {
   os_image v3-bad none "$WORK/v3-bad.img"
   os_image v4-panic panic "$WORK/v4-panic.img"
   log "images built in $((SECONDS - t0))s (kernel $KVER)"
+  # Scenarios run side by side (one qemu each, single-threaded TCG); VM_JOBS=1 runs them in turn.
+  local s pids=() failed=()
   for s in "${scenarios[@]}"; do
-    local t1=$SECONDS
     declare -F "scenario_$s" >/dev/null || die "unknown scenario $s"
-    log "scenario $s"
-    "scenario_$s"
-    log "scenario $s passed in $((SECONDS - t1))s"
   done
+  for s in "${scenarios[@]}"; do
+    (
+      t1=$SECONDS
+      log "scenario $s"
+      "scenario_$s"
+      log "scenario $s passed in $((SECONDS - t1))s"
+    ) >"$WORK/$s.out" 2>&1 &
+    pids+=($!)
+    if [ "${VM_JOBS:-3}" = 1 ]; then wait "${pids[-1]}" || true; fi
+  done
+  local i
+  for i in "${!scenarios[@]}"; do
+    wait "${pids[$i]}" || failed+=("${scenarios[$i]}")
+    cat "$WORK/${scenarios[$i]}.out" >&2
+  done
+  [ ${#failed[@]} -eq 0 ] || die "scenarios failed: ${failed[*]} (work dir: $WORK)"
   log "all passed in $((SECONDS - t0))s"
   [ -n "$keep" ] || rm -rf "$WORK"
 }

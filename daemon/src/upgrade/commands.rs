@@ -1,0 +1,255 @@
+//! `bosun upgrade status | rollback | mark-good` (and the hidden one-shot `step`): argument
+//! parsing for the node's slots and boot environment, and the printing of results.
+//!
+//! With a `--root` other than `/`, the reboot command is recorded and reported, never run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::actor::{LocalCopyInstaller, SlotPaths, StepReport, UpgradeActor};
+use super::machine::HealthInput;
+use crate::bootenv::{BootEnv, GptPrio, GrubEnv, UbootEnv};
+use crate::runner::{CommandRunner, RecordingRunner, SystemRunner};
+
+#[derive(Debug, Subcommand)]
+pub enum UpgradeCommand {
+    /// Show the upgrade state, the booted slot, the boot environment and the counters.
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot the other slot (if the boot environment marks it good) and quarantine the image
+    /// running now. Reboots.
+    Rollback {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Commit the booted slot as good (for images whose health is checked elsewhere).
+    MarkGood {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// One pass of the upgrade lifecycle against the `upgrade:` block of a config file
+    /// (for tests and manual runs; the daemon does this on every loop).
+    #[command(hide = true)]
+    Step {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// A standalone config.yaml whose `upgrade:` block names the desired image.
+        #[arg(long)]
+        config: PathBuf,
+        /// The health verdict for this boot.
+        #[arg(long, value_enum, default_value = "pending")]
+        health: HealthArg,
+        /// Reason recorded with `--health unhealthy`.
+        #[arg(long, default_value = "health checks failed")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum HealthArg {
+    Pending,
+    Healthy,
+    Unhealthy,
+}
+
+/// The node's slots and boot environment.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Root of the node; the reboot command only runs when it is /.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// bosun's state dir. Default: <root>/var/lib/bosun.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Kernel command line carrying bosun.slot=. Default: <root>/proc/cmdline.
+    #[arg(long)]
+    pub cmdline: Option<PathBuf>,
+    /// Slot a device (or file).
+    #[arg(long, requires = "slot_b")]
+    pub slot_a: Option<PathBuf>,
+    /// Slot b device (or file).
+    #[arg(long, requires = "slot_a")]
+    pub slot_b: Option<PathBuf>,
+    /// GRUB environment block file (boot/grub.cfg's bosun.env).
+    #[arg(long, group = "bootenv")]
+    pub grub_env: Option<PathBuf>,
+    /// fw_env.config describing the U-Boot environment.
+    #[arg(long, group = "bootenv")]
+    pub uboot_config: Option<PathBuf>,
+    /// GPT disk whose slot partitions carry gptprio attributes.
+    #[arg(long, group = "bootenv", requires = "gpt_parts")]
+    pub gpt_disk: Option<PathBuf>,
+    /// Partition numbers of slots a and b on --gpt-disk, e.g. `2,3`.
+    #[arg(long, value_delimiter = ',')]
+    pub gpt_parts: Vec<u32>,
+    /// Reboot command (words split on whitespace).
+    #[arg(long, default_value = "systemctl reboot")]
+    pub reboot_command: String,
+}
+
+impl NodeArgs {
+    fn live(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    fn bootenv(&self) -> Result<Option<Box<dyn BootEnv + Send>>> {
+        if let Some(p) = &self.grub_env {
+            return Ok(Some(Box::new(GrubEnv::new(p))));
+        }
+        if let Some(p) = &self.uboot_config {
+            return Ok(Some(Box::new(UbootEnv::from_config_file(p)?)));
+        }
+        if let Some(d) = &self.gpt_disk {
+            let [a, b] = self.gpt_parts[..] else {
+                bail!("--gpt-parts: expected two partition numbers, e.g. 2,3");
+            };
+            return Ok(Some(Box::new(GptPrio::new(d, a, b))));
+        }
+        Ok(None)
+    }
+
+    /// Builds the actor (reads the U-Boot config if one is named).
+    pub fn actor(&self) -> Result<(UpgradeActor, Arc<dyn CommandRunner>)> {
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.root.join("var/lib/bosun"));
+        let cmdline = self
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| self.root.join("proc/cmdline"));
+        let slots = match (&self.slot_a, &self.slot_b) {
+            (Some(a), Some(b)) => Some(SlotPaths {
+                a: a.clone(),
+                b: b.clone(),
+            }),
+            _ => None,
+        };
+        let runner: Arc<dyn CommandRunner> = if self.live() {
+            Arc::new(SystemRunner::new(std::time::Duration::from_secs(120)))
+        } else {
+            Arc::new(RecordingRunner::new())
+        };
+        let mut actor = UpgradeActor::new(
+            &state_dir,
+            cmdline,
+            slots,
+            self.bootenv()?,
+            Box::new(LocalCopyInstaller),
+            runner.clone(),
+        );
+        actor.reboot_argv = self
+            .reboot_command
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if actor.reboot_argv.is_empty() {
+            bail!("--reboot-command: expected a command, got an empty string");
+        }
+        Ok((actor, runner))
+    }
+}
+
+fn print_report(r: &StepReport, live: bool) {
+    for n in &r.notes {
+        eprintln!("{n}");
+    }
+    for p in &r.performed {
+        if !live && p.starts_with("reboot requested") {
+            println!("{p} (recorded, not run: --root is not /)");
+        } else {
+            println!("{p}");
+        }
+    }
+    println!("state: {}", r.state.lifecycle.name());
+}
+
+/// Runs an `upgrade` subcommand. Prints to stdout/stderr; returns the exit code.
+pub fn run(cmd: UpgradeCommand) -> Result<ExitCode> {
+    match cmd {
+        UpgradeCommand::Status { node, json } => {
+            let (actor, _) = node.actor()?;
+            let st = actor.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!(
+                    "booted slot: {}",
+                    st.booted.map(|s| s.to_string()).unwrap_or("unknown".into())
+                );
+                println!(
+                    "boot env: {}",
+                    st.boot_env.as_deref().unwrap_or("not configured")
+                );
+                println!("state: {}", serde_json::to_string(&st.state.lifecycle)?);
+                if let Some(v) = &st.metrics.current_version {
+                    println!("running version: {v}");
+                }
+                for q in &st.state.quarantine {
+                    println!("quarantined: {q}");
+                }
+                let c = &st.state.counters;
+                println!(
+                    "upgrades: committed={} rolled_back={} fallback={} refused={} failed={}",
+                    c.committed, c.rolled_back, c.fallback, c.refused, c.failed
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        UpgradeCommand::Rollback { node } => {
+            let (mut actor, _) = node.actor()?;
+            let r = actor.rollback()?;
+            print_report(&r, node.live());
+            Ok(ExitCode::SUCCESS)
+        }
+        UpgradeCommand::MarkGood { node } => {
+            let (mut actor, _) = node.actor()?;
+            let r = actor.mark_good()?;
+            print_report(&r, node.live());
+            Ok(ExitCode::SUCCESS)
+        }
+        UpgradeCommand::Step {
+            node,
+            config,
+            health,
+            reason,
+        } => {
+            let bytes =
+                std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+            let loaded = match crate::config::load_file(
+                &config.display().to_string(),
+                &bytes,
+                &Default::default(),
+            ) {
+                Ok(l) => l,
+                Err(e) => {
+                    for d in &e.diagnostics {
+                        eprintln!("{d}");
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let health = match health {
+                HealthArg::Pending => HealthInput::Pending,
+                HealthArg::Healthy => HealthInput::Healthy,
+                HealthArg::Unhealthy => HealthInput::Unhealthy(reason),
+            };
+            let (mut actor, _) = node.actor()?;
+            let r = actor.step(loaded.config.upgrade.as_ref(), health)?;
+            print_report(&r, node.live());
+            Ok(if r.install_error.is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
