@@ -97,10 +97,11 @@ step_once() {
     echo "VM-ERROR bosun upgrade step failed"
 }
 
-# Watches the upgrade until it settles (committed, rolled back or failed). The first time it
-# settles the guest reboots once more, to show which slot GRUB boots next and that bosun does
-# not start the upgrade again; that boot powers off. $1: the driver, "daemon" (bosun daemon
-# with the agent config) or "step" (above).
+# Watches the upgrade until it settles (committed, rolled back or failed), then lets bosun run
+# a few more passes (a retry would show as a VM-STATE change) and powers off. With
+# /data/vm/confirm-boot, the guest first reboots once more when it settles, to show which slot
+# GRUB boots next. $1: the driver, "daemon" (bosun daemon with the agent config) or "step"
+# (above).
 watch_upgrade() {
   if [ "$1" = daemon ]; then
     echo "VM-DAEMON start"
@@ -118,10 +119,12 @@ watch_upgrade() {
         if [ ! -e /data/vm/settled ]; then
           echo "VM-SETTLED state=$st slot=$slot version=$version"
           cp /tmp/status.json /data/vm/settled
-          echo "VM-REBOOT by the test init (confirm the next boot)"
-          /bin/vm-reboot
-        elif [ $settled_polls -ge "${VM_CONFIRM_POLLS:-4}" ]; then
-          # Several passes (one a second): a retry would show as a VM-STATE change above.
+          sync
+          if [ -e /data/vm/confirm-boot ]; then
+            echo "VM-REBOOT by the test init (confirm the next boot)"
+            /bin/vm-reboot
+          fi
+        elif [ $settled_polls -gt "${VM_CONFIRM_POLLS:-4}" ]; then
           cp /tmp/status.json /data/vm/final
           echo "VM-FINAL state=$st slot=$slot version=$version"
           /bin/vm-poweroff
