@@ -20,3 +20,4 @@ pub mod runner;
 pub mod snapshot;
 pub mod source;
 pub mod statefile;
+pub mod upgrade;
