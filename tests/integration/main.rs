@@ -21,3 +21,4 @@ mod plan_cli;
 mod render_systemd;
 mod runner;
 mod source;
+mod upgrade_install;

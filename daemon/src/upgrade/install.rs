@@ -264,7 +264,9 @@ pub enum InstallError {
         idle: Duration,
         offset: u64,
     },
-    #[error("GET {url}: connection lost at byte {offset}; progress saved, retry resumes: {source}")]
+    #[error(
+        "GET {url}: connection lost at byte {offset}; progress saved, retry resumes: {source}"
+    )]
     Interrupted {
         url: String,
         offset: u64,
@@ -494,7 +496,9 @@ impl SlotWriter {
         hash: bool,
         auto_sync: u64,
     ) -> Result<Self, InstallError> {
+        // Read access too: a resumed direct download re-hashes the slot prefix.
         let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&slot.path)
             .map_err(slot_err(&slot.path, "open for writing"))?;
@@ -581,6 +585,8 @@ impl Write for SlotWriter {
 }
 
 /// Where downloaded bytes go.
+// One value per install; boxing the writer would only add an indirection per chunk.
+#[allow(clippy::large_enum_variant)]
 enum Target {
     Direct(SlotWriter),
     Spool { file: File, path: PathBuf },
@@ -659,7 +665,9 @@ impl Pipeline {
         let format = format_name(self.compression);
         match &mut self.target {
             Target::Direct(w) => w.write_all(data).map_err(|e| w.to_error(e))?,
-            Target::Spool { file, path } => file.write_all(data).map_err(spool_err(path, "write"))?,
+            Target::Spool { file, path } => {
+                file.write_all(data).map_err(spool_err(path, "write"))?
+            }
             Target::Zstd(d) => d
                 .write_all(data)
                 .map_err(|e| decode_error(d.get_ref(), image, format, e))?,
@@ -684,7 +692,9 @@ impl Pipeline {
         };
         match &mut self.target {
             Target::Direct(w) => w.sync().map_err(|e| w.to_error(e))?,
-            Target::Spool { file, path } => file.sync_data().map_err(spool_err(path, "fdatasync"))?,
+            Target::Spool { file, path } => {
+                file.sync_data().map_err(spool_err(path, "fdatasync"))?
+            }
             _ => return Ok(()),
         }
         progress.downloaded = self.received;
@@ -696,7 +706,12 @@ impl Pipeline {
     }
 }
 
-fn decode_error(slot: &SlotWriter, image: &str, format: &'static str, e: io::Error) -> InstallError {
+fn decode_error(
+    slot: &SlotWriter,
+    image: &str,
+    format: &'static str,
+    e: io::Error,
+) -> InstallError {
     if slot.failed.is_some() {
         slot.to_error(e)
     } else {
@@ -866,8 +881,7 @@ pub async fn install(
 ) -> Result<InstallReport, InstallError> {
     let source = parse_source(&req.source)?;
     let slot = probe_slot(&req.slot)?;
-    if let (Some(cap), Some(size), Compression::None) = (slot.capacity, req.size, req.compression)
-    {
+    if let (Some(cap), Some(size), Compression::None) = (slot.capacity, req.size, req.compression) {
         if size > cap {
             return Err(InstallError::SlotTooSmall {
                 path: req.slot.clone(),
@@ -901,10 +915,12 @@ fn install_local(
     slot: &SlotInfo,
     opts: &InstallOptions,
 ) -> Result<InstallReport, InstallError> {
-    let src_err = |op| move |source| InstallError::SourceIo {
-        path: path.to_path_buf(),
-        op,
-        source,
+    let src_err = |op| {
+        move |source| InstallError::SourceIo {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
     };
     let mut file = File::open(path).map_err(src_err("open"))?;
     let meta = file.metadata().map_err(src_err("stat"))?;
@@ -1020,9 +1036,10 @@ async fn install_http(
     let spool = spool_path(&req.progress_file);
     let prior = read_progress(&req.progress_file)?.filter(|p| p.matches(req));
     // A verified spool waiting for decompression: no network needed.
-    if let Some(p) = prior.as_ref().filter(|p| {
-        p.mode == InstallMode::Spool && p.phase == ProgressPhase::Downloaded
-    }) {
+    if let Some(p) = prior
+        .as_ref()
+        .filter(|p| p.mode == InstallMode::Spool && p.phase == ProgressPhase::Downloaded)
+    {
         let (req2, slot2, opts2, total) = (req.clone(), slot.clone(), opts.clone(), p.downloaded);
         let (written, sha) =
             tokio::task::spawn_blocking(move || unspool(&req2, &slot2, &opts2, total, true))
@@ -1057,7 +1074,12 @@ async fn install_http(
                 reqwest::header::RANGE,
                 format!("bytes={}-", r.progress.downloaded),
             );
-            if let Some(v) = r.progress.etag.as_ref().or(r.progress.last_modified.as_ref()) {
+            if let Some(v) = r
+                .progress
+                .etag
+                .as_ref()
+                .or(r.progress.last_modified.as_ref())
+            {
                 rb = rb.header(reqwest::header::IF_RANGE, v.as_str());
             }
         }
@@ -1086,12 +1108,7 @@ async fn install_http(
                 resume = None;
             }
             (416, Some(_)) => resume = None,
-            _ => {
-                return Err(InstallError::Status {
-                    url: url_s,
-                    status,
-                })
-            }
+            _ => return Err(InstallError::Status { url: url_s, status }),
         }
     };
     let total = if start > 0 {
@@ -1122,9 +1139,9 @@ async fn install_http(
                     SpoolPolicy::Never => InstallMode::Stream,
                     SpoolPolicy::Auto => {
                         let dir = spool.parent().unwrap_or(Path::new("."));
-                        let fits = size.zip(free_space(dir)).is_some_and(|(s, free)| {
-                            free >= s.saturating_add(opts.spool_reserve)
-                        });
+                        let fits = size
+                            .zip(free_space(dir))
+                            .is_some_and(|(s, free)| free >= s.saturating_add(opts.spool_reserve));
                         if fits {
                             InstallMode::Spool
                         } else {
@@ -1266,7 +1283,10 @@ fn run_sink<B: AsRef<[u8]>>(
             }
             file.seek(SeekFrom::Start(start))
                 .map_err(spool_err(&spool, "seek"))?;
-            Target::Spool { file, path: spool.clone() }
+            Target::Spool {
+                file,
+                path: spool.clone(),
+            }
         }
         _ => {
             let w = SlotWriter::open(&slot, 0, true, opts.sync_interval)?;
@@ -1406,7 +1426,10 @@ mod tests {
             resolve_compression(None, "https://h/os.img.zst?sig=1"),
             Compression::Zstd
         );
-        assert_eq!(resolve_compression(None, "/a/os.img.zstd"), Compression::Zstd);
+        assert_eq!(
+            resolve_compression(None, "/a/os.img.zstd"),
+            Compression::Zstd
+        );
         assert_eq!(resolve_compression(None, "/a/os.img.gz"), Compression::Gzip);
         assert_eq!(resolve_compression(None, "/a/os.img"), Compression::None);
         assert_eq!(resolve_compression(None, "/a/zst.img"), Compression::None);
@@ -1418,7 +1441,11 @@ mod tests {
             parse_source("https://images.example/os.zst"),
             Ok(Source::Http(_))
         ));
-        for ok in ["http://127.0.0.1:8080/x", "http://[::1]/x", "http://localhost/x"] {
+        for ok in [
+            "http://127.0.0.1:8080/x",
+            "http://[::1]/x",
+            "http://localhost/x",
+        ] {
             assert!(matches!(parse_source(ok), Ok(Source::Http(_))), "{ok}");
         }
         for bad in [
