@@ -693,6 +693,7 @@ fn bosun_peak_rss_kib(args: &[&str], dir: &Path) -> u64 {
         .arg(bosun().get_program())
         .args(["upgrade", "install-image"])
         .args(args)
+        .stdout(std::process::Stdio::null())
         .status()
         .expect("/usr/bin/time (Debian package `time`) must be installed");
     assert!(

@@ -49,8 +49,11 @@
 //! `fdatasync`ed and then the progress offset is written atomically
 //! ([`crate::statefile::write_atomic`]); on a network error the same checkpoint is taken at
 //! the exact offset reached before the error is returned, so a retry loses nothing. After a
-//! crash at most one interval is downloaded again. Synced ranges are dropped from the page
-//! cache (`POSIX_FADV_DONTNEED`) so an image write does not evict the node's working set.
+//! crash at most one interval is downloaded again. Writes that are not resume points
+//! (decompressing into the slot) are `fdatasync`ed every interval on a helper thread, so the
+//! disk works while the decoder runs, and at most two intervals of dirty pages exist. Synced
+//! ranges are dropped from the page cache (`POSIX_FADV_DONTNEED`) so an image write does not
+//! evict the node's working set.
 //!
 //! Retrying is the caller's job (the upgrade actor): [`InstallError::is_transient`] says
 //! whether calling [`install`] again may succeed.
@@ -482,8 +485,10 @@ struct SlotWriter {
     synced: u64,
     capacity: Option<u64>,
     hasher: Option<Sha256>,
-    /// Sync every this many bytes by itself (0: only when asked).
+    /// Sync every this many bytes by itself (0: only when asked), in the background.
     auto_sync: u64,
+    /// A background `fdatasync` covering the slot up to this offset.
+    pending: Option<(u64, std::thread::JoinHandle<io::Result<()>>)>,
     /// Set when an I/O error came from the slot (so a decoder error can be told apart).
     failed: Option<(&'static str, io::ErrorKind)>,
 }
@@ -511,6 +516,7 @@ impl SlotWriter {
             capacity: slot.capacity,
             hasher: hash.then(Sha256::new),
             auto_sync,
+            pending: None,
             failed: None,
         })
     }
@@ -535,15 +541,54 @@ impl SlotWriter {
     /// Flushes, `fdatasync`s and drops the synced range from the page cache.
     fn sync(&mut self) -> io::Result<()> {
         self.flush_buf()?;
+        self.wait_pending()?;
         if let Err(e) = self.file.sync_data() {
             self.failed = Some(("fdatasync", e.kind()));
             return Err(e);
         }
-        if let Some(len) = NonZeroU64::new(self.flushed - self.synced) {
+        self.mark_synced(self.flushed);
+        Ok(())
+    }
+
+    /// Periodic sync that overlaps with decompression: waits for the previous background
+    /// `fdatasync`, then starts one for everything written so far. At most two intervals of
+    /// dirty pages exist at any time.
+    fn sync_in_background(&mut self) -> io::Result<()> {
+        self.wait_pending()?;
+        let file = match self.file.try_clone() {
+            Ok(f) => f,
+            Err(_) => return self.sync(),
+        };
+        let upto = self.flushed;
+        let handle = std::thread::Builder::new()
+            .name("slot-sync".into())
+            .spawn(move || file.sync_data());
+        match handle {
+            Ok(h) => self.pending = Some((upto, h)),
+            Err(_) => return self.sync(),
+        }
+        Ok(())
+    }
+
+    fn wait_pending(&mut self) -> io::Result<()> {
+        if let Some((upto, h)) = self.pending.take() {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("fdatasync thread panicked")));
+            if let Err(e) = r {
+                self.failed = Some(("fdatasync", e.kind()));
+                return Err(e);
+            }
+            self.mark_synced(upto);
+        }
+        Ok(())
+    }
+
+    fn mark_synced(&mut self, upto: u64) {
+        if let Some(len) = NonZeroU64::new(upto.saturating_sub(self.synced)) {
             let _ = rustix::fs::fadvise(&self.file, self.synced, Some(len), Advice::DontNeed);
         }
-        self.synced = self.flushed;
-        Ok(())
+        self.synced = self.synced.max(upto);
     }
 
     fn to_error(&self, e: io::Error) -> InstallError {
@@ -573,8 +618,9 @@ impl Write for SlotWriter {
         }
         if self.buf.len() == WRITE_BUF {
             self.flush_buf()?;
-            if self.auto_sync > 0 && self.flushed - self.synced >= self.auto_sync {
-                self.sync()?;
+            let since = self.flushed - self.pending.as_ref().map_or(self.synced, |p| p.0);
+            if self.auto_sync > 0 && since >= self.auto_sync {
+                self.sync_in_background()?;
             }
         }
         Ok(n)
