@@ -200,6 +200,15 @@ async fn serve_file(
     headers: HeaderMap,
 ) -> Response {
     st.requests.fetch_add(1, Ordering::SeqCst);
+    if name == "redirect-out" {
+        // Not a loopback address by the rule, yet Linux routes 0.0.0.0 locally: even a client
+        // that wrongly followed it would not leave the machine.
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, "http://0.0.0.0:9/os.img")
+            .body(Body::empty())
+            .unwrap();
+    }
     let path = st
         .files
         .lock()
@@ -665,10 +674,10 @@ async fn bad_source_and_slot_are_refused_before_writing() {
     let n = node();
     let http = client();
     let opts = InstallOptions::default();
-    let req = request(&n, "http://192.0.2.1/os.img".into(), [0; 32], None);
+    let req = request(&n, "http://0.0.0.0:9/os.img".into(), [0; 32], None);
     let e = install(&req, &http, &opts).await.unwrap_err();
     assert!(matches!(e, InstallError::InvalidSource { .. }), "{e}");
-    assert!(e.to_string().contains("192.0.2.1"), "{e}");
+    assert!(e.to_string().contains("0.0.0.0:9"), "{e}");
     let mut req = request(&n, "/nonexistent/os.img".into(), [0; 32], None);
     req.slot = n.slot.with_file_name("missing-slot");
     let e = install(&req, &http, &opts).await.unwrap_err();
@@ -680,6 +689,14 @@ async fn bad_source_and_slot_are_refused_before_writing() {
         e.to_string().contains("not a block device or regular file"),
         "{e}"
     );
+    // A redirect to plain http off loopback is refused like a configured one.
+    let srv = Server::start(&[]).await;
+    let req = request(&n, srv.url("redirect-out"), [0; 32], None);
+    let e = install(&req, &http, &opts).await.unwrap_err();
+    assert!(matches!(e, InstallError::Request { .. }), "{e}");
+    let chain = format!("{:?}", anyhow::Error::from(e));
+    assert!(chain.contains("loopback"), "{chain}");
+    assert_eq!(size_of(&n.slot), 0);
 }
 
 /// Runs `bosun upgrade install-image` under GNU time; returns its peak RSS in KiB.

@@ -363,8 +363,19 @@ pub fn spool_path(progress_file: &Path) -> PathBuf {
 /// An HTTP client with the connect timeout of `opts` (reads are bounded per chunk by
 /// [`InstallOptions::idle_timeout`] inside [`install`]).
 pub fn http_client(opts: &InstallOptions) -> Result<reqwest::Client, InstallError> {
+    // Redirects obey the same rule as the configured URL: plain http only to loopback.
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() >= 10 {
+            attempt.error("more than 10 redirects")
+        } else if let Err(e) = parse_source(attempt.url().as_str()) {
+            attempt.error(e)
+        } else {
+            attempt.follow()
+        }
+    });
     reqwest::Client::builder()
         .connect_timeout(opts.connect_timeout)
+        .redirect(policy)
         .build()
         .map_err(|e| InstallError::Task(format!("building the HTTP client: {e}")))
 }
@@ -1339,6 +1350,10 @@ fn run_sink<B: AsRef<[u8]>>(
             decoding_target(req.compression, w, &opts)?
         }
     };
+    if mode != InstallMode::Spool {
+        // A spool left by an earlier, different install only wastes the data partition.
+        statefile::remove_durable(&spool)?;
+    }
     progress.downloaded = start;
     progress.phase = ProgressPhase::Downloading;
     let resumable = matches!(mode, InstallMode::Direct | InstallMode::Spool);
