@@ -24,4 +24,5 @@ mod plan_cli;
 mod render_systemd;
 mod runner;
 mod source;
+mod upgrade_install;
 mod upgrade_scenarios;
