@@ -443,7 +443,6 @@ fn validate(
     })
 }
 
-
 #[derive(Debug, clap::Args)]
 pub struct InstallImageArgs {
     /// https:// URL, http:// URL on a loopback host, or an absolute path.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::actor::{LocalCopyInstaller, SlotPaths, StepReport, UpgradeActor};
+use super::actor::{SlotPaths, StepReport, UpgradeActor};
 use super::machine::HealthInput;
 use crate::bootenv::{BootEnv, GptPrio, GrubEnv, UbootEnv};
 use crate::runner::{CommandRunner, RecordingRunner, SystemRunner};
@@ -146,7 +146,7 @@ impl NodeArgs {
             cmdline,
             slots,
             self.bootenv()?,
-            Box::new(LocalCopyInstaller),
+            Box::new(super::install::StreamingInstaller::new(&state_dir)),
             runner.clone(),
         );
         actor.reboot_argv = self
