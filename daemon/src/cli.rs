@@ -140,6 +140,16 @@ pub struct TargetArgs {
     /// The login user that receives ssh_authorized_keys and k3os.password (never root).
     #[arg(long, default_value = "rancher")]
     pub ssh_user: String,
+    /// How staged files are made durable before the commit point: fsync each file, or one
+    /// syncfs per filesystem (see bench/apply).
+    #[arg(long, value_enum, default_value = "fsync")]
+    pub durability: DurabilityArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DurabilityArg {
+    Fsync,
+    Syncfs,
 }
 
 impl TargetArgs {
@@ -168,6 +178,10 @@ impl TargetArgs {
             },
             render: crate::render::RenderSettings::for_user(&self.ssh_user),
             keys,
+            durability: match self.durability {
+                DurabilityArg::Fsync => crate::apply::Durability::FsyncEach,
+                DurabilityArg::Syncfs => crate::apply::Durability::SyncfsOnce,
+            },
         })
     }
 }
