@@ -140,6 +140,16 @@ pub struct TargetArgs {
     /// The login user that receives ssh_authorized_keys and k3os.password (never root).
     #[arg(long, default_value = "rancher")]
     pub ssh_user: String,
+    /// How staged files are made durable before the commit point: fsync each file, or one
+    /// syncfs per filesystem (see bench/apply).
+    #[arg(long, value_enum, default_value = "fsync")]
+    pub durability: DurabilityArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DurabilityArg {
+    Fsync,
+    Syncfs,
 }
 
 impl TargetArgs {
@@ -168,6 +178,10 @@ impl TargetArgs {
             },
             render: crate::render::RenderSettings::for_user(&self.ssh_user),
             keys,
+            durability: match self.durability {
+                DurabilityArg::Fsync => crate::apply::Durability::FsyncEach,
+                DurabilityArg::Syncfs => crate::apply::Durability::SyncfsOnce,
+            },
         })
     }
 }
@@ -441,4 +455,72 @@ fn validate(
     } else {
         ExitCode::from(1)
     })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InstallImageArgs {
+    /// https:// URL, http:// URL on a loopback host, or an absolute path.
+    #[arg(long)]
+    pub image: String,
+    /// SHA-256 (hex) of the image as downloaded.
+    #[arg(long)]
+    pub sha256: String,
+    /// Slot to write: a block device or an existing regular file.
+    #[arg(long)]
+    pub slot: PathBuf,
+    /// Default: from the image name's suffix (.zst, .gz), else none.
+    #[arg(long, value_parser = ["zstd", "gzip", "none"])]
+    pub compression: Option<String>,
+    /// Size in bytes of the image as downloaded, enforced when given.
+    #[arg(long)]
+    pub size: Option<u64>,
+    /// Directory for the progress record and spool (install-progress.json[.spool]).
+    #[arg(long, default_value = "/var/lib/bosun")]
+    pub state_dir: PathBuf,
+    /// Read the slot back after writing and compare hashes.
+    #[arg(long)]
+    pub verify_written: bool,
+}
+
+pub fn install_image(args: &InstallImageArgs) -> Result<ExitCode> {
+    use crate::config::Compression;
+    use crate::upgrade::install;
+    let mut sha256 = [0u8; 32];
+    hex::decode_to_slice(args.sha256.trim(), &mut sha256)
+        .with_context(|| format!("--sha256 {:?}: expected 64 hex digits", args.sha256))?;
+    let configured = args.compression.as_deref().map(|c| match c {
+        "zstd" => Compression::Zstd,
+        "gzip" => Compression::Gzip,
+        _ => Compression::None,
+    });
+    let req = install::InstallRequest {
+        source: args.image.clone(),
+        sha256,
+        size: args.size,
+        compression: install::resolve_compression(configured, &args.image),
+        slot: args.slot.clone(),
+        progress_file: args.state_dir.join("install-progress.json"),
+        verify_written: args.verify_written,
+    };
+    let opts = install::InstallOptions::default();
+    let http = install::http_client(&opts)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(install::install(&req, &http, &opts))?;
+    println!(
+        "installed {} into {}: {} bytes written (sha256 {}), {} bytes fetched, mode {:?}{}",
+        args.image,
+        args.slot.display(),
+        report.written,
+        hex::encode(report.written_sha256),
+        report.fetched,
+        report.mode,
+        if report.resumed_from > 0 {
+            format!(", resumed from byte {}", report.resumed_from)
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }

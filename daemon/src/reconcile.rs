@@ -30,6 +30,8 @@ pub struct Target {
     pub load: LoadOptions,
     pub render: RenderSettings,
     pub keys: KeyFetcherConfig,
+    /// How staged files are made durable before the commit point.
+    pub durability: apply::Durability,
 }
 
 impl Target {
@@ -260,7 +262,14 @@ pub fn apply_prepared(
         record.before_apply = Some(boot.clone());
         write_boot_record(&target.state_dir, &record)?;
     }
-    let report = apply::apply(&root, &target.state_dir, &prepared.plan)?;
+    let report = apply::apply_with(
+        &root,
+        &target.state_dir,
+        &prepared.plan,
+        apply::ApplyOptions {
+            durability: target.durability,
+        },
+    )?;
     run_effects(&prepared.plan.effects, runner, &mut log);
     if record.after_apply.as_deref() != Some(boot.as_str()) {
         let after = phase_effects(&prepared.plan, &[CommandPhase::Run]);

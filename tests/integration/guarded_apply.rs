@@ -268,6 +268,7 @@ impl Node {
             load: Default::default(),
             render: bosun::render::RenderSettings::for_user("rancher"),
             keys: bosun::keys::KeyFetcherConfig::new(&state),
+            durability: Default::default(),
         };
         let runner = Arc::new(RecordingRunner::new());
         let mut ctx = HealthContext::new(&root, HOST, runner.clone());

@@ -24,5 +24,6 @@ mod plan_cli;
 mod render_systemd;
 mod runner;
 mod source;
+mod upgrade_install;
 mod upgrade_scenarios;
 mod vm_ab;

@@ -10,13 +10,16 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::actor::{LocalCopyInstaller, SlotPaths, StepReport, UpgradeActor};
+use super::actor::{SlotPaths, StepReport, UpgradeActor};
 use super::machine::HealthInput;
 use crate::bootenv::{BootEnv, GptPrio, GrubEnv, UbootEnv};
 use crate::runner::{CommandRunner, RecordingRunner, SystemRunner};
 
 #[derive(Debug, Subcommand)]
 pub enum UpgradeCommand {
+    /// Download (or read), verify and write an OS image into a slot. Never touches the boot
+    /// environment: it does not make the slot bootable. Resumes an interrupted download.
+    InstallImage(crate::cli::InstallImageArgs),
     /// Show the upgrade state, the booted slot, the boot environment and the counters.
     Status {
         #[command(flatten)]
@@ -143,7 +146,7 @@ impl NodeArgs {
             cmdline,
             slots,
             self.bootenv()?,
-            Box::new(LocalCopyInstaller),
+            Box::new(super::install::StreamingInstaller::new(&state_dir)),
             runner.clone(),
         );
         actor.reboot_argv = self
@@ -175,6 +178,7 @@ fn print_report(r: &StepReport, live: bool) {
 /// Runs an `upgrade` subcommand. Prints to stdout/stderr; returns the exit code.
 pub fn run(cmd: UpgradeCommand) -> Result<ExitCode> {
     match cmd {
+        UpgradeCommand::InstallImage(args) => crate::cli::install_image(&args),
         UpgradeCommand::Status { node, json } => {
             let (actor, _) = node.actor()?;
             let st = actor.status()?;
