@@ -314,10 +314,11 @@ pub fn parse_files(
         if text.trim().is_empty() {
             continue;
         }
-        let file: AgentFile = serde_saphyr::from_str(text).map_err(|e| AgentConfigError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let file: AgentFile =
+            serde_saphyr::from_str(text).map_err(|e| AgentConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         merged.merge(file);
     }
     let names = files
@@ -413,7 +414,10 @@ fn validate(
     };
     let root = f.root.clone().unwrap_or_else(|| defaults.root.clone());
     if !root.is_absolute() {
-        return Err(invalid("root", format!("{} is not absolute", root.display())));
+        return Err(invalid(
+            "root",
+            format!("{} is not absolute", root.display()),
+        ));
     }
     let state_dir = f
         .state_dir
@@ -471,12 +475,8 @@ fn validate(
     let mut openpgp_keys = Vec::new();
     for p in v.openpgp_keys.clone().unwrap_or_default() {
         // Trust roots are read once at start-up; a missing key file is a config error.
-        let text = std::fs::read_to_string(&p).map_err(|e| {
-            invalid(
-                "verification.openpgp_keys",
-                format!("{}: {e}", p.display()),
-            )
-        })?;
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| invalid("verification.openpgp_keys", format!("{}: {e}", p.display())))?;
         openpgp_keys.push(text);
     }
     let verify = VerifyConfig {
@@ -640,9 +640,7 @@ pub fn load(config: Option<&Path>, defaults: &Defaults) -> Result<AgentConfig, A
             let mut names: Vec<PathBuf> = rd
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.extension().is_some_and(|e| e == "yaml" || e == "yml") && p.is_file()
-                })
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml") && p.is_file())
                 .collect();
             names.sort();
             for p in names {
@@ -694,7 +692,10 @@ mod tests {
         assert_eq!(c.jitter_percent, 10);
         assert_eq!(c.node_name, "edge-01");
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/bosun"));
-        assert_eq!(c.source.cache_dir, PathBuf::from("/var/lib/bosun/git-cache"));
+        assert_eq!(
+            c.source.cache_dir,
+            PathBuf::from("/var/lib/bosun/git-cache")
+        );
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9101".parse().unwrap()));
         assert!(c.drift_enabled);
         assert_eq!(c.resync_interval, Duration::from_secs(600));
@@ -752,7 +753,10 @@ mod tests {
                 "verification",
             ),
             ("source: {url: git://h/f}\nssh_user: root\n", "ssh_user"),
-            ("source: {url: git://h/f}\njitter_percent: 80\n", "jitter_percent"),
+            (
+                "source: {url: git://h/f}\njitter_percent: 80\n",
+                "jitter_percent",
+            ),
             (
                 "source: {url: git://h/f}\nupgrade: {slots: {a: /dev/sda2}}\n",
                 "upgrade.slots",
@@ -778,12 +782,12 @@ mod tests {
         assert!(c.verify.allow_history_rewrite);
         let u = c.upgrade.unwrap();
         assert_eq!(u.bootloader, Some(BootloaderKind::Grub));
-        assert_eq!(
-            u.slots.unwrap().b,
-            Some(PathBuf::from("/dev/sda3"))
-        );
-        let off = parse(&[("a.yaml", "source: {url: git://h/f}\nverification: {mode: off}\n")])
-            .unwrap();
+        assert_eq!(u.slots.unwrap().b, Some(PathBuf::from("/dev/sda3")));
+        let off = parse(&[(
+            "a.yaml",
+            "source: {url: git://h/f}\nverification: {mode: off}\n",
+        )])
+        .unwrap();
         assert_eq!(off.verify.mode, VerifyMode::Off);
     }
 

@@ -197,9 +197,7 @@ pub fn target(cfg: &AgentConfig) -> Target {
 /// Retry delay after `failures` consecutive failures (pure): 5 s, 10 s, 20 s, … capped at 5 min.
 pub fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
-    BACKOFF_BASE
-        .saturating_mul(1u32 << exp)
-        .min(BACKOFF_CAP)
+    BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_CAP)
 }
 
 /// The poll delay: `interval` plus up to `jitter_percent` of it, picked by `random` (pure).
@@ -508,11 +506,8 @@ impl<A: SnapshotApplier> Daemon<A> {
                 source::poll(&cfg, &verify, last, &counters)
             }))
             .await;
-        let result = joined.unwrap_or_else(|e| {
-            Err(SourceError::InvalidConfig(format!(
-                "poll task failed: {e}"
-            )))
-        });
+        let result = joined
+            .unwrap_or_else(|e| Err(SourceError::InvalidConfig(format!("poll task failed: {e}"))));
         let (delay, line) = match result {
             Ok(accepted) => {
                 let commit = accepted.commit();
@@ -552,10 +547,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             debug!("commit {} unchanged", short(&c));
             self.metrics.reconcile(ReconcileResult::Noop, now_unix());
             self.succeeded();
-            return (
-                self.interval(),
-                format!("up to date at {}", short(&c)),
-            );
+            return (self.interval(), format!("up to date at {}", short(&c)));
         }
         let new_commit = self.last_applied != Some(commit);
         let sd = self.systemd;
@@ -573,7 +565,11 @@ impl<A: SnapshotApplier> Daemon<A> {
                     info!(
                         "applied commit {c}{signed}: {} file(s) changed{}{}",
                         outcome.changed_paths.len(),
-                        if outcome.changed_paths.is_empty() { "" } else { ": " },
+                        if outcome.changed_paths.is_empty() {
+                            ""
+                        } else {
+                            ": "
+                        },
                         outcome.changed_paths.join(", ")
                     );
                     self.metrics.reconcile(ReconcileResult::Success, now_unix());

@@ -173,8 +173,7 @@ mod tests {
 
     #[test]
     fn unknown_future_fields_are_tolerated_but_garbage_is_not() {
-        let ok: Status =
-            serde_json::from_str(r#"{"last_applied_commit":"x","extra":1}"#).unwrap();
+        let ok: Status = serde_json::from_str(r#"{"last_applied_commit":"x","extra":1}"#).unwrap();
         assert_eq!(ok.last_applied_commit.as_deref(), Some("x"));
         assert!(serde_json::from_str::<Status>("{not json").is_err());
     }

@@ -15,6 +15,7 @@ mod bootenv_uboot_qemu;
 mod config_cli;
 mod config_fixtures;
 mod config_merge;
+mod daemon;
 mod health;
 mod keys;
 mod plan_cli;

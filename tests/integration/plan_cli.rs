@@ -51,25 +51,62 @@ fn plan_apply_replan_and_drift() {
     let host = ["--hostname", "edge-01"];
 
     let plan = run(&["plan", host[0], host[1]], &root, &repo);
-    assert_eq!(plan.status.code(), Some(2), "{}", String::from_utf8_lossy(&plan.stderr));
+    assert_eq!(
+        plan.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
     let text = String::from_utf8_lossy(&plan.stdout);
-    for path in ["/etc/motd", "/etc/docker/daemon.json", "/etc/hostname", "/etc/sysctl.d/90-bosun.conf", "/home/rancher/.ssh/authorized_keys"] {
-        assert!(text.contains(&format!("+ create {path}")), "{path} missing from plan:\n{text}");
+    for path in [
+        "/etc/motd",
+        "/etc/docker/daemon.json",
+        "/etc/hostname",
+        "/etc/sysctl.d/90-bosun.conf",
+        "/home/rancher/.ssh/authorized_keys",
+    ] {
+        assert!(
+            text.contains(&format!("+ create {path}")),
+            "{path} missing from plan:\n{text}"
+        );
     }
-    assert!(text.contains("+{\n") || text.contains("+  \"log-driver\": \"journald\""), "diff of daemon.json missing:\n{text}");
-    assert!(std::fs::read_dir(&root).unwrap().next().is_none(), "plan must not write");
+    assert!(
+        text.contains("+{\n") || text.contains("+  \"log-driver\": \"journald\""),
+        "diff of daemon.json missing:\n{text}"
+    );
+    assert!(
+        std::fs::read_dir(&root).unwrap().next().is_none(),
+        "plan must not write"
+    );
 
     let apply = run(&["apply", host[0], host[1]], &root, &repo);
-    assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
-    assert!(String::from_utf8_lossy(&apply.stdout).contains("would run: systemctl restart k3s-agent.service"));
-    assert_eq!(std::fs::read(root.join("usr/local/lib/edge/magic.bin")).unwrap(), b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00\x80\x10");
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+    assert!(String::from_utf8_lossy(&apply.stdout)
+        .contains("would run: systemctl restart k3s-agent.service"));
+    assert_eq!(
+        std::fs::read(root.join("usr/local/lib/edge/magic.bin")).unwrap(),
+        b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00\x80\x10"
+    );
 
     let again = run(&["plan", host[0], host[1]], &root, &repo);
-    assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stdout));
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
 
     // Drift: edit one managed file by hand → exactly that file shows up.
     std::fs::write(root.join("etc/motd"), "hand edit\n").unwrap();
-    let drift = run(&["plan", "--format", "json", host[0], host[1]], &root, &repo);
+    let drift = run(
+        &["plan", "--format", "json", host[0], host[1]],
+        &root,
+        &repo,
+    );
     assert_eq!(drift.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&drift.stdout).unwrap();
     assert_eq!(v["summary"]["update"], 1, "{v}");
@@ -98,7 +135,9 @@ fn every_invalid_fixture_makes_apply_fail_and_changes_nothing() {
             continue;
         }
         let text = std::fs::read(&p).unwrap();
-        let strict = String::from_utf8_lossy(&text).lines().any(|l| l.trim() == "# strict");
+        let strict = String::from_utf8_lossy(&text)
+            .lines()
+            .any(|l| l.trim() == "# strict");
         let size = String::from_utf8_lossy(&text)
             .lines()
             .find_map(|l| l.strip_prefix("# max-file-size: ").map(str::to_string));
@@ -111,13 +150,27 @@ fn every_invalid_fixture_makes_apply_fail_and_changes_nothing() {
         std::fs::create_dir_all(&repo).unwrap();
         std::fs::write(repo.join("config.yaml"), &text).unwrap();
         let mut cmd = bosun();
-        cmd.args(["apply", "--hostname", "n1", "--repo"]).arg(&repo).arg("--root").arg(&root);
+        cmd.args(["apply", "--hostname", "n1", "--repo"])
+            .arg(&repo)
+            .arg("--root")
+            .arg(&root);
         if strict {
             cmd.arg("--strict");
         }
         let out = cmd.output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}: apply accepted it:\n{}", p.display(), String::from_utf8_lossy(&out.stdout));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("config.yaml:"), "{}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: apply accepted it:\n{}",
+            p.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("config.yaml:"),
+            "{}: {}",
+            p.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(tree(&root), before, "{}: root changed", p.display());
         count += 1;
     }
@@ -144,19 +197,56 @@ fn plan_output_never_contains_secrets() {
             .arg(&root)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(all.contains("/etc/private.key"), "{all}");
-        for secret in ["TOKENSECRET", "PLAINPASSWORDSECRET", "WIFIPASSSECRET", "FILECONTENTSECRET"] {
-            assert!(!all.contains(secret), "{format} output leaks {secret}:\n{all}");
+        for secret in [
+            "TOKENSECRET",
+            "PLAINPASSWORDSECRET",
+            "WIFIPASSSECRET",
+            "FILECONTENTSECRET",
+        ] {
+            assert!(
+                !all.contains(secret),
+                "{format} output leaks {secret}:\n{all}"
+            );
         }
     }
     // After apply, a changed secret shows only hashes.
-    let apply = bosun().args(["apply", "--hostname", "n1", "--repo"]).arg(&repo).arg("--root").arg(&root).output().unwrap();
-    assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
+    let apply = bosun()
+        .args(["apply", "--hostname", "n1", "--repo"])
+        .arg(&repo)
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
     let cfg = std::fs::read_to_string(repo.join("config.yaml")).unwrap();
-    std::fs::write(repo.join("config.yaml"), cfg.replace("K10TOKENSECRET", "K10NEWTOKENSECRET")).unwrap();
-    let out = bosun().args(["plan", "--hostname", "n1", "--repo"]).arg(&repo).arg("--root").arg(&root).output().unwrap();
+    std::fs::write(
+        repo.join("config.yaml"),
+        cfg.replace("K10TOKENSECRET", "K10NEWTOKENSECRET"),
+    )
+    .unwrap();
+    let out = bosun()
+        .args(["plan", "--hostname", "n1", "--repo"])
+        .arg(&repo)
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .unwrap();
     let all = String::from_utf8_lossy(&out.stdout);
     assert!(all.contains("content changed (secret, sha256"), "{all}");
     assert!(!all.contains("TOKENSECRET"), "{all}");

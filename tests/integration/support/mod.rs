@@ -1,4 +1,4 @@
 //! Helpers shared by integration tests.
 
-pub mod tls;
 pub mod git;
+pub mod tls;
