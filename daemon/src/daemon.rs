@@ -98,8 +98,13 @@ impl SnapshotApplier for PlanApplier {
         runner: Arc<dyn CommandRunner>,
     ) -> Result<ApplyOutcome, ReconcileError> {
         let prepared = reconcile::prepare(snapshot, target).await?;
+        // Warnings repeat on every re-plan; show them loudly only when something changes.
         for w in &prepared.warnings {
-            warn!("{w}");
+            if prepared.plan.has_file_changes() {
+                warn!("{w}");
+            } else {
+                debug!("{w}");
+            }
         }
         let mut outcome = ApplyOutcome {
             changed_paths: prepared
@@ -126,8 +131,10 @@ impl SnapshotApplier for PlanApplier {
             path: target.state_dir.clone(),
             message: format!("apply task failed: {e}"),
         })??;
-        for line in &applied.effects.lines {
-            info!("effect {line}");
+        if target.live() {
+            for line in &applied.effects.lines {
+                info!("effect {line}");
+            }
         }
         outcome.effect_failures = applied.effects.failures;
         self.applied_once = true;
@@ -434,6 +441,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                 .ping_every
                 .unwrap_or(Duration::from_secs(86_400)),
         );
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             tokio::select! {
