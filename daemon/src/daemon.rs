@@ -4,7 +4,9 @@
 //! resync), so two applies never overlap:
 //!
 //! - **start**: clear stale git cache locks, [`apply::recover`] an interrupted transaction, read
-//!   the persisted [`Status`] (the last applied commit is the anti-rollback baseline).
+//!   the persisted [`Status`] (the last applied commit is the anti-rollback baseline), and
+//!   re-apply that commit's files from the git cache (no network) so drift is corrected even
+//!   while the remote is unreachable.
 //! - **poll** (every `interval` + jitter, or on SIGHUP): [`source::poll`] in `spawn_blocking`
 //!   (fetch → verify → anti-rollback → snapshot), then the [`SnapshotApplier`] when the commit
 //!   is new. A refused commit keeps the node on its last good commit (counted by reason, logged
@@ -312,6 +314,8 @@ pub struct Daemon<A: SnapshotApplier> {
     /// Anti-rollback baseline.
     last_applied: Option<Oid>,
     last_refused: Option<(Oid, &'static str)>,
+    /// An accepted commit went through the applier since start-up.
+    applied_this_run: bool,
     failures: u32,
     systemd: Systemd,
     ready: bool,
@@ -338,6 +342,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             last_good: None,
             last_applied: None,
             last_refused: None,
+            applied_this_run: false,
             failures: 0,
             systemd: Systemd::from_env(),
             ready: false,
@@ -388,6 +393,9 @@ impl<A: SnapshotApplier> Daemon<A> {
                 self.last_applied = Some(oid);
                 self.metrics.set_applied_commit(c);
             }
+            if let Some(oid) = self.last_applied {
+                self.last_good = self.cached_snapshot(oid).await;
+            }
             self.status.last_applied_commit = previous.last_applied_commit;
             self.status.signer = previous.signer;
             self.status.last_applied_at = previous.last_applied_at;
@@ -405,6 +413,29 @@ impl<A: SnapshotApplier> Daemon<A> {
             self.status.last_applied_commit.as_deref().unwrap_or("none"),
         );
         Ok(())
+    }
+
+    /// The files of the last applied commit from the git cache (no network), so drift is
+    /// corrected even before the remote answers. `None` (logged) when the cache lacks it.
+    async fn cached_snapshot(&self, commit: Oid) -> Option<Snapshot> {
+        let dir = self.cfg.source.cache_dir.clone();
+        let subdir = self.cfg.source.subdir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let cache = source::Cache::open(&dir)?;
+            source::snapshot(&cache, commit, subdir.as_deref())
+        })
+        .await;
+        match read {
+            Ok(Ok(snap)) => Some(snap),
+            Ok(Err(e)) => {
+                warn!("last applied commit {commit} not readable from the git cache ({e}); drift is corrected once the remote answers");
+                None
+            }
+            Err(e) => {
+                warn!("reading the git cache: {e}");
+                None
+            }
+        }
     }
 
     /// Runs until SIGTERM or SIGINT. Polls, applies, corrects drift, serves metrics.
@@ -432,6 +463,12 @@ impl<A: SnapshotApplier> Daemon<A> {
         let (drift_tx, mut drift_rx) = tokio::sync::mpsc::unbounded_channel();
         if self.cfg.drift_enabled {
             self.drift = Some(DriftWatcher::start(drift_tx.clone())?);
+        }
+        if self.last_good.is_some() {
+            // Re-assert the last applied commit before the first poll: a node that reboots
+            // with its remote down still converges to its last good config.
+            self.correct("startup", "re-plan of the last applied commit")
+                .await;
         }
         let resync_every = self.cfg.resync_interval;
         let mut next_poll = Instant::now();
@@ -551,7 +588,7 @@ impl<A: SnapshotApplier> Daemon<A> {
         snapshot: Snapshot,
     ) -> (Duration, String) {
         let c = commit.to_string();
-        if self.last_applied == Some(commit) && self.last_good.is_some() {
+        if self.last_applied == Some(commit) && self.last_good.is_some() && self.applied_this_run {
             debug!("commit {} unchanged", short(&c));
             self.metrics.reconcile(ReconcileResult::Noop, now_unix());
             self.succeeded();
@@ -599,6 +636,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                 self.metrics.set_applied_commit(&c);
                 self.last_applied = Some(commit);
                 self.last_good = Some(snapshot);
+                self.applied_this_run = true;
                 self.watch(&outcome.desired_paths);
                 self.succeeded();
                 // Persist the new baseline right away (anti-rollback survives a crash).
@@ -678,7 +716,10 @@ impl<A: SnapshotApplier> Daemon<A> {
             .guard(self.applier.apply(&snapshot, &self.target, runner))
             .await;
         match result {
-            Ok(o) if o.changed_paths.is_empty() => debug!("{why}: no drift ({seen})"),
+            Ok(o) if o.changed_paths.is_empty() => {
+                debug!("{why}: no drift ({seen})");
+                self.watch(&o.desired_paths);
+            }
             Ok(o) => {
                 let n = o.changed_paths.len() as u64;
                 warn!(

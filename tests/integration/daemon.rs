@@ -679,3 +679,48 @@ fn daemon_refuses_a_bad_agent_config_naming_the_file_and_line() {
     assert!(err.contains(&config.display().to_string()), "{err}");
     assert!(err.contains("branch") && err.contains("line 3"), "{err}");
 }
+
+#[test]
+fn daemon_remembers_the_applied_commit_across_restarts_for_anti_rollback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    repo.write("config.yaml", &app_config("v1"));
+    let first = repo.commit("v1");
+    repo.write("config.yaml", &app_config("v2"));
+    let second = repo.commit("v2");
+    let node = Node::new(&repo.file_url(), "");
+    let mut agent = node.start();
+    agent.wait_log(
+        &[&format!("applied commit {second}")],
+        Duration::from_secs(20),
+    );
+    assert!(agent.terminate().success());
+
+    // While the agent is down, the branch is force-pushed back to v1 and the file is edited.
+    repo.reset_hard(&first);
+    std::fs::write(node.file(APP), "edited while bosun was down\n").unwrap();
+    let mut agent = node.start();
+    agent.wait_log(
+        &[
+            &format!("last applied {second}"),
+            &format!(
+                "refused commit {first}: it does not descend from the last applied commit {second}"
+            ),
+        ],
+        Duration::from_secs(20),
+    );
+    // The last applied commit is re-asserted from the git cache, not rolled back.
+    assert_eq!(node.read(APP).as_deref(), Some("v2\n"));
+    assert!(agent
+        .log()
+        .contains("startup: reverted manual change of /etc/app/app.conf"));
+    // And its files stay guarded against drift while every poll is refused.
+    std::fs::write(node.file(APP), "hand edit\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || node.read(APP).as_deref()
+            == Some("v2\n")),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.terminate().success());
+}
