@@ -54,6 +54,24 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest retry delay.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
 
+/// Corrections closer together than this continue a drift streak.
+pub const DRIFT_STREAK_WINDOW: Duration = Duration::from_secs(10);
+/// Corrections in one streak before drift events are held back.
+pub const DRIFT_STREAK_LIMIT: u32 = 10;
+
+/// How long to hold drift events after `streak` back-to-back corrections (pure): nothing up to
+/// [`DRIFT_STREAK_LIMIT`], then 2 s doubling up to 5 min. Something that keeps rewriting a
+/// managed file (another agent, a file the plan can never satisfy) must not turn bosun into a
+/// busy loop; the periodic resync and new commits still apply.
+pub fn drift_hold(streak: u32) -> Option<Duration> {
+    let over = streak.checked_sub(DRIFT_STREAK_LIMIT)?;
+    Some(
+        Duration::from_secs(2)
+            .saturating_mul(1u32 << over.min(16))
+            .min(BACKOFF_CAP),
+    )
+}
+
 /// What applying one snapshot did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOutcome {
@@ -316,6 +334,11 @@ pub struct Daemon<A: SnapshotApplier> {
     last_refused: Option<(Oid, &'static str)>,
     /// An accepted commit went through the applier since start-up.
     applied_this_run: bool,
+    /// Drift corrections that changed files, each within [`DRIFT_STREAK_WINDOW`] of the last.
+    drift_streak: u32,
+    last_drift_fix: Option<Instant>,
+    /// Drift events are held (not acted on) until then; see [`drift_hold`].
+    drift_hold_until: Option<Instant>,
     failures: u32,
     systemd: Systemd,
     ready: bool,
@@ -343,6 +366,9 @@ impl<A: SnapshotApplier> Daemon<A> {
             last_applied: None,
             last_refused: None,
             applied_this_run: false,
+            drift_streak: 0,
+            last_drift_fix: None,
+            drift_hold_until: None,
             failures: 0,
             systemd: Systemd::from_env(),
             ready: false,
@@ -471,6 +497,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                 .await;
         }
         let resync_every = self.cfg.resync_interval;
+        let mut pending_drift = false;
         let mut next_poll = Instant::now();
         let mut next_resync = Instant::now() + resync_every;
         let mut watchdog = tokio::time::interval(
@@ -495,8 +522,17 @@ impl<A: SnapshotApplier> Daemon<A> {
                         paths.extend(more);
                     }
                     let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-                    debug!("change seen on {}", shown.join(", "));
-                    self.correct("drift", &shown.join(", ")).await;
+                    if self.drift_hold_until.is_some_and(|t| Instant::now() < t) {
+                        debug!("change seen on {} (held)", shown.join(", "));
+                        pending_drift = true;
+                    } else {
+                        debug!("change seen on {}", shown.join(", "));
+                        self.correct("drift", &shown.join(", ")).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.drift_hold_until.unwrap_or(next_resync)), if pending_drift => {
+                    pending_drift = false;
+                    self.correct("drift", "changes seen while held").await;
                 }
                 _ = tokio::time::sleep_until(next_resync), if self.cfg.drift_enabled => {
                     self.correct("resync", "periodic re-plan").await;
@@ -729,6 +765,23 @@ impl<A: SnapshotApplier> Daemon<A> {
                 );
                 self.metrics.drift_corrected(n);
                 self.status.drift_corrections_total += n;
+                if why == "drift" {
+                    let now = Instant::now();
+                    let close = self
+                        .last_drift_fix
+                        .is_some_and(|t| now.duration_since(t) < DRIFT_STREAK_WINDOW);
+                    self.drift_streak = if close { self.drift_streak + 1 } else { 1 };
+                    self.last_drift_fix = Some(now);
+                    self.drift_hold_until = drift_hold(self.drift_streak).map(|d| {
+                        warn!(
+                            "drift: {} corrections in a row; something keeps changing managed files; \
+                             holding drift events for {}s",
+                            self.drift_streak,
+                            d.as_secs()
+                        );
+                        now + d
+                    });
+                }
                 self.watch(&o.desired_paths);
                 self.save_status();
                 self.systemd.status(&format!(
@@ -764,6 +817,18 @@ mod tests {
             let d = jittered(i, 10, r);
             assert!(d >= i && d <= Duration::from_secs(66), "{d:?}");
         }
+    }
+
+    #[test]
+    fn drift_is_held_only_after_a_long_streak_and_the_hold_is_capped() {
+        assert_eq!(drift_hold(1), None);
+        assert_eq!(drift_hold(DRIFT_STREAK_LIMIT - 1), None);
+        assert_eq!(drift_hold(DRIFT_STREAK_LIMIT), Some(Duration::from_secs(2)));
+        assert_eq!(
+            drift_hold(DRIFT_STREAK_LIMIT + 2),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(drift_hold(u32::MAX), Some(BACKOFF_CAP));
     }
 
     #[test]
