@@ -94,6 +94,35 @@ pub enum Command {
     /// A/B OS upgrades: status, manual rollback, mark-good.
     #[command(subcommand)]
     Upgrade(crate::upgrade::commands::UpgradeCommand),
+    /// Run the GitOps loop: poll the config repo, verify, apply, revert drift. Runs until
+    /// SIGTERM/SIGINT (exit 0); SIGHUP polls now.
+    Daemon {
+        /// Agent config file. Default: <root>/etc/bosun/agent.yaml (drop-ins: agent.d/*.yaml
+        /// next to it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the agent config is looked up, and the default node root.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Log format on stderr. Default: journald when started by systemd with its journal
+        /// (JOURNAL_STREAM set), else plain text.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Show what the daemon last did (from the status file in the state dir).
+    Status {
+        /// Print the status JSON.
+        #[arg(long)]
+        json: bool,
+        /// State dir. Default: the agent config's state_dir, else /var/lib/bosun.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Agent config file used to find the state dir.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of the agent config (/etc/bosun/agent.yaml).
+    AgentSchema,
 }
 
 /// Where `bosun health` takes its config from.
@@ -112,6 +141,13 @@ pub struct HealthArgs {
     /// bosun's state. Default: <root>/var/lib/bosun.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+    Journald,
 }
 
 /// Which node, which root, which repo.
@@ -307,6 +343,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Health(args) => health(&args),
         Command::Upgrade(cmd) => crate::upgrade::commands::run(cmd),
+        Command::AgentSchema => {
+            println!("{}", crate::agent::schema_text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Daemon {
+            config,
+            root,
+            log_format,
+        } => run_daemon(config, root, log_format),
+        Command::Status {
+            json,
+            state_dir,
+            config,
+        } => show_status(json, state_dir, config),
     }
 }
 
@@ -371,6 +421,105 @@ fn health(args: &HealthArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn system_hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Sets up tracing: journald, JSON lines or plain text on stderr.
+fn init_logging(format: Option<LogFormat>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::EnvFilter;
+    let filter = || EnvFilter::try_from_env("BOSUN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = format.unwrap_or(if std::env::var_os("JOURNAL_STREAM").is_some() {
+        LogFormat::Journald
+    } else {
+        LogFormat::Plain
+    });
+    if format == LogFormat::Journald {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer.with_syslog_identifier("bosun".into()))
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("bosun: journald unavailable ({e}); logging to stderr"),
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    if format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run_daemon(
+    config: Option<PathBuf>,
+    root: PathBuf,
+    log_format: Option<LogFormat>,
+) -> Result<ExitCode> {
+    init_logging(log_format);
+    let defaults = crate::agent::Defaults {
+        root,
+        hostname: system_hostname(),
+    };
+    let cfg = crate::agent::load(config.as_deref(), &defaults)?;
+    // One thread drives the loop; git2 and apply work go to tokio's blocking pool. Keeps idle
+    // RSS small on 1 GB nodes (no per-core worker threads).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+        .context("starting the tokio runtime")?;
+    let daemon = crate::daemon::Daemon::new(cfg, crate::daemon::PlanApplier::default());
+    rt.block_on(daemon.run())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_status(
+    json: bool,
+    state_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let state_dir = match (state_dir, config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => {
+            let defaults = crate::agent::Defaults {
+                root: PathBuf::from("/"),
+                hostname: system_hostname(),
+            };
+            crate::agent::load(Some(&c), &defaults)?.state_dir
+        }
+        (None, None) => PathBuf::from("/var/lib/bosun"),
+    };
+    let Some(status) = crate::status::read(&state_dir)? else {
+        eprintln!(
+            "no status in {} (has `bosun daemon` run with this state dir?)",
+            state_dir.display()
+        );
+        return Ok(ExitCode::from(1));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        print!("{}", status.render_text(now));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Validates, renders and plans for a target. Prints diagnostics and warnings to stderr;

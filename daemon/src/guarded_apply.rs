@@ -456,6 +456,8 @@ pub enum KeptReason {
 
 /// What [`apply_guarded`] did.
 #[derive(Debug)]
+// One value per apply, moved once: boxing the large variants buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum GuardedOutcome {
     /// Applied without a health gate; recorded good.
     Applied { commit: String, applied: Applied },

@@ -5,15 +5,19 @@
 //! Pure parts (config merge, rendering, plan, the upgrade state machine, boot-env codecs)
 //! do no I/O; every side effect sits behind a small trait.
 
+pub mod agent;
 pub mod apply;
 pub mod bootenv;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod desired;
+pub mod drift;
 pub mod fsroot;
 pub mod guarded_apply;
 pub mod health;
 pub mod keys;
+pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
@@ -21,4 +25,5 @@ pub mod runner;
 pub mod snapshot;
 pub mod source;
 pub mod statefile;
+pub mod status;
 pub mod upgrade;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // libgit2's globals must be set before any thread (the tokio runtime) starts.
+    bosun::source::init_git_globals();
     let cli = bosun::cli::Cli::parse();
     // libgit2's global options (and openssl-probe's setenv) must run before any thread exists,
     // i.e. before a tokio runtime is built.

@@ -17,6 +17,7 @@ mod bootenv_uboot_qemu;
 mod config_cli;
 mod config_fixtures;
 mod config_merge;
+mod daemon;
 mod guarded_apply;
 mod health;
 mod keys;

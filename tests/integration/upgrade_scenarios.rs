@@ -5,15 +5,19 @@
 //! writes the chosen `bosun.slot=` into the kernel command line file.
 //!
 //! Slot contents are files holding fake images; "boots" means the bootloader simulator found a
-//! complete image in the slot it chose.
+//! complete image in the slot it chose. The `http_*` scenarios fetch a zstd image from the real
+//! HTTP server of `support/image_server.rs` on 127.0.0.1 (one of them cuts the connection).
 
 use std::path::Path;
 
 use bosun::bootenv::{BootState, GoodSlots, Slot};
+use bosun::upgrade::install::{read_progress, spool_path};
 use bosun::upgrade::machine::{HealthInput, Lifecycle, Note, RollbackReason};
+use sha2::{Digest, Sha256};
 
 use crate::config_cli::bosun;
-use crate::support_upgrade::{Backend, Node, Power, ALL_BACKENDS};
+use crate::support::image_server::Server;
+use crate::support_upgrade::{Backend, Node, Power, ZstdImage, ALL_BACKENDS};
 
 fn run_bosun(args: &[String]) -> (bool, String, String) {
     let out = bosun().args(args).output().unwrap();
@@ -638,4 +642,164 @@ fn consecutive_upgrades_alternate_slots() {
         }
         assert_eq!(node.state().counters.committed, 2);
     }
+}
+
+/// Uncompressed size of the images served over HTTP (zstd brings it to about a quarter).
+const HTTP_IMAGE_SIZE: u64 = 8 << 20;
+
+/// A config whose `upgrade.image` is `url` (the zstd file of `img`), with its SHA-256 and size.
+fn write_http_config(dir: &Path, img: &ZstdImage, url: &str) -> String {
+    let path = dir.join(format!("config-{}-http.yaml", img.image.version));
+    std::fs::write(
+        &path,
+        format!(
+            "hostname: edge-01\nupgrade:\n  version: {}\n  image: {url}\n  sha256: {}\n  size: {}\n  tries: 3\n",
+            img.image.version, img.zst_sha_hex, img.zst_len
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// The step that installed `img` into b asked for a reboot: boot b, run the trial, commit it
+/// on a healthy verdict, and check slot b holds exactly the uncompressed image.
+fn boot_trial_and_commit(node: &mut Node, cfg: &str, img: &ZstdImage) {
+    let env = node.env().read().unwrap();
+    assert_eq!(env.next_boot(), Slot::B, "trial of b scheduled: {env}");
+    assert!(env.is_good(Slot::A) && env.primary == Slot::A, "{env}");
+    node.assert_bootable("after staging");
+    assert_eq!(node.boot(), Slot::B);
+    let out = step_cli(node, cfg, "pending");
+    assert!(out.contains("state: trial"), "{out}");
+    let out = step_cli(node, cfg, "healthy");
+    assert!(out.contains("state: committed"), "{out}");
+    assert_eq!(
+        node.env().read().unwrap(),
+        BootState {
+            primary: Slot::B,
+            trial: None,
+            good: GoodSlots { a: true, b: true }
+        }
+    );
+    assert_eq!(node.boot(), Slot::B);
+    assert_eq!(
+        sha256_file(&node.slots.b),
+        hex::encode(Sha256::digest(&img.image.bytes)),
+        "slot b must hold exactly the uncompressed image"
+    );
+    let st = node.state();
+    assert_eq!(st.counters.committed, 1);
+    assert_eq!(
+        st.metrics(Some(Slot::B)).current_version.as_deref(),
+        Some(img.image.version.as_str())
+    );
+}
+
+#[test]
+fn http_zstd_image_installs_trials_and_commits_through_the_binary() {
+    let mut node = Node::new(Backend::Grub, false);
+    let v2 = node.zstd_image("v2", HTTP_IMAGE_SIZE);
+    let srv = Server::start_background(&[("v2.img.zst", &v2.zst)]);
+    let cfg = write_http_config(node.dir.path(), &v2, &srv.url("v2.img.zst"));
+
+    let out = step_cli(&node, &cfg, "pending");
+    assert!(out.contains("installed v2"), "{out}");
+    assert!(out.contains("reboot requested"), "{out}");
+    assert!(out.contains("state: staged"), "{out}");
+    assert_eq!(node.slot_version(Slot::B).as_deref(), Some("v2"));
+    assert_eq!(srv.count(&srv.st.requests), 1);
+    assert_eq!(srv.count(&srv.st.range_requests), 0);
+    assert_eq!(srv.count(&srv.st.bytes_served), v2.zst_len);
+    boot_trial_and_commit(&mut node, &cfg, &v2);
+    assert_eq!(srv.count(&srv.st.requests), 1, "downloaded once");
+}
+
+#[test]
+fn http_download_cut_leaves_boot_env_untouched_then_resumes_with_range() {
+    let mut node = Node::new(Backend::Uboot, false);
+    let v2 = node.zstd_image("v2", HTTP_IMAGE_SIZE);
+    let srv = Server::start_background(&[("v2.img.zst", &v2.zst)]);
+    let cut = v2.zst_len / 2;
+    srv.cut_at(&[cut]);
+    let cfg = write_http_config(node.dir.path(), &v2, &srv.url("v2.img.zst"));
+    let env_before = node.env().read().unwrap();
+    assert_eq!(env_before, BootState::initial());
+    let slot_b_before = std::fs::read(&node.slots.b).unwrap();
+
+    // First pass: the connection dies halfway through the download.
+    let mut args: Vec<String> = vec!["upgrade".into(), "step".into()];
+    args.extend(node.cli_args());
+    args.extend(["--config".into(), cfg.clone()]);
+    let (ok, out, err) = run_bosun(&args);
+    assert!(
+        !ok,
+        "a cut download must fail the step\nstdout: {out}\nstderr: {err}"
+    );
+    assert!(out.contains("slot b: installing into"), "{out}");
+    assert!(out.contains("state: downloading"), "{out}");
+    assert!(!out.contains("reboot"), "{out}");
+    match &node.state().lifecycle {
+        Lifecycle::Downloading {
+            slot: Slot::B,
+            attempts: 1,
+            last_error: Some(e),
+            ..
+        } => assert!(!e.is_empty()),
+        other => panic!("expected downloading with the error recorded: {other:?}"),
+    }
+    // Never made bootable before the hash was verified: the boot env is exactly as before
+    // (no trial, a still primary and good), and the unverified download never reached the
+    // slot (it sits in the spool).
+    assert_eq!(node.env().read().unwrap(), env_before);
+    assert_eq!(std::fs::read(&node.slots.b).unwrap(), slot_b_before);
+    assert_eq!(node.slot_version(Slot::B), None);
+    node.assert_bootable("after the cut download");
+    let progress_file = node.state_dir.join("install-progress.json");
+    let p = read_progress(&progress_file)
+        .unwrap()
+        .expect("progress saved at the cut");
+    assert!(!p.is_complete());
+    assert!(
+        p.downloaded > 0 && p.downloaded <= cut,
+        "saved {} for a cut at {cut}",
+        p.downloaded
+    );
+    assert_eq!(
+        std::fs::metadata(spool_path(&progress_file)).unwrap().len(),
+        p.downloaded
+    );
+    assert_eq!(srv.count(&srv.st.range_requests), 0);
+    // A power cycle now still boots a.
+    assert_eq!(node.boot(), Slot::A);
+
+    // Second pass: resumes where the first stopped and completes.
+    let out = step_cli(&node, &cfg, "pending");
+    assert!(out.contains("installed v2"), "{out}");
+    assert!(out.contains("reboot requested"), "{out}");
+    assert!(out.contains("state: staged"), "{out}");
+    assert_eq!(srv.count(&srv.st.requests), 2);
+    assert_eq!(
+        srv.count(&srv.st.range_requests),
+        1,
+        "the retry asked for a range"
+    );
+    assert_eq!(srv.count(&srv.st.partial_responses), 1);
+    // The server produced the first half up to the cut, then only what the client lacked.
+    assert_eq!(
+        srv.count(&srv.st.bytes_served),
+        cut + (v2.zst_len - p.downloaded),
+        "resumed from byte {}",
+        p.downloaded
+    );
+    assert!(read_progress(&progress_file)
+        .unwrap()
+        .unwrap()
+        .is_complete());
+    assert!(!spool_path(&progress_file).exists(), "spool removed");
+    boot_trial_and_commit(&mut node, &cfg, &v2);
+    assert_eq!(srv.count(&srv.st.requests), 2);
 }

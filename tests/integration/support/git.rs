@@ -110,7 +110,12 @@ pub struct GitDaemon {
 impl GitDaemon {
     /// Starts `git daemon --export-all --base-path=BASE` and waits until its port accepts.
     pub fn start(base: &Path) -> GitDaemon {
-        let port = free_port();
+        Self::start_on(base, free_port())
+    }
+
+    /// Starts `git daemon` on a given port (e.g. the port of one that was killed, to bring a
+    /// remote back at the same URL).
+    pub fn start_on(base: &Path, port: u16) -> GitDaemon {
         // Run git-daemon itself, not the `git daemon` wrapper: killing the wrapper would
         // orphan the real daemon, which keeps listening.
         let exec_path = git(base, &["--exec-path"]);

@@ -66,6 +66,17 @@ impl Image {
     }
 }
 
+/// An image served zstd-compressed (see [`Node::zstd_image`]).
+#[derive(Debug, Clone)]
+pub struct ZstdImage {
+    /// The uncompressed image (what a slot holds after the install).
+    pub image: Image,
+    pub zst: PathBuf,
+    /// SHA-256 of the compressed file (what `upgrade.sha256` names).
+    pub zst_sha_hex: String,
+    pub zst_len: u64,
+}
+
 /// A GPT disk made once per test process with sgdisk (which sleeps a second per write) and
 /// provisioned as boot/README.md says: slot a (partition 2) good primary. Nodes copy it.
 fn gpt_template() -> &'static Path {
@@ -187,6 +198,43 @@ impl Node {
         };
         self.images.push(img.clone());
         img
+    }
+
+    /// Creates (once) a `size`-byte image of `version` (deterministic, compressible) and its
+    /// zstd-compressed file, for serving over HTTP. The uncompressed image is registered like
+    /// [`Node::image`]'s, so the bootloader simulator recognises it in a slot.
+    pub fn zstd_image(&mut self, version: &str, size: u64) -> ZstdImage {
+        let raw = self.dir.path().join(format!("{version}.img"));
+        let zst = self.dir.path().join(format!("{version}.img.zst"));
+        if !zst.exists() {
+            let seed = version
+                .bytes()
+                .fold(0x5eed_u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
+            crate::support::image_server::generate_raw(&raw, size, seed);
+            let mut enc =
+                zstd::stream::write::Encoder::new(std::fs::File::create(&zst).unwrap(), 3).unwrap();
+            std::io::copy(&mut std::fs::File::open(&raw).unwrap(), &mut enc).unwrap();
+            enc.finish().unwrap().sync_all().unwrap();
+            self.images.retain(|i| i.version != version);
+            self.images.push(Image {
+                version: version.into(),
+                path: raw.clone(),
+                bytes: std::fs::read(&raw).unwrap(),
+            });
+        }
+        let image = self
+            .images
+            .iter()
+            .find(|i| i.version == version)
+            .unwrap()
+            .clone();
+        let packed = std::fs::read(&zst).unwrap();
+        ZstdImage {
+            image,
+            zst_sha_hex: hex::encode(Sha256::digest(&packed)),
+            zst_len: packed.len() as u64,
+            zst,
+        }
     }
 
     /// The backend bosun uses for this medium.

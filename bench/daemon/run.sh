@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Benchmark of `bosun daemon` against example-repo served by a local `git daemon`:
+#   1. idle RSS (VmRSS from /proc) after the first reconcile (goal: <= 8 MiB),
+#   2. CPU per idle poll (utime+stime from /proc/<pid>/stat over POLLS polls),
+#   3. commit-to-applied latency: with the poll interval, and with SIGHUP right after the
+#      commit (which isolates fetch + verify + plan + apply from the wait for the next poll).
+#
+#   bench/daemon/run.sh                       # builds the release binary first
+#   BOSUN=/path/to/bosun bench/daemon/run.sh  # use an existing binary
+#   POLLS=50 INTERVAL_MS=100 COMMITS=10 bench/daemon/run.sh
+#
+# Needs: git, curl. Everything listens on 127.0.0.1 only.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+POLLS=${POLLS:-30}
+INTERVAL_MS=${INTERVAL_MS:-200}
+COMMITS=${COMMITS:-5}
+if [ -z "${BOSUN:-}" ]; then
+  (cd "$top" && cargo build --release --locked -q)
+  BOSUN="${CARGO_TARGET_DIR:-$top/target}/release/bosun"
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
+export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.invalid
+export GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@example.invalid
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+repo="$work/base/fleet"
+mkdir -p "$repo" "$work/root"
+cp -r "$top/example-repo/." "$repo/"
+git -C "$repo" init -q -b main
+git -C "$repo" add -A
+git -C "$repo" commit -q -m "example-repo"
+
+gport=$(free_port)
+"$(git --exec-path)/git-daemon" --listen=127.0.0.1 --port="$gport" --export-all --reuseaddr \
+  --base-path="$work/base" >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$gport") 2>/dev/null && break; sleep 0.05; done
+
+mport=$(free_port)
+cat > "$work/agent.yaml" <<YAML
+source:
+  url: git://127.0.0.1:$gport/fleet
+  ref: main
+interval: ${INTERVAL_MS}ms
+jitter_percent: 0
+node_name: edge-01
+root: $work/root
+state_dir: $work/state
+metrics:
+  listen: 127.0.0.1:$mport
+YAML
+
+metric() { curl -fsS "http://127.0.0.1:$mport/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
+env -u JOURNAL_STREAM -u NOTIFY_SOCKET "$BOSUN" daemon --config "$work/agent.yaml" 2>"$work/daemon.log" &
+pid=$!
+pids+=("$pid")
+for _ in $(seq 400); do
+  [ "$(metric 'bosun_reconcile_total{result="success"}' 2>/dev/null || echo 0)" = 1 ] && break
+  sleep 0.05
+done
+[ "$(metric 'bosun_reconcile_total{result="success"}')" = 1 ] || { cat "$work/daemon.log"; echo "first reconcile did not happen" >&2; exit 1; }
+sleep 2
+
+rss_kib=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+hwm_kib=$(awk '/^VmHWM/ {print $2}' /proc/$pid/status)
+threads=$(awk '/^Threads/ {print $2}' /proc/$pid/status)
+
+tck=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' /proc/$pid/stat; }
+p0=$(metric bosun_polls_total); c0=$(cpu); b0=$(metric bosun_fetch_bytes_total)
+while [ "$(metric bosun_polls_total)" -lt $((p0 + POLLS)) ]; do sleep 0.1; done
+p1=$(metric bosun_polls_total); c1=$(cpu); b1=$(metric bosun_fetch_bytes_total)
+cpu_ms_per_poll=$(awk -v c=$((c1 - c0)) -v p=$((p1 - p0)) -v t="$tck" 'BEGIN {printf "%.2f", c * 1000 / t / p}')
+
+lat_poll=(); lat_hup=()
+for i in $(seq "$COMMITS"); do
+  for mode in poll hup; do
+    f="etc/bench/$mode-$i"
+    printf 'write_files:\n- path: /%s\n  content: "%s"\n' "$f" "$i" > "$repo/groups/zz-bench.yaml"
+    printf 'match: ["*"]\n' >> "$repo/groups/zz-bench.yaml"
+    git -C "$repo" add -A
+    git -C "$repo" commit -q -m "bench $mode $i"
+    t0=$(now)
+    [ "$mode" = hup ] && kill -HUP "$pid"
+    while [ ! -e "$work/root/$f" ]; do sleep 0.005; done
+    t1=$(now)
+    if [ "$mode" = poll ]; then lat_poll+=($(( (t1 - t0) / 1000000 ))); else lat_hup+=($(( (t1 - t0) / 1000000 ))); fi
+  done
+done
+rss_after_kib=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+
+echo "binary:                      $BOSUN"
+echo "idle RSS after first apply:  $((rss_kib / 1024)).$(( (rss_kib % 1024) * 10 / 1024 )) MiB ($rss_kib KiB; peak $hwm_kib KiB; $threads threads)"
+echo "idle CPU per poll:           $cpu_ms_per_poll ms (over $((p1 - p0)) polls at ${INTERVAL_MS} ms; pack bytes fetched meanwhile: $((b1 - b0)))"
+echo "commit to applied (poll):    median $(printf '%s\n' "${lat_poll[@]}" | median) ms, max $(printf '%s\n' "${lat_poll[@]}" | sort -n | tail -1) ms (interval ${INTERVAL_MS} ms, $COMMITS commits)"
+echo "commit to applied (SIGHUP):  median $(printf '%s\n' "${lat_hup[@]}" | median) ms, max $(printf '%s\n' "${lat_hup[@]}" | sort -n | tail -1) ms"
+echo "RSS after $((2 * COMMITS)) applies:      $rss_after_kib KiB"

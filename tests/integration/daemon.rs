@@ -1,0 +1,726 @@
+//! `bosun daemon` as a real process against real remotes: a `git daemon` on 127.0.0.1 (and
+//! `file://`), with the node root and state dir in a temp dir, metrics on a free loopback port,
+//! and sd_notify datagrams on a unix socket the test binds.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config_cli::{bosun, workspace};
+use crate::support::git::{self as gitfx, free_port, GitDaemon, GpgHome, SshKey, WorkRepo};
+
+const APP: &str = "etc/app/app.conf";
+
+fn app_config(content: &str) -> String {
+    format!(
+        "write_files:\n- path: /etc/app/app.conf\n  content: \"{content}\\n\"\n  permissions: \"0644\"\n"
+    )
+}
+
+/// A node: root, state dir and agent config in one temp dir.
+struct Node {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    root: PathBuf,
+    state: PathBuf,
+    config: PathBuf,
+    metrics_port: u16,
+}
+
+impl Node {
+    /// Writes `agent.yaml` following `url` every second (no jitter), plus `extra` YAML.
+    fn new(url: &str, extra: &str) -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let root = dir.join("root");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&root).unwrap();
+        let metrics_port = free_port();
+        let config = dir.join("agent.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "source:\n  url: {url}\n  ref: main\ninterval: 1s\njitter_percent: 0\n\
+                 node_name: edge-01\nroot: {root}\nstate_dir: {state}\n\
+                 metrics:\n  listen: 127.0.0.1:{metrics_port}\n{extra}",
+                root = root.display(),
+                state = state.display(),
+            ),
+        )
+        .unwrap();
+        Node {
+            _tmp: tmp,
+            dir,
+            root,
+            state,
+            config,
+            metrics_port,
+        }
+    }
+
+    fn file(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn read(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.file(rel)).ok()
+    }
+
+    fn start(&self) -> Agent {
+        self.start_with(|_| {})
+    }
+
+    fn start_with(&self, env: impl FnOnce(&mut Command)) -> Agent {
+        let mut cmd = bosun();
+        cmd.args(["daemon", "--config"])
+            .arg(&self.config)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env("BOSUN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        env(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn bosun daemon");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Agent {
+            child,
+            log,
+            metrics_port: self.metrics_port,
+        }
+    }
+
+    /// `bosun status --json --state-dir STATE`.
+    fn status(&self) -> serde_json::Value {
+        let out = bosun()
+            .args(["status", "--json", "--state-dir"])
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bosun status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+}
+
+/// A running `bosun daemon`; its stderr is collected. Killed on drop.
+struct Agent {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    metrics_port: u16,
+}
+
+impl Agent {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains every needle.
+    fn wait_log(&mut self, needles: &[&str], timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            let l = self.log();
+            needles.iter().all(|n| l.contains(n))
+        });
+        if !ok {
+            let status = self.child.try_wait();
+            panic!(
+                "log lacks {needles:?} after {timeout:?} (process: {status:?}):\n{}",
+                self.log()
+            );
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// SIGTERM and wait for the exit.
+    fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET /metrics over plain HTTP/1.1 on loopback.
+    fn metrics(&self) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .expect("connect to the metrics port");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body
+    }
+
+    /// The value of the metric line starting with `name` (exact series, labels included).
+    fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// A repo directory under a `git daemon` base, with config v1 committed.
+fn served_repo(base: &Path) -> WorkRepo {
+    let repo = WorkRepo::init(&base.join("fleet"));
+    repo.write("config.yaml", &app_config("v1"));
+    repo
+}
+
+#[test]
+fn daemon_applies_new_commits_reports_them_and_idle_polls_fetch_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = served_repo(tmp.path());
+    let first = repo.commit("v1");
+    let git = GitDaemon::start(tmp.path());
+    let node = Node::new(&git.url("fleet"), "");
+    let mut agent = node.start();
+
+    assert!(
+        wait_until(Duration::from_secs(20), || node.read(APP).as_deref()
+            == Some("v1\n")),
+        "v1 never applied:\n{}",
+        agent.log()
+    );
+    agent.wait_log(
+        &[&format!("applied commit {first}")],
+        Duration::from_secs(5),
+    );
+
+    // A new commit lands within the interval (1 s) plus 1 s, with a little slack for a loaded
+    // CI machine.
+    repo.write("config.yaml", &app_config("v2"));
+    let second = repo.commit("v2");
+    let committed = Instant::now();
+    assert!(
+        wait_until(Duration::from_millis(2500), || node.read(APP).as_deref()
+            == Some("v2\n")),
+        "v2 not applied within 2.5 s:\n{}",
+        agent.log()
+    );
+    eprintln!("commit to applied: {:?}", committed.elapsed());
+
+    // Status and metrics name the applied commit.
+    assert!(wait_until(Duration::from_secs(5), || {
+        node.status()["last_applied_commit"].as_str() == Some(second.as_str())
+    }));
+    let m = agent.metrics();
+    assert!(
+        m.contains(&format!(
+            "bosun_applied_commit_info{{commit=\"{second}\"}} 1"
+        )),
+        "{m}"
+    );
+    assert!(agent.metric("bosun_reconcile_total{result=\"success\"}") >= Some(2.0));
+    assert!(agent.metric("bosun_last_success_timestamp_seconds") > Some(0.0));
+
+    // Idle polls: the ref advertisement is read, no pack is fetched.
+    let polls = agent.metric("bosun_polls_total").unwrap();
+    let bytes = agent.metric("bosun_fetch_bytes_total").unwrap();
+    let packs = agent.metric("bosun_pack_fetches_total").unwrap();
+    assert!(bytes > 0.0, "the two commits were fetched as packs");
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .metric("bosun_polls_total")
+            .unwrap()
+            >= polls + 3.0),
+        "fewer than 3 idle polls in 10 s"
+    );
+    assert_eq!(agent.metric("bosun_fetch_bytes_total"), Some(bytes));
+    assert_eq!(agent.metric("bosun_pack_fetches_total"), Some(packs));
+    assert!(agent.metric("bosun_reconcile_total{result=\"noop\"}") >= Some(3.0));
+    let s = node.status();
+    assert_eq!(s["fetch_bytes"].as_f64(), Some(bytes));
+    assert!(s["next_poll_at"].as_u64().is_some());
+
+    let text = bosun()
+        .args(["status", "--state-dir"])
+        .arg(&node.state)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&second));
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn daemon_applies_only_trusted_signed_commits_and_refuses_rollbacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let trusted = SshKey::generate(&keys, "trusted");
+    let stranger = SshKey::generate(&keys, "stranger");
+    let gpg_dir = tempfile::Builder::new()
+        .prefix("g")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let gpg = GpgHome::new(&gpg_dir.path().join("h"));
+    gpg.generate("Ops <ops@example.invalid>");
+    let pgp_key = tmp.path().join("ops.asc");
+    std::fs::write(&pgp_key, gpg.export("ops@example.invalid")).unwrap();
+    let signers = tmp.path().join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!("{}\n", trusted.allowed_signers_line("ops@example.invalid")),
+    )
+    .unwrap();
+
+    let repo = served_repo(tmp.path());
+    let good = repo.commit_ssh_signed(&trusted.private, "v1 signed");
+    let git = GitDaemon::start(tmp.path());
+    let node = Node::new(
+        &git.url("fleet"),
+        &format!(
+            "verification:\n  mode: head\n  allowed_signers: {}\n  openpgp_keys: [{}]\n",
+            signers.display(),
+            pgp_key.display()
+        ),
+    );
+    let mut agent = node.start();
+    agent.wait_log(
+        &[&format!(
+            "applied commit {good} signed by ops@example.invalid"
+        )],
+        Duration::from_secs(20),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+
+    // Unsigned: refused, the node keeps v1.
+    repo.write("config.yaml", &app_config("unsigned"));
+    let unsigned = repo.commit("unsigned");
+    agent.wait_log(
+        &[&format!(
+            "refused commit {unsigned}: the commit is not signed"
+        )],
+        Duration::from_secs(10),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+
+    // Signed by a key nobody trusts.
+    repo.write("config.yaml", &app_config("stranger"));
+    let strange = repo.commit_ssh_signed(&stranger.private, "stranger");
+    agent.wait_log(
+        &[&format!("refused commit {strange}: signed by")],
+        Duration::from_secs(10),
+    );
+    assert!(agent.log().contains("which is not a trusted key"));
+
+    // A trusted signature over different content (message rewritten after signing).
+    // The honest commit is made with `commit-tree`, which does not move `main`, so the daemon
+    // never sees it; only the forgery is published.
+    repo.write("config.yaml", &app_config("tampered"));
+    gitfx::git(&repo.dir, &["add", "-A"]);
+    let tree = gitfx::git(&repo.dir, &["write-tree"]);
+    let signingkey = format!("user.signingkey={}", trusted.private.display());
+    let signed = gitfx::git(
+        &repo.dir,
+        &[
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &signingkey,
+            "commit-tree",
+            "-S",
+            &tree,
+            "-p",
+            &strange,
+            "-m",
+            "honest",
+        ],
+    );
+    let forged = repo.tamper_message(&signed, "forged");
+    agent.wait_log(
+        &[&format!("refused commit {forged}: bad signature")],
+        Duration::from_secs(10),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+
+    // OpenPGP-signed by a trusted key: applied.
+    repo.write("config.yaml", &app_config("pgp"));
+    let pgp = repo.commit_gpg_signed(&gpg, "ops@example.invalid", "pgp signed");
+    assert!(
+        wait_until(Duration::from_secs(10), || node.read(APP).as_deref()
+            == Some("pgp\n")),
+        "OpenPGP-signed commit not applied:\n{}",
+        agent.log()
+    );
+    agent.wait_log(&[&format!("applied commit {pgp}")], Duration::from_secs(5));
+
+    // Force-push back to the (validly signed) first commit: refused by anti-rollback.
+    repo.reset_hard(&good);
+    agent.wait_log(
+        &[&format!(
+            "refused commit {good}: it does not descend from the last applied commit {pgp}"
+        )],
+        Duration::from_secs(10),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("pgp\n"));
+
+    let m = agent.metrics();
+    for reason in ["unsigned", "unknown_key", "bad_signature", "not_descendant"] {
+        assert!(
+            m.contains(&format!(
+                "bosun_source_refused_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason} not counted once:\n{m}"
+        );
+    }
+    let s = node.status();
+    assert_eq!(s["last_applied_commit"].as_str(), Some(pgp.as_str()));
+    assert_eq!(s["refused_total"].as_u64(), Some(4));
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn daemon_keeps_last_good_state_and_backs_off_while_the_remote_is_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = served_repo(tmp.path());
+    let first = repo.commit("v1");
+    let git = GitDaemon::start(tmp.path());
+    let port = git.port;
+    let node = Node::new(&git.url("fleet"), "");
+    let mut agent = node.start();
+    agent.wait_log(
+        &[&format!("applied commit {first}")],
+        Duration::from_secs(20),
+    );
+
+    drop(git);
+    agent.wait_log(
+        &[
+            "last good commit",
+            "stays applied; retrying in 5s (backoff, attempt 1)",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+    let s = node.status();
+    assert_eq!(s["last_applied_commit"].as_str(), Some(first.as_str()));
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("fleet")),
+        "{s}"
+    );
+    assert!(agent.metric("bosun_reconcile_total{result=\"error\"}") >= Some(1.0));
+
+    // The remote comes back on the same port with a new commit: applied on the next retry.
+    repo.write("config.yaml", &app_config("v2"));
+    let second = repo.commit("v2");
+    let _git = GitDaemon::start_on(tmp.path(), port);
+    assert!(
+        wait_until(Duration::from_secs(20), || node.read(APP).as_deref()
+            == Some("v2\n")),
+        "v2 not applied after the remote came back:\n{}",
+        agent.log()
+    );
+    agent.wait_log(
+        &[&format!("applied commit {second}")],
+        Duration::from_secs(5),
+    );
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn daemon_reverts_manual_edits_chmods_and_deletions_of_managed_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    repo.write("config.yaml", &app_config("v1"));
+    repo.commit("v1");
+    let node = Node::new(&repo.file_url(), "");
+    let mut agent = node.start();
+    assert!(
+        wait_until(Duration::from_secs(20), || node.read(APP).as_deref()
+            == Some("v1\n")),
+        "{}",
+        agent.log()
+    );
+    let app = node.file(APP);
+    // Let bosun's own writes settle (their events are re-planned as no-ops).
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 1. Edit in place.
+    std::fs::write(&app, "hand edit\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || node.read(APP).as_deref()
+            == Some("v1\n")),
+        "edit not reverted within 2 s:\n{}",
+        agent.log()
+    );
+    agent.wait_log(
+        &["drift: reverted manual change of /etc/app/app.conf"],
+        Duration::from_secs(2),
+    );
+
+    // 2. chmod.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || mode(&app) == 0o644),
+        "chmod not reverted within 2 s:\n{}",
+        agent.log()
+    );
+
+    // 3. Delete.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_file(&app).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || node.read(APP).as_deref()
+            == Some("v1\n")),
+        "deletion not reverted within 2 s:\n{}",
+        agent.log()
+    );
+
+    // 4. An editor's atomic save (new inode renamed over the file).
+    std::thread::sleep(Duration::from_millis(300));
+    let swap = node.file("etc/app/.app.conf.swp");
+    std::fs::write(&swap, "saved by an editor\n").unwrap();
+    std::fs::rename(&swap, &app).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || node.read(APP).as_deref()
+            == Some("v1\n")),
+        "atomic save not reverted within 2 s:\n{}",
+        agent.log()
+    );
+
+    assert!(
+        wait_until(Duration::from_secs(3), || agent
+            .metric("bosun_drift_corrections_total")
+            >= Some(4.0)),
+        "{}",
+        agent.metrics()
+    );
+    assert!(node.status()["drift_corrections_total"].as_u64() >= Some(4));
+    // A file next to managed ones is not bosun's business.
+    std::fs::write(node.file("etc/app/local.conf"), "mine\n").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        std::fs::read_to_string(node.file("etc/app/local.conf")).unwrap(),
+        "mine\n"
+    );
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn systemd_unit_verifies_and_daemon_speaks_sd_notify() {
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The shipped unit, pointed at the built binary (verify checks that ExecStart exists).
+    let unit = std::fs::read_to_string(workspace().join("systemd/bosun.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/bosun daemon\n"));
+    let copy = tmp.path().join("bosun.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/bosun", env!("CARGO_BIN_EXE_bosun")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("bosun.service"),
+        "systemd-analyze warns about the unit:\n{stderr}"
+    );
+
+    // sd_notify: READY=1 only once the first commit is on disk, WATCHDOG=1 keepalives.
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    repo.write("config.yaml", &app_config("v1"));
+    repo.commit("v1");
+    let node = Node::new(&repo.file_url(), "");
+    let sock_path = node.dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut agent = node.start_with(|c| {
+        c.env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "400000");
+    });
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut ready_with_file = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("no notification ({e}); got {seen:?}\n{}", agent.log()),
+        };
+        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+        if msg.lines().any(|l| l == "READY=1") && ready_with_file.is_none() {
+            ready_with_file = Some(node.read(APP).as_deref() == Some("v1\n"));
+        }
+        seen.push(msg);
+        let watchdogs = seen
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+            .count();
+        if ready_with_file.is_some() && watchdogs >= 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        ready_with_file,
+        Some(true),
+        "READY=1 must come after the first apply; got {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+            .count()
+            >= 2,
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|m| m.contains("STATUS=applied ")),
+        "{seen:?}"
+    );
+
+    // SIGTERM: clean exit 0, STOPPING=1 sent.
+    let status = agent.terminate();
+    assert!(status.success(), "exit status {status:?}:\n{}", agent.log());
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "STOPPING=1")
+        {
+            stopping = true;
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    assert!(agent.log().contains("SIGTERM"));
+}
+
+#[test]
+fn daemon_refuses_a_bad_agent_config_naming_the_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        "source:\n  url: git://127.0.0.1/fleet\n  branch: main\n",
+    )
+    .unwrap();
+    let out = bosun()
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&config.display().to_string()), "{err}");
+    assert!(err.contains("branch") && err.contains("line 3"), "{err}");
+}
+
+#[test]
+fn daemon_remembers_the_applied_commit_across_restarts_for_anti_rollback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    repo.write("config.yaml", &app_config("v1"));
+    let first = repo.commit("v1");
+    repo.write("config.yaml", &app_config("v2"));
+    let second = repo.commit("v2");
+    let node = Node::new(&repo.file_url(), "");
+    let mut agent = node.start();
+    agent.wait_log(
+        &[&format!("applied commit {second}")],
+        Duration::from_secs(20),
+    );
+    assert!(agent.terminate().success());
+
+    // While the agent is down, the branch is force-pushed back to v1 and the file is edited.
+    repo.reset_hard(&first);
+    std::fs::write(node.file(APP), "edited while bosun was down\n").unwrap();
+    let mut agent = node.start();
+    agent.wait_log(
+        &[
+            &format!("last applied {second}"),
+            &format!(
+                "refused commit {first}: it does not descend from the last applied commit {second}"
+            ),
+        ],
+        Duration::from_secs(20),
+    );
+    // The last applied commit is re-asserted from the git cache, not rolled back.
+    assert_eq!(node.read(APP).as_deref(), Some("v2\n"));
+    assert!(agent
+        .log()
+        .contains("startup: reverted manual change of /etc/app/app.conf"));
+    // And its files stay guarded against drift while every poll is refused.
+    std::fs::write(node.file(APP), "hand edit\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || node.read(APP).as_deref()
+            == Some("v2\n")),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.terminate().success());
+}
