@@ -98,20 +98,26 @@ step_once() {
 }
 
 # Watches the upgrade until it settles (committed, rolled back or failed), then lets bosun run
-# a few more passes (a retry would show as a VM-STATE change) and powers off. With
+# a few more passes (a retry would show as a VM-STATE change) and, once the daemon applied the
+# node config on this boot, powers off. With
 # /data/vm/confirm-boot, the guest first reboots once more when it settles, to show which slot
 # GRUB boots next. $1: the driver, "daemon" (bosun daemon with the agent config) or "step"
 # (above).
 watch_upgrade() {
-  if [ "$1" = daemon ]; then
-    echo "VM-DAEMON start"
-    bosun daemon --config /data/bosun/agent.yaml --log-format text 2>&1 | sed -u 's/^/bosun-daemon: /' &
-  fi
+  # Both drivers run the GitOps loop: it fetches the bare repo on the data partition and
+  # applies the node config (write_files) to this guest.
+  echo "VM-DAEMON start"
+  bosun daemon --config /data/bosun/agent.yaml --log-format plain >/dev/console 2>&1 &
   last=""
+  applied=""
   settled_polls=0
   t=0
   while [ $t -lt "${VM_BOOT_BOUND:-150}" ]; do
     st="$(upgrade_state)"
+    if [ -z "$applied" ] && [ -f /etc/vm-config/from-git ]; then
+      applied=1
+      echo "VM-CONFIG applied by bosun daemon: $(cat /etc/vm-config/from-git)"
+    fi
     if [ "$st" != "$last" ]; then echo "VM-STATE $st slot=$slot t=${t}s"; last="$st"; fi
     case "$st" in
       committed|rolled_back|failed)
@@ -124,7 +130,7 @@ watch_upgrade() {
             echo "VM-REBOOT by the test init (confirm the next boot)"
             /bin/vm-reboot
           fi
-        elif [ $settled_polls -gt "${VM_CONFIRM_POLLS:-4}" ]; then
+        elif [ $settled_polls -gt "${VM_CONFIRM_POLLS:-4}" ] && [ -n "$applied" ]; then
           cp /tmp/status.json /data/vm/final
           echo "VM-FINAL state=$st slot=$slot version=$version"
           /bin/vm-poweroff

@@ -295,6 +295,9 @@ EOF
 upgrade_config() {
   local image="$1" tries="$2"
   cat <<EOF
+write_files:
+  - path: /etc/vm-config/from-git
+    content: "config commit naming $image"
 upgrade:
   version: "$image"
   image: /data/images/$image.img
@@ -370,7 +373,7 @@ scenario_good() {
     'VM-BOOT 2 slot=b version=v2-good bosun-reboots=1' 'VM-HEALTH kubelet stand-in up' \
     'VM-STATE trial' 'VM-SETTLED state=committed slot=b version=v2-good' \
     'bosun: booting slot b' 'VM-BOOT 3 slot=b version=v2-good bosun-reboots=1' \
-    'VM-FINAL state=committed slot=b version=v2-good' 'VM-POWEROFF'
+    'VM-CONFIG applied by bosun daemon: config commit naming v2-good' 'VM-FINAL state=committed slot=b version=v2-good' 'VM-POWEROFF'
   expect_slot_b "$d" v2-good
   expect_env "$d" bosun_primary b
   expect_env "$d" bosun_good_b 1
@@ -391,6 +394,7 @@ scenario_bad() {
     'bosun: booting slot a' 'VM-BOOT 3 slot=a version=v1 bosun-reboots=2' \
     'VM-SETTLED state=rolled_back slot=a version=v1' \
     'VM-FINAL state=rolled_back slot=a version=v1' 'VM-POWEROFF'
+  expect_sequence "$d" 'VM-BOOT 3 slot=a' 'VM-CONFIG applied by bosun daemon: config commit naming v3-bad' 'VM-FINAL'
   [ "$(count_log "$d" 'slot=b version=')" = 1 ] || die "slot b booted more than once"
   expect_slot_b "$d" v3-bad
   expect_env "$d" bosun_primary a
@@ -413,6 +417,7 @@ scenario_panic() {
     'bosun: booting slot a' 'VM-BOOT 2 slot=a version=v1 bosun-reboots=1' \
     'VM-SETTLED state=rolled_back slot=a version=v1' \
     'VM-FINAL state=rolled_back slot=a version=v1' 'VM-POWEROFF'
+  expect_sequence "$d" 'VM-BOOT 2 slot=a' 'VM-CONFIG applied by bosun daemon: config commit naming v4-panic' 'VM-FINAL'
   [ "$(count_log "$d" 'VM-PANIC-IMAGE')" = 2 ] || die "the panicking image booted other than twice (tries: 2)"
   expect_env "$d" bosun_primary a
   expect_env "$d" bosun_good_b 0
