@@ -1,9 +1,20 @@
 //! End to end in a real VM: `tests/vm/run.sh` builds a BIOS disk image (GRUB running
 //! `boot/grub.cfg`, slots a and b holding a Debian kernel with a busybox + bosun initramfs, a
-//! data partition with the node's config repo and upgrade images) and boots it in qemu (TCG)
-//! with real reboots inside the guest. The script asserts on the guest's serial markers and on
-//! the GRUB environment and bosun state read back from the image; on failure it prints the
-//! tail of the serial log, which this test passes on. See `tests/vm/README.md`.
+//! data partition with the node's bare config repo and upgrade images) and boots it in qemu
+//! (TCG) with real reboots inside the guest, one qemu per scenario:
+//!
+//! * `good`: v2-good is installed into slot b, trial-booted by GRUB, found healthy (kubelet
+//!   stand-in), committed, and booted again;
+//! * `bad`: v3-bad (no kubelet endpoint) times out on trial, is marked bad, GRUB boots a, and
+//!   bosun reports it rolled back and quarantined without installing it again;
+//! * `panic`: v4-panic never reaches userspace, GRUB's tries run out, and bosun on a detects the
+//!   fallback and quarantines it.
+//!
+//! In the guest `bosun daemon` applies the node config from the bare repo, and the init drives
+//! the upgrade with `bosun upgrade step` + `bosun health` (the daemon loop does not run the
+//! upgrade actor yet). The script asserts on the guest's serial markers and on the GRUB
+//! environment and bosun state read back from the image; on failure it prints the tail of the
+//! serial log, which this test passes on. See `tests/vm/README.md`.
 //!
 //! Needs qemu-system-x86, seabios, grub-pc-bin, grub-common, busybox-static, e2fsprogs, fdisk,
 //! binutils, git and apt-get access to Debian's `linux-image-amd64` (downloaded once per

@@ -134,8 +134,9 @@ os_image() {
   echo "$name" >"$t/root/os-version"
   local kib=$(( $(du -sk "$t/root" | cut -f1) + 2048 ))
   rm -f "$out"
-  mke2fs -q -F -t ext2 -b 4096 -L "os-$name" -d "$t/root" "$out" "${kib}k"
+  mke2fs -q -F -t ext2 -b 4096 -L "os-$name" -d "$t/root" "$out" "${kib}k" >/dev/null
   rm -rf "$t"
+  [ "$(stat -c %s "$out")" -le $((SLOT_SIZE * 512)) ] || die "image $name ($(stat -c %s "$out") bytes) does not fit a slot"
 }
 
 # --- disk -----------------------------------------------------------------------------------
@@ -172,9 +173,9 @@ EOF
   # boot.img's code (not the partition table), then core.img right after the MBR.
   dd if=/usr/lib/grub/i386-pc/boot.img of="$disk" bs=440 count=1 conv=notrunc status=none
   dd if="$WORK/core.img" of="$disk" bs=512 seek=1 conv=notrunc status=none
-  mke2fs -q -F -t ext2 -L bosun-boot -d "$d/boot" -E offset=$((BOOT_START * 512)) "$disk" $((BOOT_SIZE / 2))k
+  mke2fs -q -F -t ext2 -L bosun-boot -d "$d/boot" -E offset=$((BOOT_START * 512)) "$disk" $((BOOT_SIZE / 2))k >/dev/null
   dd if="$WORK/v1.img" of="$disk" bs=1M seek=$((A_START * 512)) oflag=seek_bytes conv=notrunc,sparse status=none
-  mke2fs -q -F -t ext2 -L bosun-data -d "$d/data" -E offset=$((DATA_START * 512)) "$disk" $((DATA_SIZE / 2))k
+  mke2fs -q -F -t ext2 -L bosun-data -d "$d/data" -E offset=$((DATA_START * 512)) "$disk" $((DATA_SIZE / 2))k >/dev/null
 }
 
 # Reads a file from an ext2 partition of disk $1 (boot|data): path $3 → host file $4.
@@ -239,7 +240,7 @@ EOF
   cp -a "$d/config" "$d/data/vm/config"
   git init -q -b main "$d/config"
   git -C "$d/config" add -A
-  git -C "$d/config" -c user.name=vm -c user.email=vm@localhost commit -q -m "node config"
+  git -C "$d/config" -c user.name=vm -c user.email=vm@localhost -c commit.gpgsign=false commit -q -m "node config"
   git clone -q --bare "$d/config" "$d/data/repo.git"
   cp "$HERE/agent.yaml" "$d/data/bosun/agent.yaml"
 }
