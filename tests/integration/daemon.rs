@@ -15,9 +15,12 @@ use crate::support::git::{self as gitfx, free_port, GitDaemon, GpgHome, SshKey, 
 
 const APP: &str = "etc/app/app.conf";
 
+/// These tests are about the GitOps loop, not K3s health: no K3s runs here, so the health gate
+/// is off (`health.gate: none`). The gate and its rollback are tested in guarded_apply.rs and
+/// `daemon_rolls_back_a_config_change_that_breaks_health` below.
 fn app_config(content: &str) -> String {
     format!(
-        "write_files:\n- path: /etc/app/app.conf\n  content: \"{content}\\n\"\n  permissions: \"0644\"\n"
+        "health:\n  gate: none\nwrite_files:\n- path: /etc/app/app.conf\n  content: \"{content}\\n\"\n  permissions: \"0644\"\n"
     )
 }
 
