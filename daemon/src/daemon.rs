@@ -909,58 +909,6 @@ impl<A: SnapshotApplier> Daemon<A> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_five_seconds_and_caps_at_five_minutes() {
-        let got: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(got, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
-        assert_eq!(backoff(u32::MAX), BACKOFF_CAP);
-    }
-
-    #[test]
-    fn jitter_stays_within_the_percentage() {
-        let i = Duration::from_secs(60);
-        assert_eq!(jittered(i, 10, 0), i);
-        assert_eq!(jittered(i, 10, 6000), Duration::from_secs(66));
-        assert_eq!(jittered(i, 10, 6001), i);
-        assert_eq!(jittered(i, 0, 12345), i);
-        for r in [1u64, 999, 123_456_789, u64::MAX] {
-            let d = jittered(i, 10, r);
-            assert!(d >= i && d <= Duration::from_secs(66), "{d:?}");
-        }
-    }
-
-    #[test]
-    fn drift_is_held_only_after_a_long_streak_and_the_hold_is_capped() {
-        assert_eq!(drift_hold(1), None);
-        assert_eq!(drift_hold(DRIFT_STREAK_LIMIT - 1), None);
-        assert_eq!(drift_hold(DRIFT_STREAK_LIMIT), Some(Duration::from_secs(2)));
-        assert_eq!(
-            drift_hold(DRIFT_STREAK_LIMIT + 2),
-            Some(Duration::from_secs(8))
-        );
-        assert_eq!(drift_hold(u32::MAX), Some(BACKOFF_CAP));
-    }
-
-    #[test]
-    fn refusal_labels_are_stable() {
-        assert_eq!(refusal_label(&Refusal::Unsigned), "unsigned");
-        assert_eq!(
-            refusal_label(&Refusal::NotDescendant {
-                last_applied: Oid::zero()
-            }),
-            "not_descendant"
-        );
-        assert_eq!(
-            refusal_label(&Refusal::UnknownKey { key: "k".into() }),
-            "unknown_key"
-        );
-    }
-}
-
 /// Whether the node booted the slot whose image is staged or on trial (pure).
 fn on_trial(lifecycle: &Lifecycle, booted: Option<crate::bootenv::Slot>) -> bool {
     match lifecycle {
@@ -1025,4 +973,56 @@ pub fn upgrade_actor(cfg: &AgentConfig) -> Result<Option<UpgradeActor>, DaemonEr
         actor.reboot_argv = cmd.clone();
     }
     Ok(Some(actor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_five_seconds_and_caps_at_five_minutes() {
+        let got: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(got, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn jitter_stays_within_the_percentage() {
+        let i = Duration::from_secs(60);
+        assert_eq!(jittered(i, 10, 0), i);
+        assert_eq!(jittered(i, 10, 6000), Duration::from_secs(66));
+        assert_eq!(jittered(i, 10, 6001), i);
+        assert_eq!(jittered(i, 0, 12345), i);
+        for r in [1u64, 999, 123_456_789, u64::MAX] {
+            let d = jittered(i, 10, r);
+            assert!(d >= i && d <= Duration::from_secs(66), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn drift_is_held_only_after_a_long_streak_and_the_hold_is_capped() {
+        assert_eq!(drift_hold(1), None);
+        assert_eq!(drift_hold(DRIFT_STREAK_LIMIT - 1), None);
+        assert_eq!(drift_hold(DRIFT_STREAK_LIMIT), Some(Duration::from_secs(2)));
+        assert_eq!(
+            drift_hold(DRIFT_STREAK_LIMIT + 2),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(drift_hold(u32::MAX), Some(BACKOFF_CAP));
+    }
+
+    #[test]
+    fn refusal_labels_are_stable() {
+        assert_eq!(refusal_label(&Refusal::Unsigned), "unsigned");
+        assert_eq!(
+            refusal_label(&Refusal::NotDescendant {
+                last_applied: Oid::zero()
+            }),
+            "not_descendant"
+        );
+        assert_eq!(
+            refusal_label(&Refusal::UnknownKey { key: "k".into() }),
+            "unknown_key"
+        );
+    }
 }
