@@ -178,7 +178,7 @@ pub struct TargetArgs {
     pub ssh_user: String,
     /// How staged files are made durable before the commit point: fsync each file, or one
     /// syncfs per filesystem (see bench/apply).
-    #[arg(long, value_enum, default_value = "fsync")]
+    #[arg(long, value_enum, default_value = "syncfs")]
     pub durability: DurabilityArg,
 }
 
