@@ -342,6 +342,10 @@ pub struct Daemon<A: SnapshotApplier> {
     /// Anti-rollback baseline.
     last_applied: Option<Oid>,
     last_refused: Option<(Oid, &'static str)>,
+    /// The commit the applier rejected last (failed its health gate), until something else
+    /// happens: refusing it again on the next polls is logged once and keeps the first reason
+    /// (e.g. the rollback) as the status's last error.
+    last_rejected: Option<Oid>,
     /// An accepted commit went through the applier since start-up.
     applied_this_run: bool,
     /// Drift corrections that changed files, each within [`DRIFT_STREAK_WINDOW`] of the last.
@@ -378,6 +382,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             last_good: None,
             last_applied: None,
             last_refused: None,
+            last_rejected: None,
             applied_this_run: false,
             drift_streak: 0,
             last_drift_fix: None,
@@ -738,6 +743,15 @@ impl<A: SnapshotApplier> Daemon<A> {
         match result {
             Ok(outcome) if outcome.rejected.is_some() => {
                 let why = outcome.rejected.clone().unwrap_or_default();
+                let again = self.last_rejected == Some(commit)
+                    && !outcome.rolled_back
+                    && outcome.changed_paths.is_empty();
+                self.last_rejected = Some(commit);
+                if again {
+                    debug!("{why}; staying on {}", self.applied_text());
+                    self.metrics.reconcile(ReconcileResult::Error, now_unix());
+                    return (self.interval(), why);
+                }
                 warn!("{why}; staying on {}", self.applied_text());
                 if outcome.rolled_back {
                     self.metrics.config_rolled_back();
@@ -802,6 +816,7 @@ impl<A: SnapshotApplier> Daemon<A> {
 
     fn succeeded(&mut self) {
         self.failures = 0;
+        self.last_rejected = None;
         self.status.last_success_at = Some(now_unix());
         self.status.last_error = None;
         self.status.last_error_at = None;
@@ -829,6 +844,7 @@ impl<A: SnapshotApplier> Daemon<A> {
 
     fn failed(&mut self, what: &str) -> (Duration, String) {
         self.failures = self.failures.saturating_add(1);
+        self.last_rejected = None;
         let delay = backoff(self.failures);
         let line = format!(
             "{what}; last good commit {} stays applied; retrying in {}s (backoff, attempt {})",

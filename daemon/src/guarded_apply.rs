@@ -581,7 +581,8 @@ pub async fn apply_guarded(
                 revert = Some(applied);
             }
         }
-        tracing::info!(%commit, reason = %bad.reason, "refusing a commit that failed its health gate before");
+        // Asked again on every poll while the branch points at it: the caller reports it.
+        tracing::debug!(%commit, reason = %bad.reason, "refusing a commit that failed its health gate before");
         return Ok(GuardedOutcome::Refused {
             commit,
             bad,
