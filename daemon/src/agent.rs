@@ -197,6 +197,12 @@ pub struct UpgradeSection {
     /// Kernel command line file the booted slot is read from. Default `/proc/cmdline`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<PathBuf>,
+    /// Partition numbers of slots a and b on `gpt_disk` (bootloader `gpt`), e.g. `[2, 3]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpt_partitions: Option<Vec<u32>>,
+    /// Command that reboots the node. Default `systemctl reboot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -397,6 +403,8 @@ impl AgentFile {
             over(&mut b.uboot_env_config, l.uboot_env_config);
             over(&mut b.gpt_disk, l.gpt_disk);
             over(&mut b.cmdline, l.cmdline);
+            over(&mut b.gpt_partitions, l.gpt_partitions);
+            over(&mut b.reboot_command, l.reboot_command);
         });
     }
 }
@@ -574,6 +582,26 @@ fn validate(
                     "needs two different devices a and b".into(),
                 ));
             }
+        }
+        if u.bootloader == Some(BootloaderKind::Gpt)
+            && (u.gpt_disk.is_none() || u.gpt_partitions.as_ref().is_none_or(|p| p.len() != 2))
+        {
+            return Err(invalid(
+                "upgrade.gpt_partitions",
+                "bootloader: gpt needs gpt_disk and two partition numbers [a, b]".into(),
+            ));
+        }
+        if u.bootloader == Some(BootloaderKind::Uboot) && u.uboot_env_config.is_none() {
+            return Err(invalid(
+                "upgrade.uboot_env_config",
+                "is required with bootloader: uboot".into(),
+            ));
+        }
+        if u.reboot_command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(invalid(
+                "upgrade.reboot_command",
+                "must name a program".into(),
+            ));
         }
         if u.bootloader == Some(BootloaderKind::Grub) && u.grubenv.is_none() {
             return Err(invalid(

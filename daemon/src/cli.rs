@@ -178,7 +178,7 @@ pub struct TargetArgs {
     pub ssh_user: String,
     /// How staged files are made durable before the commit point: fsync each file, or one
     /// syncfs per filesystem (see bench/apply).
-    #[arg(long, value_enum, default_value = "fsync")]
+    #[arg(long, value_enum, default_value = "syncfs")]
     pub durability: DurabilityArg,
 }
 
@@ -482,7 +482,15 @@ fn run_daemon(
         .max_blocking_threads(4)
         .build()
         .context("starting the tokio runtime")?;
-    let daemon = crate::daemon::Daemon::new(cfg, crate::daemon::PlanApplier::default());
+    // Health checks that ask the live system (units, commands) run only when the root is /.
+    let health_runner: std::sync::Arc<dyn CommandRunner> = if cfg.root == std::path::Path::new("/")
+    {
+        std::sync::Arc::new(SystemRunner::new(std::time::Duration::from_secs(60)))
+    } else {
+        std::sync::Arc::new(RecordingRunner::new())
+    };
+    let applier = crate::guarded_apply::GuardedApplier::new(health_runner);
+    let daemon = crate::daemon::Daemon::new(cfg, applier);
     rt.block_on(daemon.run())?;
     Ok(ExitCode::SUCCESS)
 }

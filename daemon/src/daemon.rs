@@ -48,6 +48,8 @@ use crate::runner::{CommandOutput, CommandRunner, RunError, SystemRunner};
 use crate::snapshot::Snapshot;
 use crate::source::{self, Oid, Refusal, SourceError, TransferCounters, Verdict};
 use crate::status::{self, Status, StatusError};
+use crate::upgrade::actor::UpgradeActor;
+use crate::upgrade::machine::{HealthInput, Lifecycle};
 
 /// First retry delay after a failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
@@ -81,6 +83,11 @@ pub struct ApplyOutcome {
     pub desired_paths: Vec<String>,
     /// Effect commands that failed (logged by the applier).
     pub effect_failures: usize,
+    /// The snapshot was not kept: refused (it failed its health gate before) or rolled back
+    /// to the last good commit. The node stays on what it had; the text says why.
+    pub rejected: Option<String>,
+    /// This apply ended in an automatic rollback of a config change.
+    pub rolled_back: bool,
 }
 
 /// The "apply this snapshot" step of the loop. [`PlanApplier`] plans and applies; a
@@ -134,7 +141,7 @@ impl SnapshotApplier for PlanApplier {
                 .map(str::to_string)
                 .collect(),
             desired_paths: prepared.rendered.state.files.keys().cloned().collect(),
-            effect_failures: 0,
+            ..ApplyOutcome::default()
         };
         let nothing_to_do = !prepared.plan.has_file_changes()
             && prepared.plan.effects.is_empty()
@@ -204,6 +211,8 @@ pub enum DaemonError {
     Drift(#[from] DriftError),
     #[error("status file {}: anti-rollback baseline {commit:?} is not a commit id", path.display())]
     BadBaseline { path: PathBuf, commit: String },
+    #[error("upgrade: {0}")]
+    Upgrade(String),
 }
 
 /// The reconcile target an agent config describes (pure).
@@ -333,6 +342,10 @@ pub struct Daemon<A: SnapshotApplier> {
     /// Anti-rollback baseline.
     last_applied: Option<Oid>,
     last_refused: Option<(Oid, &'static str)>,
+    /// The commit the applier rejected last (failed its health gate), until something else
+    /// happens: refusing it again on the next polls is logged once and keeps the first reason
+    /// (e.g. the rollback) as the status's last error.
+    last_rejected: Option<Oid>,
     /// An accepted commit went through the applier since start-up.
     applied_this_run: bool,
     /// Drift corrections that changed files, each within [`DRIFT_STREAK_WINDOW`] of the last.
@@ -344,6 +357,9 @@ pub struct Daemon<A: SnapshotApplier> {
     systemd: Systemd,
     ready: bool,
     drift: Option<DriftWatcher>,
+    /// The A/B upgrade actor, when the agent config has an `upgrade:` section. Taken out while
+    /// a step runs on a blocking thread.
+    upgrade: Option<UpgradeActor>,
 }
 
 impl<A: SnapshotApplier> Daemon<A> {
@@ -366,6 +382,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             last_good: None,
             last_applied: None,
             last_refused: None,
+            last_rejected: None,
             applied_this_run: false,
             drift_streak: 0,
             last_drift_fix: None,
@@ -374,6 +391,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             systemd: Systemd::from_env(),
             ready: false,
             drift: None,
+            upgrade: None,
             cfg,
         }
     }
@@ -408,6 +426,7 @@ impl<A: SnapshotApplier> Daemon<A> {
         if let Some(tx) = &report.rolled_forward {
             warn!("completed the interrupted apply {tx} (rolled forward)");
         }
+        self.upgrade = upgrade_actor(&self.cfg)?;
         if let Some(tx) = &report.rolled_back {
             warn!("undid the uncommitted apply {tx} (rolled back)");
         }
@@ -496,6 +515,8 @@ impl<A: SnapshotApplier> Daemon<A> {
             // with its remote down still converges to its last good config.
             self.correct("startup", "re-plan of the last applied commit")
                 .await;
+            // A trial boot or a bootloader fallback is judged before the network answers.
+            self.upgrade_tick().await;
         }
         let resync_every = self.cfg.resync_interval;
         let mut pending_drift = false;
@@ -541,6 +562,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                 }
                 _ = tokio::time::sleep_until(next_poll) => {
                     let delay = self.poll().await;
+                    self.upgrade_tick().await;
                     next_poll = Instant::now() + delay;
                     self.status.next_poll_at = Some(now_unix() + delay.as_secs());
                     self.save_status();
@@ -555,6 +577,87 @@ impl<A: SnapshotApplier> Daemon<A> {
         }
         info!("stopped");
         Ok(())
+    }
+
+    /// One pass of the A/B upgrade lifecycle against the last good config: judges a trial
+    /// boot with the health checks, installs, sets trials, commits, rolls back (see
+    /// [`crate::upgrade::actor`]). May write a slot and the boot env, and reboot.
+    async fn upgrade_tick(&mut self) {
+        let Some(mut actor) = self.upgrade.take() else {
+            return;
+        };
+        let Some(snapshot) = self.last_good.clone() else {
+            self.upgrade = Some(actor);
+            return;
+        };
+        let cfg = match crate::config::load(&snapshot, &self.target.hostname, &self.target.load) {
+            Ok(l) => l.config,
+            Err(e) => {
+                warn!("upgrade: the last good config does not load: {e}");
+                self.upgrade = Some(actor);
+                return;
+            }
+        };
+        let health = match actor.status() {
+            Ok(st) if on_trial(&st.state.lifecycle, st.booted) => {
+                let role = crate::health::K3sRole::from_k3os(&cfg.k3os);
+                let checks = crate::health::effective_checks(&cfg.health, role);
+                let ctx = crate::health::HealthContext::new(
+                    &self.target.root,
+                    &self.target.hostname,
+                    self.runner.clone(),
+                );
+                info!(
+                    "upgrade: judging the trial boot with {} health check(s)",
+                    checks.len()
+                );
+                let report = self
+                    .systemd
+                    .guard(crate::health::wait_healthy(&checks, &cfg.health, &ctx))
+                    .await;
+                if report.verdict == crate::health::gate::Verdict::Healthy {
+                    HealthInput::Healthy
+                } else {
+                    HealthInput::Unhealthy(crate::guarded_apply::report_summary(&report))
+                }
+            }
+            Ok(_) => HealthInput::Pending,
+            Err(e) => {
+                warn!("upgrade: {e}");
+                self.upgrade = Some(actor);
+                return;
+            }
+        };
+        let desired = cfg.upgrade.clone();
+        let joined = self
+            .systemd
+            .guard(tokio::task::spawn_blocking(move || {
+                let r = actor.step(desired.as_ref(), health);
+                (actor, r)
+            }))
+            .await;
+        let (actor, result) = match joined {
+            Ok(pair) => pair,
+            Err(e) => {
+                error!("upgrade step task failed: {e}; upgrades stop until restart");
+                return;
+            }
+        };
+        match result {
+            Ok(report) => {
+                for p in &report.performed {
+                    info!("upgrade: {p}");
+                }
+                for n in &report.notes {
+                    debug!("upgrade: {n:?}");
+                }
+                info!("upgrade: {}", report.state.lifecycle.name());
+                self.metrics
+                    .set_upgrade_text(report.state.metrics(report.booted).render_prometheus());
+            }
+            Err(e) => warn!("upgrade: {e}"),
+        }
+        self.upgrade = Some(actor);
     }
 
     fn save_status(&mut self) {
@@ -638,6 +741,30 @@ impl<A: SnapshotApplier> Daemon<A> {
             .guard(self.applier.apply(&snapshot, &self.target, runner))
             .await;
         match result {
+            Ok(outcome) if outcome.rejected.is_some() => {
+                let why = outcome.rejected.clone().unwrap_or_default();
+                let again = self.last_rejected == Some(commit)
+                    && !outcome.rolled_back
+                    && outcome.changed_paths.is_empty();
+                self.last_rejected = Some(commit);
+                if again {
+                    debug!("{why}; staying on {}", self.applied_text());
+                    self.metrics.reconcile(ReconcileResult::Error, now_unix());
+                    return (self.interval(), why);
+                }
+                warn!("{why}; staying on {}", self.applied_text());
+                if outcome.rolled_back {
+                    self.metrics.config_rolled_back();
+                }
+                self.metrics.reconcile(ReconcileResult::Error, now_unix());
+                if !outcome.desired_paths.is_empty() {
+                    self.watch(&outcome.desired_paths);
+                }
+                self.status.last_error = Some(why.clone());
+                self.status.last_error_at = Some(now_unix());
+                self.save_status();
+                (self.interval(), why)
+            }
             Ok(outcome) => {
                 let signed = signer
                     .as_deref()
@@ -689,6 +816,7 @@ impl<A: SnapshotApplier> Daemon<A> {
 
     fn succeeded(&mut self) {
         self.failures = 0;
+        self.last_rejected = None;
         self.status.last_success_at = Some(now_unix());
         self.status.last_error = None;
         self.status.last_error_at = None;
@@ -716,6 +844,7 @@ impl<A: SnapshotApplier> Daemon<A> {
 
     fn failed(&mut self, what: &str) -> (Duration, String) {
         self.failures = self.failures.saturating_add(1);
+        self.last_rejected = None;
         let delay = backoff(self.failures);
         let line = format!(
             "{what}; last good commit {} stays applied; retrying in {}s (backoff, attempt {})",
@@ -794,6 +923,72 @@ impl<A: SnapshotApplier> Daemon<A> {
             Err(e) => error!("{why}: re-applying {} failed: {e}", self.applied_text()),
         }
     }
+}
+
+/// Whether the node booted the slot whose image is staged or on trial (pure).
+fn on_trial(lifecycle: &Lifecycle, booted: Option<crate::bootenv::Slot>) -> bool {
+    match lifecycle {
+        Lifecycle::Staged { slot, .. } | Lifecycle::Trial { slot, .. } => booted == Some(*slot),
+        _ => false,
+    }
+}
+
+/// The upgrade actor an agent config describes, or `None` without an `upgrade:` section.
+/// Slot devices and boot-env files are host paths; the cmdline file defaults to
+/// `<root>/proc/cmdline`. Reads the U-Boot config file.
+pub fn upgrade_actor(cfg: &AgentConfig) -> Result<Option<UpgradeActor>, DaemonError> {
+    use crate::agent::BootloaderKind;
+    use crate::bootenv::{gpt::GptPrio, grub::GrubEnv, uboot::UbootEnv, BootEnv};
+    let Some(u) = &cfg.upgrade else {
+        return Ok(None);
+    };
+    let slots = u.slots.as_ref().and_then(|s| match (&s.a, &s.b) {
+        (Some(a), Some(b)) => Some(crate::upgrade::actor::SlotPaths {
+            a: a.clone(),
+            b: b.clone(),
+        }),
+        _ => None,
+    });
+    let bootenv: Option<Box<dyn BootEnv + Send>> = match u.bootloader {
+        Some(BootloaderKind::Grub) => u
+            .grubenv
+            .as_ref()
+            .map(|p| Box::new(GrubEnv::new(p)) as Box<dyn BootEnv + Send>),
+        Some(BootloaderKind::Uboot) => match &u.uboot_env_config {
+            Some(p) => Some(Box::new(UbootEnv::from_config_file(p).map_err(|e| {
+                DaemonError::Upgrade(format!("upgrade.uboot_env_config {}: {e}", p.display()))
+            })?)),
+            None => None,
+        },
+        Some(BootloaderKind::Gpt) => match (&u.gpt_disk, u.gpt_partitions.as_deref()) {
+            (Some(d), Some([a, b])) => Some(Box::new(GptPrio::new(d, *a, *b))),
+            _ => None,
+        },
+        None => None,
+    };
+    let runner: Arc<dyn CommandRunner> = if cfg.root == std::path::Path::new("/") {
+        Arc::new(SystemRunner::new(Duration::from_secs(300)))
+    } else {
+        Arc::new(LoggingRunner)
+    };
+    let cmdline = u
+        .cmdline
+        .clone()
+        .unwrap_or_else(|| cfg.root.join("proc/cmdline"));
+    let mut actor = UpgradeActor::new(
+        &cfg.state_dir,
+        cmdline,
+        slots,
+        bootenv,
+        Box::new(crate::upgrade::install::StreamingInstaller::new(
+            &cfg.state_dir,
+        )),
+        runner,
+    );
+    if let Some(cmd) = &u.reboot_command {
+        actor.reboot_argv = cmd.clone();
+    }
+    Ok(Some(actor))
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -580,7 +581,8 @@ pub async fn apply_guarded(
                 revert = Some(applied);
             }
         }
-        tracing::info!(%commit, reason = %bad.reason, "refusing a commit that failed its health gate before");
+        // Asked again on every poll while the branch points at it: the caller reports it.
+        tracing::debug!(%commit, reason = %bad.reason, "refusing a commit that failed its health gate before");
         return Ok(GuardedOutcome::Refused {
             commit,
             bad,
@@ -688,6 +690,104 @@ pub async fn apply_guarded(
         report,
         revert,
     })
+}
+
+/// The daemon's health-gated applier: [`apply_guarded`] behind the loop's
+/// [`crate::daemon::SnapshotApplier`] seam, with the commit history loaded once and kept.
+pub struct GuardedApplier {
+    history: Option<CommitHistory>,
+    /// Runs unit and command health checks (the live system only when the root is `/`).
+    health_runner: Arc<dyn CommandRunner>,
+}
+
+impl GuardedApplier {
+    pub fn new(health_runner: Arc<dyn CommandRunner>) -> Self {
+        GuardedApplier {
+            history: None,
+            health_runner,
+        }
+    }
+}
+
+fn outcome_of(applied: &Applied) -> crate::daemon::ApplyOutcome {
+    crate::daemon::ApplyOutcome {
+        changed_paths: applied.changed_paths.clone(),
+        desired_paths: applied.desired_paths.clone(),
+        effect_failures: applied.effects.failures,
+        rejected: None,
+        rolled_back: false,
+    }
+}
+
+impl crate::daemon::SnapshotApplier for GuardedApplier {
+    type Error = GuardedError;
+
+    /// Applies with a health gate (see [`apply_guarded`]). Writes under the root and state
+    /// dir, runs effects and health checks, may revert.
+    async fn apply(
+        &mut self,
+        snapshot: &Snapshot,
+        target: &Target,
+        runner: Arc<dyn CommandRunner>,
+    ) -> Result<crate::daemon::ApplyOutcome, GuardedError> {
+        if self.history.is_none() {
+            self.history = Some(CommitHistory::load(&target.state_dir)?);
+        }
+        let Some(history) = self.history.as_mut() else {
+            return Err(GuardedError::NoCommit);
+        };
+        let ctx = HealthContext::new(&target.root, &target.hostname, self.health_runner.clone());
+        let outcome = apply_guarded(snapshot, target, runner.as_ref(), &ctx, history).await?;
+        Ok(match &outcome {
+            GuardedOutcome::Applied { applied, .. } | GuardedOutcome::Healthy { applied, .. } => {
+                outcome_of(applied)
+            }
+            GuardedOutcome::Kept {
+                applied,
+                why,
+                report,
+                ..
+            } => {
+                tracing::warn!(
+                    "commit {} is unhealthy and kept ({why:?}): {}",
+                    outcome.commit(),
+                    report_summary(report)
+                );
+                outcome_of(applied)
+            }
+            GuardedOutcome::RolledBack {
+                commit,
+                to,
+                applied,
+                report,
+                revert,
+                ..
+            } => {
+                let mut o = outcome_of(revert);
+                o.changed_paths
+                    .extend(applied.changed_paths.iter().cloned());
+                o.effect_failures += applied.effects.failures;
+                o.rejected = Some(format!(
+                    "commit {commit} failed its health gate ({}); rolled back to {to}",
+                    report_summary(report)
+                ));
+                o.rolled_back = true;
+                o
+            }
+            GuardedOutcome::Refused {
+                commit,
+                bad,
+                revert,
+            } => {
+                let mut o = revert.as_ref().map(outcome_of).unwrap_or_default();
+                o.rejected = Some(format!(
+                    "commit {commit} failed its health gate before ({}); not applied again",
+                    bad.reason
+                ));
+                o
+            }
+        })
+    }
 }
 
 #[cfg(test)]

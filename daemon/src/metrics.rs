@@ -27,6 +27,9 @@ pub struct Metrics {
     drift_corrections: AtomicU64,
     last_success: AtomicU64,
     refused: Mutex<BTreeMap<String, u64>>,
+    config_rollbacks: AtomicU64,
+    /// Upgrade metrics text from the upgrade actor's state (already Prometheus text).
+    upgrade_text: Mutex<String>,
     applied_commit: Mutex<Option<String>>,
     /// Network totals of the git source.
     pub transfer: Arc<TransferCounters>,
@@ -59,6 +62,16 @@ impl Metrics {
 
     pub fn refused(&self, reason: &str) {
         *lock(&self.refused).entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Counts a config change rolled back by the health gate.
+    pub fn config_rolled_back(&self) {
+        self.config_rollbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Replaces the upgrade section of the exposition (`bosun_upgrades_total`, version, slot).
+    pub fn set_upgrade_text(&self, text: String) {
+        *lock(&self.upgrade_text) = text;
     }
 
     pub fn drift_corrected(&self, files: u64) {
@@ -115,6 +128,12 @@ impl Metrics {
                 escape(reason)
             );
         }
+        let _ = writeln!(
+            o,
+            "# HELP bosun_config_rollbacks_total Config changes rolled back because K3s was unhealthy after them.\n# TYPE bosun_config_rollbacks_total counter\nbosun_config_rollbacks_total {}",
+            self.config_rollbacks.load(Ordering::Relaxed)
+        );
+        o.push_str(&lock(&self.upgrade_text));
         let t = self.transfer.totals();
         let _ = writeln!(
             o,

@@ -7,17 +7,22 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config_cli::{bosun, workspace};
 use crate::support::git::{self as gitfx, free_port, GitDaemon, GpgHome, SshKey, WorkRepo};
+use crate::support::tls::{serve_http, TestServer};
 
 const APP: &str = "etc/app/app.conf";
 
+/// These tests are about the GitOps loop, not K3s health: no K3s runs here, so the health gate
+/// is off (`health.gate: none`). The gate and its rollback are tested in guarded_apply.rs and
+/// `daemon_rolls_back_a_config_change_that_breaks_health` below.
 fn app_config(content: &str) -> String {
     format!(
-        "write_files:\n- path: /etc/app/app.conf\n  content: \"{content}\\n\"\n  permissions: \"0644\"\n"
+        "health:\n  gate: none\nwrite_files:\n- path: /etc/app/app.conf\n  content: \"{content}\\n\"\n  permissions: \"0644\"\n"
     )
 }
 
@@ -722,5 +727,215 @@ fn daemon_remembers_the_applied_commit_across_restarts_for_anti_rollback() {
         "{}",
         agent.log()
     );
+    assert!(agent.terminate().success());
+}
+
+/// The marker a "bad" commit writes with `write_files`; while it exists under the node root the
+/// stand-in kubelet answers 500, as K3s would after a config change that breaks it.
+const KUBELET_BROKEN: &str = "etc/standin/kubelet-broken";
+const K3S_DROPIN: &str = "etc/systemd/system/k3s.service.d/90-bosun.conf";
+const K3S_RESTART_LOGGED: &str = "not run (root is not /): systemctl restart k3s";
+
+/// K3s cannot run in the test environment, so a real HTTP server on 127.0.0.1 STANDS IN for
+/// the kubelet's `/healthz` (what a `type: kubelet` check asks): 200 `ok`, or 500 while
+/// [`KUBELET_BROKEN`] exists under the node root. It runs on its own tokio runtime because
+/// these daemon tests are synchronous (the daemon is a separate process).
+struct StandInKubelet {
+    server: TestServer,
+    /// 500 answers so far (one per failing health round).
+    failures: Arc<AtomicUsize>,
+    /// Declared last: dropped after the server.
+    _rt: tokio::runtime::Runtime,
+}
+
+impl StandInKubelet {
+    fn start(root: &Path) -> StandInKubelet {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let failures = Arc::new(AtomicUsize::new(0));
+        let (marker, count) = (root.join(KUBELET_BROKEN), failures.clone());
+        let router = axum::Router::new().route(
+            "/healthz",
+            axum::routing::get(move || {
+                let broken = marker.exists();
+                if broken {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                async move {
+                    if broken {
+                        (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "[-]syncloop failed: reason withheld\n",
+                        )
+                    } else {
+                        (axum::http::StatusCode::OK, "ok")
+                    }
+                }
+            }),
+        );
+        let server = rt.block_on(serve_http(router));
+        StandInKubelet {
+            server,
+            failures,
+            _rt: rt,
+        }
+    }
+
+    fn failures(&self) -> usize {
+        self.failures.load(Ordering::SeqCst)
+    }
+}
+
+/// A health-gated config: the app file, the k3s label `tier` (rendered into the k3s drop-in,
+/// so changing it is a gated k3s config change), optionally the breaking marker, and a short
+/// health gate checking the stand-in kubelet.
+fn gated_config(kubelet: &StandInKubelet, tier: &str, app: &str, broken: bool) -> String {
+    let mut y = format!(
+        "write_files:\n- path: /etc/app/app.conf\n  content: \"{app}\\n\"\n  permissions: \"0644\"\n"
+    );
+    if broken {
+        y.push_str(&format!(
+            "- path: /{KUBELET_BROKEN}\n  content: \"break\\n\"\n"
+        ));
+    }
+    y.push_str(&format!(
+        "k3os:\n  labels:\n    tier: \"{tier}\"\nhealth:\n  gate: k3s\n  timeout: 2s\n  interval: 200ms\n  \
+         successes: 2\n  checks:\n  - type: kubelet\n    url: {}\n",
+        kubelet.server.url("/healthz")
+    ));
+    y
+}
+
+/// Every file under `root` with the sha256 of its bytes, mode and owner. Directories are left
+/// out: applies create parent directories but never remove them, so a revert leaves the
+/// (empty) directories of files it pruned.
+fn files(root: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut t = crate::guarded_apply::tree(root);
+    t.retain(|path, _| !path.ends_with('/'));
+    t
+}
+
+fn k3s_restarts_logged(agent: &Agent) -> usize {
+    agent.log().matches(K3S_RESTART_LOGGED).count()
+}
+
+#[test]
+fn daemon_rolls_back_a_config_change_that_breaks_health() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    let git = GitDaemon::start(tmp.path());
+    let node = Node::new(&git.url("fleet"), "");
+    let kubelet = StandInKubelet::start(&node.root);
+    let rollbacks = "bosun_config_rollbacks_total";
+
+    // Commit 1: healthy. Its first apply creates the k3s drop-in, so it is gated and passes.
+    repo.write("config.yaml", &gated_config(&kubelet, "edge", "v1", false));
+    let first = repo.commit("v1, tier edge");
+    let mut agent = node.start();
+    agent.wait_log(
+        &[
+            "k3s configuration changed",
+            "healthy; recorded as the last good commit",
+            &format!("applied commit {first}"),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+    assert!(node
+        .read(K3S_DROPIN)
+        .is_some_and(|d| d.contains("node-labels=tier=edge")));
+    let good = files(&node.root);
+    assert_eq!(k3s_restarts_logged(&agent), 1, "{}", agent.log());
+    assert_eq!(agent.metric(rollbacks), Some(0.0));
+    assert_eq!(kubelet.failures(), 0);
+
+    // Commit 2: a label change (gated) that breaks the kubelet. After the 2 s timeout the
+    // daemon reverts to commit 1.
+    repo.write("config.yaml", &gated_config(&kubelet, "broken", "v2", true));
+    let second = repo.commit("v2, tier broken, kubelet broken");
+    assert!(
+        wait_until(Duration::from_secs(20), || agent.metric(rollbacks)
+            == Some(1.0)),
+        "no rollback counted:\n{}\n{}",
+        agent.metrics(),
+        agent.log()
+    );
+    agent.wait_log(
+        &[
+            "commit failed its health gate; rolled back to the last good commit",
+            &format!("commit {second} failed its health gate"),
+            &format!("rolled back to {first}"),
+        ],
+        Duration::from_secs(5),
+    );
+    assert!(
+        kubelet.failures() > 0,
+        "the broken config was never checked"
+    );
+    // Every file under the root is commit 1's again, byte for byte with mode and owner; the
+    // marker is gone (its directory stays, empty).
+    assert_eq!(files(&node.root), good);
+    assert!(!node.file(KUBELET_BROKEN).exists());
+    // k3s was restarted for the bad config and again for the revert.
+    assert_eq!(k3s_restarts_logged(&agent), 3, "{}", agent.log());
+    let status_says_rolled_back = |s: &serde_json::Value| {
+        s["last_applied_commit"].as_str() == Some(first.as_str())
+            && s["last_error"].as_str().is_some_and(|e| {
+                e.contains(&second) && e.contains(&format!("rolled back to {first}"))
+            })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || status_says_rolled_back(
+            &node.status()
+        )),
+        "{}",
+        node.status()
+    );
+
+    // The next polls see commit 2 again and do not re-apply it.
+    let checked = kubelet.failures();
+    let polls = agent.metric("bosun_polls_total").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || agent
+            .metric("bosun_polls_total")
+            .unwrap()
+            >= polls + 3.0),
+        "fewer than 3 polls in 15 s"
+    );
+    assert_eq!(files(&node.root), good);
+    assert_eq!(agent.metric(rollbacks), Some(1.0));
+    assert_eq!(kubelet.failures(), checked, "commit 2 was tried again");
+    assert_eq!(k3s_restarts_logged(&agent), 3, "{}", agent.log());
+    let s = node.status();
+    assert!(status_says_rolled_back(&s), "{s}");
+    // Refusing it on every poll is said once, not once per poll.
+    let log = agent.log();
+    assert!(
+        log.matches(&format!("commit {second} failed its health gate before"))
+            .count()
+            <= 1,
+        "{log}"
+    );
+
+    // Commit 3: healthy again with a new label: applied.
+    repo.write("config.yaml", &gated_config(&kubelet, "core", "v3", false));
+    let third = repo.commit("v3, tier core");
+    agent.wait_log(
+        &[&format!("applied commit {third}")],
+        Duration::from_secs(20),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v3\n"));
+    assert!(node
+        .read(K3S_DROPIN)
+        .is_some_and(|d| d.contains("node-labels=tier=core")));
+    assert!(wait_until(Duration::from_secs(5), || {
+        let s = node.status();
+        s["last_applied_commit"].as_str() == Some(third.as_str()) && s["last_error"].is_null()
+    }));
+    assert_eq!(agent.metric(rollbacks), Some(1.0));
+    assert_eq!(k3s_restarts_logged(&agent), 4, "{}", agent.log());
     assert!(agent.terminate().success());
 }

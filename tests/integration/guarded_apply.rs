@@ -222,7 +222,7 @@ fn config_yaml(standin: &StandIn, s: &Spec) -> String {
 }
 
 /// Every entry under `dir` with the sha256 of its bytes, its mode and owner.
-fn tree(dir: &Path) -> BTreeMap<String, String> {
+pub(crate) fn tree(dir: &Path) -> BTreeMap<String, String> {
     use std::os::unix::fs::MetadataExt;
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
