@@ -10,9 +10,8 @@
 //! * `panic`: v4-panic never reaches userspace, GRUB's tries run out, and bosun on a detects the
 //!   fallback and quarantines it.
 //!
-//! In the guest `bosun daemon` applies the node config from the bare repo, and the init drives
-//! the upgrade with `bosun upgrade step` + `bosun health` (the daemon loop does not run the
-//! upgrade actor yet). The script asserts on the guest's serial markers and on the GRUB
+//! In the guest `bosun daemon` fetches the bare repo, applies the node config and runs the
+//! upgrade (install, trial, health gate, commit or rollback, fallback detection). The script asserts on the guest's serial markers and on the GRUB
 //! environment and bosun state read back from the image; on failure it prints the tail of the
 //! serial log, which this test passes on. See `tests/vm/README.md`.
 //!
