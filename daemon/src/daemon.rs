@@ -427,6 +427,12 @@ impl<A: SnapshotApplier> Daemon<A> {
             warn!("completed the interrupted apply {tx} (rolled forward)");
         }
         self.upgrade = upgrade_actor(&self.cfg)?;
+        match crate::guarded_apply::CommitHistory::load(sd) {
+            Ok(h) => self
+                .metrics
+                .seed_config_rollbacks(h.config_rollbacks_total()),
+            Err(e) => warn!("commit history: {e}"),
+        }
         if let Some(tx) = &report.rolled_back {
             warn!("undid the uncommitted apply {tx} (rolled back)");
         }

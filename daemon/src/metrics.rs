@@ -69,6 +69,11 @@ impl Metrics {
         self.config_rollbacks.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Starts the rollback counter from the persisted total (the commit history).
+    pub fn seed_config_rollbacks(&self, total: u64) {
+        self.config_rollbacks.store(total, Ordering::Relaxed);
+    }
+
     /// Replaces the upgrade section of the exposition (`bosun_upgrades_total`, version, slot).
     pub fn set_upgrade_text(&self, text: String) {
         *lock(&self.upgrade_text) = text;

@@ -119,12 +119,18 @@ impl Fixture {
         }
     }
 
+    /// A fetcher with a generous limit: a loaded CI machine must not turn other failures into
+    /// timeouts. The timeout test uses [`Fixture::fetcher_with_timeout`].
     fn fetcher(&self) -> KeyFetcher {
+        self.fetcher_with_timeout(Duration::from_secs(5))
+    }
+
+    fn fetcher_with_timeout(&self, timeout: Duration) -> KeyFetcher {
         let mut cfg = KeyFetcherConfig::new(self.state.path());
         cfg.github_base = self.base.clone();
         cfg.gitlab_base = format!("{}/gl", self.base);
         cfg.connect_timeout = Duration::from_secs(2);
-        cfg.timeout = Duration::from_millis(500);
+        cfg.timeout = timeout;
         KeyFetcher::new(cfg).unwrap()
     }
 
@@ -244,7 +250,7 @@ async fn failure_with_nothing_cached_contributes_no_keys_and_warns_loudly() {
 async fn timeout_when_the_server_sleeps_past_the_client_limit() {
     let fx = Fixture::start().await;
     let err = fx
-        .fetcher()
+        .fetcher_with_timeout(Duration::from_millis(500))
         .fetch_url(&format!("{}/slow.keys", fx.base))
         .await
         .unwrap_err();
@@ -295,7 +301,12 @@ async fn cached_keys_survive_every_kind_of_failure_and_a_restart() {
     for mode in [FAIL_500, NOT_FOUND, GARBAGE, SLOW] {
         fx.set(mode);
         // A fresh fetcher each time: the cache lives on disk, not in memory.
-        let res = fx.fetcher().resolve(&[github("alice")]).await;
+        let f = if mode == SLOW {
+            fx.fetcher_with_timeout(Duration::from_millis(500))
+        } else {
+            fx.fetcher()
+        };
+        let res = f.resolve(&[github("alice")]).await;
         assert_eq!(res.keys, good, "mode {mode}");
         match &res.reports[0].outcome {
             SourceOutcome::Cached { count: 2, .. } => {}
