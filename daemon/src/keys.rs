@@ -215,20 +215,7 @@ fn check_url(url: &str) -> Result<reqwest::Url, FetchError> {
 }
 
 fn url_allowed(u: &reqwest::Url) -> bool {
-    match u.scheme() {
-        "https" => true,
-        "http" => match u.host_str() {
-            Some(h) => {
-                let h = h.trim_start_matches('[').trim_end_matches(']');
-                match h.parse::<std::net::IpAddr>() {
-                    Ok(ip) => ip.is_loopback(),
-                    Err(_) => h.eq_ignore_ascii_case("localhost"),
-                }
-            }
-            None => false,
-        },
-        _ => false,
-    }
+    crate::netpolicy::transport_allowed(u)
 }
 
 /// Parses a key list: every non-blank, non-comment line must be an OpenSSH public key.

@@ -18,6 +18,7 @@ pub mod guarded_apply;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod netpolicy;
 pub mod plan;
 pub mod reconcile;
 pub mod render;

@@ -176,21 +176,12 @@ pub fn valid_hostname(h: &str) -> bool {
         })
 }
 
-fn is_loopback_host(url: &reqwest::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
 /// Checks a URL: https anywhere, http only to loopback (test servers). Returns an error text.
 fn check_url(s: &str) -> Result<(), String> {
     let u = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a valid URL ({e})"))?;
     match u.scheme() {
         "https" if u.host().is_some() => Ok(()),
-        "http" if is_loopback_host(&u) => Ok(()),
+        "http" if crate::netpolicy::is_loopback_host(&u) => Ok(()),
         "http" => Err(format!(
             "{s:?} uses plain http; expected https (http is allowed only to loopback)"
         )),

@@ -407,13 +407,7 @@ fn parse_source(image: &str) -> Result<Source, InstallError> {
     match url.scheme() {
         "https" => Ok(Source::Http(url)),
         "http" => {
-            let loopback = match url.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d == "localhost",
-                None => false,
-            };
-            if loopback {
+            if crate::netpolicy::is_loopback_host(&url) {
                 Ok(Source::Http(url))
             } else {
                 Err(bad(
