@@ -28,10 +28,7 @@ pub fn to_json(node: &Node, redact: bool) -> Value {
     fn go(n: &Node, path: &str, redact: bool) -> Value {
         match &n.kind {
             Kind::Null => Value::Null,
-            Kind::Scalar(s) if redact && is_secret(path) => {
-                let _ = s;
-                Value::String(REDACTED.into())
-            }
+            Kind::Scalar(_) if redact && is_secret(path) => Value::String(REDACTED.into()),
             Kind::Scalar(s) => Value::String(s.value.clone()),
             Kind::Seq(items) => Value::Array(items.iter().map(|i| go(i, path, redact)).collect()),
             Kind::Map(entries) => {

@@ -47,19 +47,15 @@ impl Repo {
     /// Parses and canonicalises every layer file of the snapshot. Pure.
     pub fn parse(snapshot: &Snapshot, strict: bool) -> Repo {
         let mut diags = Vec::new();
-        let read = |file: &str, bytes: &[u8], diags: &mut Vec<Diagnostic>| -> Option<Layer> {
-            parse_layer(file, bytes, strict, diags)
-        };
-        let base = match snapshot.get("config.yaml") {
-            Some(b) => read("config.yaml", b, &mut diags),
-            None => None,
-        };
+        let base = snapshot
+            .get("config.yaml")
+            .and_then(|b| parse_layer("config.yaml", b, strict, &mut diags));
         let mut groups = Vec::new();
         for (file, bytes) in snapshot.list("groups") {
             if !is_yaml(file) {
                 continue;
             }
-            if let Some(mut layer) = read(file, bytes, &mut diags) {
+            if let Some(mut layer) = parse_layer(file, bytes, strict, &mut diags) {
                 let matches = take_match(&mut layer, &mut diags);
                 groups.push(Group { layer, matches });
             }
@@ -74,7 +70,7 @@ impl Repo {
                 .trim_end_matches(".yaml")
                 .trim_end_matches(".yml")
                 .to_string();
-            if let Some(layer) = read(file, bytes, &mut diags) {
+            if let Some(layer) = parse_layer(file, bytes, strict, &mut diags) {
                 warn_match_outside_groups(&layer, &mut diags);
                 nodes.insert(name, layer);
             }
