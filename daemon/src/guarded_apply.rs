@@ -100,6 +100,8 @@ pub enum GuardedError {
     },
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error("the apply task failed: {0}")]
+    Task(String),
 }
 
 /// The last commit that was applied and stayed healthy (or was not gated).
@@ -730,14 +732,32 @@ impl crate::daemon::SnapshotApplier for GuardedApplier {
         target: &Target,
         runner: Arc<dyn CommandRunner>,
     ) -> Result<crate::daemon::ApplyOutcome, GuardedError> {
-        if self.history.is_none() {
-            self.history = Some(CommitHistory::load(&target.state_dir)?);
-        }
-        let Some(history) = self.history.as_mut() else {
-            return Err(GuardedError::NoCommit);
+        let mut history = match self.history.take() {
+            Some(h) => h,
+            None => CommitHistory::load(&target.state_dir)?,
         };
-        let ctx = HealthContext::new(&target.root, &target.hostname, self.health_runner.clone());
-        let outcome = apply_guarded(snapshot, target, runner.as_ref(), &ctx, history).await?;
+        // The apply (file I/O, fsync, effect commands such as a slow `systemctl restart k3s`)
+        // blocks; run it on a blocking thread so the daemon's single runtime thread keeps
+        // serving metrics and watchdog pings. The health waits inside still use the runtime's
+        // timers, which that thread drives while it awaits this task.
+        let (snapshot, target) = (snapshot.clone(), target.clone());
+        let health_runner = self.health_runner.clone();
+        let handle = tokio::runtime::Handle::current();
+        let (history, result) = tokio::task::spawn_blocking(move || {
+            let ctx = HealthContext::new(&target.root, &target.hostname, health_runner);
+            let r = handle.block_on(apply_guarded(
+                &snapshot,
+                &target,
+                runner.as_ref(),
+                &ctx,
+                &mut history,
+            ));
+            (history, r)
+        })
+        .await
+        .map_err(|e| GuardedError::Task(e.to_string()))?;
+        self.history = Some(history);
+        let outcome = result?;
         Ok(match &outcome {
             GuardedOutcome::Applied { applied, .. } | GuardedOutcome::Healthy { applied, .. } => {
                 outcome_of(applied)
