@@ -55,14 +55,10 @@ impl AllowedSigners {
     /// Parses the file's text. `origin` (a path, or "agent config") names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, SourceError> {
         let mut entries = Vec::new();
-        for (idx, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (line_no, line) in super::content_lines(text) {
             let entry = parse_line(line).map_err(|reason| SourceError::AllowedSigners {
                 origin: origin.to_string(),
-                line: idx + 1,
+                line: line_no,
                 reason,
             })?;
             entries.push(entry);

@@ -40,14 +40,10 @@ impl KnownHosts {
     /// Parses the file's text; `origin` names it in errors. Pure.
     pub fn parse(text: &str, origin: &str) -> Result<Self, SourceError> {
         let mut entries = Vec::new();
-        for (idx, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (line_no, line) in super::content_lines(text) {
             let entry = parse_line(line).map_err(|reason| SourceError::KnownHosts {
                 origin: origin.to_string(),
-                line: idx + 1,
+                line: line_no,
                 reason,
             })?;
             entries.push(entry);

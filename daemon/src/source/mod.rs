@@ -356,3 +356,12 @@ impl Cache {
         }
     }
 }
+
+/// The meaningful lines of an OpenSSH-style file (allowed_signers, known_hosts): trimmed, with
+/// blank and `#` comment lines skipped, each with its 1-based line number. Pure.
+pub(crate) fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(idx, raw)| (idx + 1, raw.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+}
