@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use bosun::bootenv::{BootEnv, BootState, GrubEnv, Slot, Trial};
 
@@ -112,8 +111,8 @@ impl GrubVm {
         mkfs(&self.staging, "bosun-boot", &boot_img);
         let serial = d.join("serial.txt");
         let _ = std::fs::remove_file(&serial);
-        let mut child = Command::new("qemu-system-x86_64")
-            .args(["-machine", "accel=tcg", "-m", "128", "-display", "none"])
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-machine", "accel=tcg", "-m", "128", "-display", "none"])
             .args(["-monitor", "none", "-no-reboot", "-nodefaults"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -123,31 +122,8 @@ impl GrubVm {
             .args(drive(&d.join("a.img"), 1))
             .args(drive(&d.join("b.img"), 2))
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run qemu-system-x86_64 ({e}): install the Debian package qemu-system-x86")
-            });
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if start.elapsed() > Duration::from_secs(120) {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                panic!(
-                    "GRUB did not reboot within 120 s; serial log:\n{}",
-                    std::fs::read_to_string(&serial).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let log = std::fs::read_to_string(&serial).unwrap_or_default();
-        assert!(
-            status.success(),
-            "qemu failed ({status}); serial log:\n{log}"
-        );
+            .stderr(Stdio::piped());
+        let log = crate::support::run_qemu(qemu, &serial, "a GRUB reboot");
         assert!(
             log.contains("bosun: no bootable slot; rebooting"),
             "GRUB did not reach the reboot fallback; serial log:\n{log}"

@@ -12,7 +12,6 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use bosun::bootenv::{BootEnv, BootState, Slot, Trial};
 
@@ -118,8 +117,8 @@ fn boot(state: &BootState) -> (Vec<Slot>, String) {
     }
 
     let serial = d.join("serial.txt");
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "accel=tcg", "-m", "256", "-display", "none"])
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-machine", "accel=tcg", "-m", "256", "-display", "none"])
         .args([
             "-monitor",
             "none",
@@ -133,35 +132,8 @@ fn boot(state: &BootState) -> (Vec<Slot>, String) {
         .arg("-drive")
         .arg(format!("file={},format=raw,if=ide,index=0", disk.display()))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run qemu-system-x86_64 ({e}): install the Debian package qemu-system-x86"
-            )
-        });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!(
-                "U-Boot did not reset within 120 s; serial log:\n{}",
-                std::fs::read_to_string(&serial).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let log = std::fs::read_to_string(&serial)
-        .unwrap_or_default()
-        .replace('\r', "");
-    assert!(
-        status.success(),
-        "qemu failed ({status}); serial log:\n{log}"
-    );
+        .stderr(Stdio::null());
+    let log = crate::support::run_qemu(qemu, &serial, "a U-Boot reset");
     assert!(
         log.contains("## Executing script") && log.contains("bosun: no bootable slot; resetting"),
         "U-Boot did not run the script to its reset fallback; serial log:\n{log}"

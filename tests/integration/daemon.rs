@@ -813,7 +813,7 @@ fn gated_config(kubelet: &StandInKubelet, tier: &str, app: &str, broken: bool) -
 /// out: applies create parent directories but never remove them, so a revert leaves the
 /// (empty) directories of files it pruned.
 fn files(root: &Path) -> std::collections::BTreeMap<String, String> {
-    let mut t = crate::guarded_apply::tree(root);
+    let mut t = crate::support::tree(root);
     t.retain(|path, _| !path.ends_with('/'));
     t
 }

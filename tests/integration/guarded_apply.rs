@@ -15,7 +15,6 @@
 //! marker (bosun prunes files it created that the good commit does not want), so the stand-in
 //! recovers exactly when the rollback really restored the files.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,6 +35,7 @@ use bosun::snapshot::Snapshot;
 
 use crate::config_cli::bosun;
 use crate::support::tls::{serve_http, serve_https, server_config, TestCa, TestServer};
+use crate::support::tree;
 
 const HOST: &str = "edge-1";
 const DROPIN: &str = "/etc/systemd/system/k3s.service.d/90-bosun.conf";
@@ -219,28 +219,6 @@ fn config_yaml(standin: &StandIn, s: &Spec) -> String {
         standin.checks(s.checks)
     ));
     y
-}
-
-/// Every entry under `dir` with the sha256 of its bytes, its mode and owner.
-pub(crate) fn tree(dir: &Path) -> BTreeMap<String, String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            if m.is_dir() {
-                out.insert(format!("{rel}/"), format!("{:o}", m.mode()));
-                stack.push(p);
-            } else {
-                let h = hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap()));
-                out.insert(rel, format!("{h} {:o} {}:{}", m.mode(), m.uid(), m.gid()));
-            }
-        }
-    }
-    out
 }
 
 /// A test node: a root, a state dir outside it, the stand-ins and a recording runner.

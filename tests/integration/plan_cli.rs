@@ -1,12 +1,10 @@
 //! `bosun plan` / `bosun apply` as the real binary against the example repo and the config
 //! fixtures, in throwaway roots.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use sha2::Digest;
-
 use crate::config_cli::{bosun, workspace};
+use crate::support::tree;
 
 fn run(args: &[&str], root: &Path, repo: &Path) -> std::process::Output {
     bosun()
@@ -17,29 +15,6 @@ fn run(args: &[&str], root: &Path, repo: &Path) -> std::process::Output {
         .arg(root)
         .output()
         .unwrap()
-}
-
-/// Every file under `dir` with the sha256 of its bytes, its mode and owner.
-fn tree(dir: &Path) -> BTreeMap<String, String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            if m.is_dir() {
-                out.insert(format!("{rel}/"), format!("{:o}", m.mode()));
-                stack.push(p);
-            } else {
-                let h = hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap()));
-                out.insert(rel, format!("{h} {:o} {}:{}", m.mode(), m.uid(), m.gid()));
-            }
-        }
-    }
-    out
 }
 
 #[test]
