@@ -102,6 +102,10 @@ pub struct SourceSection {
     /// Username sent with the token. Default `x-access-token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_username: Option<String>,
+    /// PEM bundle of CA certificates trusted for an `https://` source, on top of the Mozilla
+    /// roots built into bosun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Signature verification mode.
@@ -367,6 +371,7 @@ impl AgentFile {
             over(&mut b.ssh_known_hosts, l.ssh_known_hosts);
             over(&mut b.token_file, l.token_file);
             over(&mut b.token_username, l.token_username);
+            over(&mut b.ca_file, l.ca_file);
         });
         over(&mut self.interval, later.interval);
         over(&mut self.jitter_percent, later.jitter_percent);
@@ -463,6 +468,7 @@ fn validate(
         ssh_known_hosts: src.ssh_known_hosts.clone(),
         token_file: src.token_file.clone(),
         token_username: src.token_username.clone(),
+        ca_file: src.ca_file.clone(),
         cache_dir: state_dir.join("git-cache"),
     };
 

@@ -10,16 +10,12 @@
 //! - A full commit id as the reference never touches the network once the commit is cached
 //!   (commit ids are immutable).
 
-use std::cell::RefCell;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, FetchOptions,
-    RemoteCallbacks,
-};
+use git2::{AutotagOption, Direction, FetchOptions, RemoteCallbacks};
 
-use super::known_hosts::{host_name, ssh_host_port, HostKeyCheck, KnownHosts};
+use super::known_hosts::KnownHosts;
+use super::transport::{Failure, Scope, Settings, SshTarget};
 use super::{Cache, Oid, SourceConfig, SourceError, DEFAULT_TOKEN_USERNAME};
 
 /// What a poll found.
@@ -129,13 +125,6 @@ fn is_local_url(url: &str) -> bool {
     url.starts_with("file://") || url.starts_with('/') || url.starts_with('.')
 }
 
-/// Pinned SSH host keys for the source's server.
-struct HostPin {
-    file: PathBuf,
-    hosts: KnownHosts,
-    port: u16,
-}
-
 /// Whether `url` is plain `http://` to a host other than loopback.
 fn cleartext_to_network(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
@@ -155,29 +144,26 @@ fn cleartext_to_network(url: &str) -> bool {
     !loopback
 }
 
-/// Credentials (and the pinned host keys) read once per fetch.
+/// The credentials of one fetch, handed to bosun's transports (see `transport`) for as long as
+/// this value lives on the calling thread.
 struct Credentials {
-    ssh_key_file: Option<PathBuf>,
-    token: Option<(String, String)>,
-    host_pin: Option<HostPin>,
-    /// Why the pinned host key check refused (libgit2 replaces the callback's message).
-    host_key_refusal: RefCell<Option<String>>,
+    scope: Scope,
 }
 
 impl Credentials {
-    /// Reads the token file (reads the filesystem).
+    /// Reads the token file and checks the key and known_hosts files (reads the filesystem).
     fn load(cfg: &SourceConfig) -> Result<Self, SourceError> {
         let token = match &cfg.token_file {
             None => None,
-            Some(path) if cleartext_to_network(&cfg.url) => {
-                return Err(SourceError::InvalidConfig(format!(
-                    "token_file {} with {}: a plain http:// URL would send the token in clear \
-                     over the network; use https://",
-                    path.display(),
-                    cfg.url
-                )));
-            }
             Some(path) => {
+                if cleartext_to_network(&cfg.url) {
+                    return Err(SourceError::InvalidConfig(format!(
+                        "token_file {} with {}: a plain http:// URL would send the token in clear \
+                         over the network; use https://",
+                        path.display(),
+                        cfg.url
+                    )));
+                }
                 let raw =
                     std::fs::read_to_string(path).map_err(|source| SourceError::ReadFile {
                         what: "token file",
@@ -206,38 +192,48 @@ impl Credentials {
                 )));
             }
         }
-        let host_pin = match &cfg.ssh_known_hosts {
-            None => None,
-            Some(file) => {
-                let text =
-                    std::fs::read_to_string(file).map_err(|source| SourceError::ReadFile {
-                        what: "ssh known_hosts file",
-                        path: file.clone(),
-                        source,
-                    })?;
-                let hosts = KnownHosts::parse(&text, &file.display().to_string())?;
-                let port = ssh_host_port(&cfg.url).map_or(22, |(_, p)| p);
-                Some(HostPin {
-                    file: file.clone(),
-                    hosts,
-                    port,
-                })
+        if let Some(file) = &cfg.ssh_known_hosts {
+            let text = std::fs::read_to_string(file).map_err(|source| SourceError::ReadFile {
+                what: "ssh known_hosts file",
+                path: file.clone(),
+                source,
+            })?;
+            let hosts = KnownHosts::parse(&text, &file.display().to_string())?;
+            // ssh would refuse too, after connecting; refusing here names the reason exactly.
+            if let Some(target) = SshTarget::parse(&cfg.url) {
+                let port = target.port.unwrap_or(22);
+                if !hosts.lists(&target.host, port) {
+                    return Err(SourceError::HostKeyRejected {
+                        url: cfg.url.clone(),
+                        reason: format!(
+                            "host key of {} is for a host not listed in {}",
+                            target.known_hosts_name(),
+                            file.display()
+                        ),
+                    });
+                }
             }
-        };
-        Ok(Credentials {
-            ssh_key_file: cfg.ssh_key_file.clone(),
+        }
+        let scope = Scope::enter(Settings {
             token,
-            host_pin,
-            host_key_refusal: RefCell::new(None),
-        })
+            ca_file: cfg.ca_file.clone(),
+            ssh_key_file: cfg.ssh_key_file.clone(),
+            ssh_known_hosts: cfg.ssh_known_hosts.clone(),
+        });
+        Ok(Credentials { scope })
     }
 
-    /// Turns a libgit2 failure into a `SourceError`, preferring the host key refusal reason.
+    /// Turns a libgit2 failure into a `SourceError`, preferring the transport's own reason.
     fn error(&self, url: &str, op: &'static str, source: git2::Error) -> SourceError {
-        match self.host_key_refusal.borrow_mut().take() {
-            Some(reason) => SourceError::HostKeyRejected {
+        match self.scope.take_failure() {
+            Some(Failure::HostKey(reason)) => SourceError::HostKeyRejected {
                 url: url.to_string(),
                 reason,
+            },
+            Some(failure @ (Failure::Auth(_) | Failure::Other(_))) => SourceError::Remote {
+                url: url.to_string(),
+                op,
+                source: git2::Error::from_str(failure.message()),
             },
             None => SourceError::Remote {
                 url: url.to_string(),
@@ -251,59 +247,25 @@ impl Credentials {
         let mut cb = RemoteCallbacks::new();
         // Without a progress callback libgit2 does not count received bytes.
         cb.transfer_progress(|_| true);
-        if let Some(pin) = &self.host_pin {
-            cb.certificate_check(move |cert, host| {
-                // TLS certificates are libgit2's (OpenSSL's) business; only SSH keys are pinned.
-                let Some(hostkey) = cert.as_hostkey() else {
-                    return Ok(CertificateCheckStatus::CertificatePassthrough);
-                };
-                let Some(blob) = hostkey.hostkey() else {
-                    return Err(git2::Error::from_str(
-                        "the SSH transport did not expose the server's host key",
-                    ));
-                };
-                let name = host_name(host, pin.port);
-                let why = match pin.hosts.check(host, pin.port, blob) {
-                    HostKeyCheck::Trusted => return Ok(CertificateCheckStatus::CertificateOk),
-                    HostKeyCheck::Revoked => "is revoked in",
-                    HostKeyCheck::Mismatch => "does not match the key(s) listed in",
-                    HostKeyCheck::UnknownHost => "is for a host not listed in",
-                };
-                let reason = format!("host key of {name} {why} {}", pin.file.display());
-                let err = git2::Error::from_str(&reason);
-                *self.host_key_refusal.borrow_mut() = Some(reason);
-                Err(err)
-            });
-        }
-        let mut attempts = 0u32;
-        cb.credentials(move |_url, username_from_url, allowed| {
-            // libgit2 calls again after a rejected credential; stop instead of looping.
-            attempts += 1;
-            if attempts > 3 {
-                return Err(git2::Error::from_str(
-                    "authentication failed: the remote rejected the configured credentials",
-                ));
-            }
-            let user = username_from_url.unwrap_or("git");
-            if allowed.contains(CredentialType::SSH_KEY) {
-                if let Some(key) = &self.ssh_key_file {
-                    return Cred::ssh_key(user, None, key, None);
-                }
-            }
-            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-                if let Some((name, token)) = &self.token {
-                    return Cred::userpass_plaintext(name, token);
-                }
-            }
-            if allowed.contains(CredentialType::USERNAME) {
-                return Cred::username(user);
-            }
-            Err(git2::Error::from_str(
-                "the remote asks for credentials but neither ssh_key_file nor token_file is configured",
-            ))
-        });
         cb
     }
+}
+
+/// Opens the configured remote on `cache` with this fetch's credentials in scope.
+fn open_remote<'c>(
+    cache: &'c Cache,
+    cfg: &SourceConfig,
+) -> Result<(Credentials, git2::Remote<'c>), SourceError> {
+    let creds = Credentials::load(cfg)?;
+    let remote = cache
+        .repo
+        .remote_anonymous(&cfg.url)
+        .map_err(|source| SourceError::Remote {
+            url: cfg.url.clone(),
+            op: "parse url",
+            source,
+        })?;
+    Ok((creds, remote))
 }
 
 /// Polls the remote and fetches the configured ref when it moved. Opens (or creates) the cache
@@ -324,16 +286,12 @@ pub fn fetch_counted(
             return Ok(FetchOutcome::Unchanged { commit: oid });
         }
     }
-    let creds = Credentials::load(cfg)?;
+    let (creds, mut remote) = open_remote(&cache, cfg)?;
     let remote_err = |op, source| SourceError::Remote {
         url: cfg.url.clone(),
         op,
         source,
     };
-    let mut remote = cache
-        .repo
-        .remote_anonymous(&cfg.url)
-        .map_err(|e| remote_err("parse url", e))?;
 
     let heads: Vec<(String, Oid)> = {
         let conn = remote
@@ -427,16 +385,7 @@ pub fn unshallow(cfg: &SourceConfig, counters: &TransferCounters) -> Result<(), 
     if !cache.is_shallow() {
         return Ok(());
     }
-    let creds = Credentials::load(cfg)?;
-    let remote_err = |op, source| SourceError::Remote {
-        url: cfg.url.clone(),
-        op,
-        source,
-    };
-    let mut remote = cache
-        .repo
-        .remote_anonymous(&cfg.url)
-        .map_err(|e| remote_err("parse url", e))?;
+    let (creds, mut remote) = open_remote(&cache, cfg)?;
     let specs = match parse_target(&cfg.reference)? {
         Target::Named(name) if !name.starts_with("refs/") && name != "HEAD" => {
             // Whichever of branch/tag exists locally is the one we fetched before.

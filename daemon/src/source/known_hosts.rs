@@ -1,15 +1,17 @@
 //! SSH server host keys pinned in an OpenSSH `known_hosts` file named by the agent config, so an
 //! `ssh://` source does not depend on whatever `~/.ssh/known_hosts` the daemon's user has.
 //!
+//! OpenSSH enforces the pin (`UserKnownHostsFile=`, strict checking; see `transport`). bosun
+//! parses the file first so that a malformed file, or a file that does not list the source's
+//! host at all, is an exact `file:line` error before anything connects.
+//!
 //! Format: `[@revoked] patterns keytype base64-key [comment]`; patterns are comma-separated host
 //! names, `[host]:port` for non-22 ports, with `*`/`?` wildcards and `!` negation.
 //!
 //! Invariants (fail closed):
-//! - Hashed host names (`|1|…`) and `@cert-authority` lines are parse errors: they cannot be
-//!   honoured here, and skipping them could silently leave a host unpinned.
-//! - A host key matches only byte-for-byte; a revoked key is refused even if also listed.
-
-use base64::Engine;
+//! - Hashed host names (`|1|…`) and `@cert-authority` lines are parse errors: bosun could not
+//!   tell which hosts they cover, and skipping them could silently leave a host unpinned.
+//! - Every key must parse as an SSH public key.
 
 use super::SourceError;
 
@@ -17,23 +19,12 @@ use super::SourceError;
 struct Entry {
     revoked: bool,
     patterns: Vec<String>,
-    key_blob: Vec<u8>,
 }
 
 /// A parsed known_hosts file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KnownHosts {
     entries: Vec<Entry>,
-}
-
-/// The verdict on a server's host key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostKeyCheck {
-    Trusted,
-    Revoked,
-    /// The host is listed, with other keys only.
-    Mismatch,
-    UnknownHost,
 }
 
 impl KnownHosts {
@@ -51,32 +42,12 @@ impl KnownHosts {
         Ok(KnownHosts { entries })
     }
 
-    /// Checks `key_blob` (the SSH wire encoding of the server's public key) for `host:port`.
-    pub fn check(&self, host: &str, port: u16, key_blob: &[u8]) -> HostKeyCheck {
+    /// Whether some key (not `@revoked`) is listed for `host:port`.
+    pub fn lists(&self, host: &str, port: u16) -> bool {
         let name = host_name(host, port);
-        let matching: Vec<&Entry> = self
-            .entries
+        self.entries
             .iter()
-            .filter(|e| host_matches(&e.patterns, &name))
-            .collect();
-        // @revoked applies to a key whatever host it is presented for.
-        if self
-            .entries
-            .iter()
-            .any(|e| e.revoked && e.key_blob == key_blob)
-        {
-            return HostKeyCheck::Revoked;
-        }
-        if matching
-            .iter()
-            .any(|e| !e.revoked && e.key_blob == key_blob)
-        {
-            HostKeyCheck::Trusted
-        } else if matching.iter().any(|e| !e.revoked) {
-            HostKeyCheck::Mismatch
-        } else {
-            HostKeyCheck::UnknownHost
-        }
+            .any(|e| !e.revoked && host_matches(&e.patterns, &name))
     }
 }
 
@@ -117,13 +88,9 @@ fn parse_line(line: &str) -> Result<Entry, String> {
     }
     ssh_key::PublicKey::from_openssh(&format!("{kind} {b64}"))
         .map_err(|e| format!("invalid {kind} host key: {e}"))?;
-    let key_blob = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|e| format!("invalid base64 in host key: {e}"))?;
     Ok(Entry {
         revoked,
         patterns: first.split(',').map(str::to_string).collect(),
-        key_blob,
     })
 }
 
@@ -155,54 +122,11 @@ fn glob_match(pattern: &str, s: &str) -> bool {
     go(pattern.as_bytes(), s.as_bytes())
 }
 
-/// Host and port of an `ssh://` or scp-like (`user@host:path`) URL; `None` for other schemes.
-pub fn ssh_host_port(url: &str) -> Option<(String, u16)> {
-    let authority_and_port = |rest: &str| -> Option<(String, u16)> {
-        let auth = rest.split('/').next()?;
-        let hostport = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
-        if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, after) = v6.split_once(']')?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().ok()?,
-                None => 22,
-            };
-            return Some((host.to_string(), port));
-        }
-        match hostport.split_once(':') {
-            Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
-            None => Some((hostport.to_string(), 22)),
-        }
-    };
-    if let Some(rest) = url
-        .strip_prefix("ssh://")
-        .or_else(|| url.strip_prefix("git+ssh://"))
-        .or_else(|| url.strip_prefix("ssh+git://"))
-    {
-        return authority_and_port(rest);
-    }
-    if url.contains("://") {
-        return None;
-    }
-    // scp-like: [user@]host:path, where the host part has no '/'.
-    let (before, _) = url.split_once(':')?;
-    if before.contains('/') || before.is_empty() {
-        return None;
-    }
-    let host = before.rsplit_once('@').map_or(before, |(_, h)| h);
-    Some((host.to_string(), 22))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const KEY_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
-
-    fn blob(b64: &str) -> Vec<u8> {
-        base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap()
-    }
 
     #[test]
     fn plain_and_port_qualified_names() {
@@ -211,14 +135,11 @@ mod tests {
             "kh",
         )
         .unwrap();
-        let a = blob(KEY_A);
-        assert_eq!(kh.check("git.example.com", 22, &a), HostKeyCheck::Trusted);
-        assert_eq!(kh.check("127.0.0.1", 2222, &a), HostKeyCheck::Trusted);
-        assert_eq!(kh.check("127.0.0.1", 22, &a), HostKeyCheck::UnknownHost);
-        assert_eq!(
-            kh.check("git.example.com", 22, b"other"),
-            HostKeyCheck::Mismatch
-        );
+        assert!(kh.lists("git.example.com", 22));
+        assert!(kh.lists("10.0.0.1", 22));
+        assert!(kh.lists("127.0.0.1", 2222));
+        assert!(!kh.lists("127.0.0.1", 22));
+        assert!(!kh.lists("git.example.com", 2222));
     }
 
     #[test]
@@ -228,18 +149,10 @@ mod tests {
             "kh",
         )
         .unwrap();
-        let a = blob(KEY_A);
-        assert_eq!(kh.check("git.example.com", 22, &a), HostKeyCheck::Trusted);
-        assert_eq!(
-            kh.check("evil.example.com", 22, &a),
-            HostKeyCheck::UnknownHost
-        );
-        let kh = KnownHosts::parse(
-            &format!("git.example.com ssh-ed25519 {KEY_A}\n@revoked * ssh-ed25519 {KEY_A}\n"),
-            "kh",
-        )
-        .unwrap();
-        assert_eq!(kh.check("git.example.com", 22, &a), HostKeyCheck::Revoked);
+        assert!(kh.lists("GIT.example.com", 22));
+        assert!(!kh.lists("evil.example.com", 22));
+        let kh = KnownHosts::parse(&format!("@revoked * ssh-ed25519 {KEY_A}\n"), "kh").unwrap();
+        assert!(!kh.lists("git.example.com", 22));
     }
 
     #[test]
@@ -252,28 +165,6 @@ mod tests {
             KnownHosts::parse(&format!("@cert-authority * ssh-ed25519 {KEY_A}"), "kh").is_err()
         );
         assert!(KnownHosts::parse("host ssh-ed25519 !!!", "kh").is_err());
-    }
-
-    #[test]
-    fn ssh_urls_yield_host_and_port() {
-        assert_eq!(
-            ssh_host_port("ssh://git@127.0.0.1:2222/srv/repo"),
-            Some(("127.0.0.1".into(), 2222))
-        );
-        assert_eq!(
-            ssh_host_port("ssh://git.example.com/repo"),
-            Some(("git.example.com".into(), 22))
-        );
-        assert_eq!(
-            ssh_host_port("ssh://git@[::1]:2200/repo"),
-            Some(("::1".into(), 2200))
-        );
-        assert_eq!(
-            ssh_host_port("git@github.com:org/fleet.git"),
-            Some(("github.com".into(), 22))
-        );
-        assert_eq!(ssh_host_port("https://github.com/org/fleet"), None);
-        assert_eq!(ssh_host_port("/srv/repo"), None);
-        assert_eq!(ssh_host_port("./a:b"), None);
+        assert!(KnownHosts::parse("host ssh-ed25519", "kh").is_err());
     }
 }

@@ -15,8 +15,9 @@
 //!
 //! [`poll`] runs the three steps in that order for the daemon.
 //!
-//! Transports: `git://`, `ssh://` (key file; host key pinned by an optional `known_hosts` file),
-//! `https://` (token file as the password) and `file://`.
+//! Transports: `git://` and `file://` (libgit2's own), `ssh://` (key file; host key pinned by an
+//! optional `known_hosts` file) and `https://` (token file as the password; extra CA bundle)
+//! through bosun's `transport` module: OpenSSH and rustls, no OpenSSL in the process.
 //!
 //! Invariants:
 //! - Everything here is blocking (libgit2); the daemon calls it from `spawn_blocking`.
@@ -28,6 +29,7 @@ mod allowed_signers;
 mod fetch;
 mod known_hosts;
 mod openpgp;
+mod transport;
 mod tree;
 mod verify;
 
@@ -38,8 +40,9 @@ use crate::snapshot::Snapshot;
 
 pub use allowed_signers::{AllowedSigner, AllowedSigners};
 pub use fetch::{fetch, fetch_counted, unshallow, FetchOutcome, TransferCounters, TransferTotals};
-pub use known_hosts::{HostKeyCheck, KnownHosts};
+pub use known_hosts::KnownHosts;
 pub use openpgp::OpenPgpKeyring;
+pub use transport::SshTarget;
 pub use tree::snapshot;
 pub use verify::{
     check_descends, check_descends_or_deepen, verify_commit, Ancestry, Refusal, SignersSource,
@@ -70,8 +73,8 @@ pub struct SourceConfig {
     pub depth: Option<u32>,
     /// Private key for `ssh://` remotes (no passphrase).
     pub ssh_key_file: Option<PathBuf>,
-    /// OpenSSH `known_hosts` file pinning the `ssh://` server's host key. When `None`,
-    /// libgit2 checks `~/.ssh/known_hosts` of the daemon's user (and refuses unknown hosts).
+    /// OpenSSH `known_hosts` file pinning the `ssh://` server's host key. When `None`, ssh
+    /// checks the daemon user's and the system's known_hosts files (and refuses unknown hosts).
     pub ssh_known_hosts: Option<PathBuf>,
     /// File holding an HTTPS token, sent as the password. Read at every fetch, so a rotated
     /// token is picked up without a restart. Refused with a plain `http://` URL unless the
@@ -79,6 +82,9 @@ pub struct SourceConfig {
     pub token_file: Option<PathBuf>,
     /// Username sent with the token; [`DEFAULT_TOKEN_USERNAME`] when `None`.
     pub token_username: Option<String>,
+    /// PEM bundle of CA certificates trusted for an `https://` remote, on top of the Mozilla
+    /// roots built into bosun (for a private Git server).
+    pub ca_file: Option<PathBuf>,
     /// Bare repository cache (created on first use).
     pub cache_dir: PathBuf,
 }
@@ -95,6 +101,7 @@ impl SourceConfig {
             ssh_known_hosts: None,
             token_file: None,
             token_username: None,
+            ca_file: None,
             cache_dir,
         }
     }
@@ -181,16 +188,21 @@ impl SourceError {
     }
 }
 
-/// Sets libgit2's process-wide options (connect and server timeouts). Mutates C globals and may
-/// set environment variables (OpenSSL certificate probing), so `main` must call it before the
-/// tokio runtime or any other thread starts. Calling it more than once is harmless.
+/// Sets libgit2's process-wide options (connect and server timeouts) and registers bosun's
+/// `http(s)://` and `ssh://` transports. Mutates C globals, so `main` must call it before the
+/// tokio runtime or any other thread starts. Call it once per process.
 pub fn init_git_globals() {
     // SAFETY: documented contract: called from `main` before any thread is spawned. The
-    // options are plain integers in libgit2's global settings.
+    // options are plain integers in libgit2's global settings, and the transport registry is
+    // a global vector that nothing else touches yet.
     unsafe {
         // These setters cannot fail (libgit2 returns an error code only for unknown options).
         let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
         let _ = git2::opts::set_server_timeout_in_milliseconds(SERVER_TIMEOUT_MS);
+        // Fails only when a scheme is already registered, i.e. on a second call.
+        if let Err(e) = transport::register() {
+            tracing::debug!("git transports already registered: {e}");
+        }
     }
 }
 

@@ -528,9 +528,11 @@ impl Drop for SshServer {
 }
 
 /// A real smart-HTTP git server on 127.0.0.1: axum in front of `git http-backend` (CGI), with
-/// HTTP Basic auth against one username/token. Counts rejected (401) requests. Stopped on drop.
+/// HTTP Basic auth against one username/token, over plain HTTP or HTTPS (rustls). Counts
+/// rejected (401) requests. Stopped on drop.
 pub struct GitHttpServer {
     pub port: u16,
+    scheme: &'static str,
     pub rejected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -545,6 +547,25 @@ struct HttpState {
 impl GitHttpServer {
     /// Serves every repository under `base` at `http://127.0.0.1:PORT/NAME`.
     pub fn start(base: &Path, user: &str, token: &str) -> GitHttpServer {
+        Self::spawn(base, user, token, None)
+    }
+
+    /// Serves every repository under `base` at `https://127.0.0.1:PORT/NAME`.
+    pub fn start_tls(
+        base: &Path,
+        user: &str,
+        token: &str,
+        tls: std::sync::Arc<rustls::ServerConfig>,
+    ) -> GitHttpServer {
+        Self::spawn(base, user, token, Some(tls))
+    }
+
+    fn spawn(
+        base: &Path,
+        user: &str,
+        token: &str,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    ) -> GitHttpServer {
         use base64::Engine;
         let rejected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let state = std::sync::Arc::new(HttpState {
@@ -555,29 +576,32 @@ impl GitHttpServer {
             ),
             rejected: rejected.clone(),
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (port_tx, port_rx) = std::sync::mpsc::channel::<u16>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let app = axum::Router::new().fallback(cgi).with_state(state);
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await
-                    .expect("serve");
+                let server = match tls {
+                    Some(config) => super::tls::serve_https(config, app).await,
+                    None => super::tls::serve_http(app).await,
+                };
+                port_tx.send(server.addr.port()).expect("report port");
+                let _ = rx.await;
+                drop(server);
             });
         });
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("git http server started");
         wait_for_port(port, Duration::from_secs(10));
         GitHttpServer {
             port,
+            scheme,
             rejected,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -585,7 +609,7 @@ impl GitHttpServer {
     }
 
     pub fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/{name}", self.port)
+        format!("{}://127.0.0.1:{}/{name}", self.scheme, self.port)
     }
 }
 
