@@ -360,6 +360,8 @@ pub struct Daemon<A: SnapshotApplier> {
     /// The A/B upgrade actor, when the agent config has an `upgrade:` section. Taken out while
     /// a step runs on a blocking thread.
     upgrade: Option<UpgradeActor>,
+    /// Pages bosun's own code out after a burst of work (see [`crate::memory`]).
+    code_pages: crate::memory::CodePages,
 }
 
 impl<A: SnapshotApplier> Daemon<A> {
@@ -392,6 +394,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             ready: false,
             drift: None,
             upgrade: None,
+            code_pages: crate::memory::CodePages::default(),
             cfg,
         }
     }
@@ -574,6 +577,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                     self.save_status();
                 }
             }
+            self.code_pages.after_step();
         }
         self.systemd.send(&[sd_notify::NotifyState::Stopping]);
         drop(self.drift.take());
@@ -741,6 +745,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             return (self.interval(), format!("up to date at {}", short(&c)));
         }
         let new_commit = self.last_applied != Some(commit);
+        self.code_pages.note_work();
         let sd = self.systemd;
         let runner = self.runner.clone();
         let result = sd
@@ -882,6 +887,7 @@ impl<A: SnapshotApplier> Daemon<A> {
         let Some(snapshot) = self.last_good.clone() else {
             return;
         };
+        self.code_pages.note_work();
         let sd = self.systemd;
         let runner = self.runner.clone();
         let result = sd

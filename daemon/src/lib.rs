@@ -17,6 +17,7 @@ pub mod fsroot;
 pub mod guarded_apply;
 pub mod health;
 pub mod keys;
+pub mod memory;
 pub mod metrics;
 pub mod netpolicy;
 pub mod plan;

@@ -1,0 +1,214 @@
+//! Giving back the code pages that a burst of work mapped in.
+//!
+//! An apply (config parsing, rendering, planning, the transaction, health checks) runs code that
+//! the idle loop never touches again: several MiB of bosun's own executable. The kernel keeps
+//! those pages mapped in the daemon until memory runs short, and a mapped executable page is
+//! among the last it reclaims. On a 1 GB node that is memory k3s could use. So after a step
+//! that grew the daemon's file-backed resident set, bosun asks the kernel to page its own
+//! read-only executable mappings out (`madvise(MADV_PAGEOUT)`, Linux ≥ 5.4). Clean file pages
+//! are simply dropped; the idle loop faults back the few it needs, and the next apply re-reads
+//! the rest from disk (a few MiB, once per apply).
+//!
+//! When: after a loop step that applied or re-planned ([`CodePages::note_work`]), at most once
+//! per [`MIN_GAP`] so that a commit rejected at every poll does not re-read the code from disk
+//! every minute. Idle polls never release.
+//!
+//! Invariants:
+//! - Only mappings of bosun's own executable without write permission are advised. Their
+//!   contents never change: a clean file page is re-read from the file, a relocated (copy-on-
+//!   write) page can only go to swap. Nothing here can change what the program reads.
+//! - Every failure (no `/proc`, an old kernel without `MADV_PAGEOUT`) just leaves the pages
+//!   where they are.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+/// Least time between two releases.
+pub const MIN_GAP: Duration = Duration::from_secs(300);
+
+/// Decides when to release. Pure (time is passed in).
+#[derive(Debug, Clone, Default)]
+pub struct Releaser {
+    pending: bool,
+    last: Option<Instant>,
+}
+
+impl Releaser {
+    /// A step did work that ran code the idle loop does not (apply, re-plan).
+    pub fn note_work(&mut self) {
+        self.pending = true;
+    }
+
+    /// Called after each step; true means "release now".
+    pub fn due(&mut self, now: Instant) -> bool {
+        let gap_ok = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= MIN_GAP);
+        if self.pending && gap_ok {
+            self.pending = false;
+            self.last = Some(now);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Releases for the running process.
+#[derive(Debug, Default)]
+pub struct CodePages {
+    releaser: Releaser,
+}
+
+impl CodePages {
+    /// See [`Releaser::note_work`].
+    pub fn note_work(&mut self) {
+        self.releaser.note_work();
+    }
+
+    /// Call after each step of the daemon loop. On a release, reads `/proc/self/maps` and
+    /// advises the kernel; returns the bytes advised.
+    pub fn after_step(&mut self) -> Option<u64> {
+        if !self.releaser.due(Instant::now()) {
+            return None;
+        }
+        let advised = release_exe_pages();
+        tracing::debug!(
+            advised_kib = advised / 1024,
+            "paged out bosun's code pages after a burst of work"
+        );
+        Some(advised)
+    }
+}
+
+/// One mapping line of `/proc/<pid>/maps` that may be advised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The read-only mappings of the file with inode `inode` in a `/proc/<pid>/maps` text. Pure.
+pub fn read_only_mappings_of(maps: &str, inode: u64) -> Vec<Mapping> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let (_offset, _dev, ino) = (f.next()?, f.next()?, f.next()?);
+            if ino.parse::<u64>().ok()? != inode || perms.as_bytes().get(1) != Some(&b'-') {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some(Mapping {
+                start: usize::from_str_radix(start, 16).ok()?,
+                end: usize::from_str_radix(end, 16).ok()?,
+            })
+        })
+        .filter(|m| m.end > m.start)
+        .collect()
+}
+
+/// Advises `MADV_PAGEOUT` on the read-only mappings of the running executable; returns the
+/// bytes advised (0 when anything is unavailable).
+fn release_exe_pages() -> u64 {
+    let Ok(exe) = std::fs::metadata("/proc/self/exe") else {
+        return 0;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return 0;
+    };
+    let mut advised = 0u64;
+    for m in read_only_mappings_of(&maps, exe.ino()) {
+        let len = m.end - m.start;
+        // SAFETY: the range is a whole mapping of this process, taken from the kernel's own
+        // list, and bosun never unmaps its executable. MADV_PAGEOUT does not change memory
+        // contents: it only lets the kernel reclaim the pages now (clean file pages are
+        // re-read on the next access; see the module invariants).
+        let result = unsafe {
+            rustix::mm::madvise(
+                m.start as *mut std::ffi::c_void,
+                len,
+                rustix::mm::Advice::LinuxPageOut,
+            )
+        };
+        if result.is_ok() {
+            advised += len as u64;
+        }
+    }
+    advised
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_after_work_at_most_once_per_gap() {
+        let t0 = Instant::now();
+        let mut r = Releaser::default();
+        assert!(!r.due(t0), "idle steps never release");
+        r.note_work();
+        assert!(r.due(t0), "the first apply releases at once");
+        assert!(!r.due(t0), "once");
+        r.note_work();
+        assert!(!r.due(t0 + MIN_GAP / 2), "too soon after the last release");
+        assert!(!r.due(t0 + MIN_GAP / 2), "still too soon");
+        assert!(
+            r.due(t0 + MIN_GAP),
+            "the held release happens once the gap has passed"
+        );
+        assert!(!r.due(t0 + MIN_GAP * 3), "nothing pending");
+    }
+
+    #[test]
+    fn only_read_only_mappings_of_the_executable() {
+        let maps = "\
+55d0c0000000-55d0c02ce000 r--p 00000000 fd:01 4242   /usr/local/bin/bosun
+55d0c02ce000-55d0c0c5a000 r-xp 002ce000 fd:01 4242   /usr/local/bin/bosun
+55d0c0c5a000-55d0c0cc8000 rw-p 00c5a000 fd:01 4242   /usr/local/bin/bosun
+55d0c1000000-55d0c1021000 rw-p 00000000 00:00 0      [heap]
+7f0000000000-7f0000100000 r-xp 00000000 fd:01 777    /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000200000-7f0000300000 r--p 00000000 fd:01 4242   /usr/local/bin/bosun (deleted)
+";
+        assert_eq!(
+            read_only_mappings_of(maps, 4242),
+            vec![
+                Mapping {
+                    start: 0x55d0c0000000,
+                    end: 0x55d0c02ce000
+                },
+                Mapping {
+                    start: 0x55d0c02ce000,
+                    end: 0x55d0c0c5a000
+                },
+                Mapping {
+                    start: 0x7f0000200000,
+                    end: 0x7f0000300000
+                },
+            ]
+        );
+        assert!(read_only_mappings_of(maps, 1).is_empty());
+        assert!(read_only_mappings_of("garbage\n\n", 4242).is_empty());
+    }
+
+    #[test]
+    fn a_release_keeps_the_program_working() {
+        // The real thing on this process: afterwards the code and read-only data it maps are
+        // still there (a page-out that lost contents would crash or change this result).
+        let before: u64 = (1..=10_000u64).map(|i| i * i % 7).sum();
+        let mut pages = CodePages::default();
+        assert_eq!(pages.after_step(), None, "no work, no release");
+        pages.note_work();
+        let advised = pages.after_step();
+        let after: u64 = (1..=10_000u64).map(|i| i * i % 7).sum();
+        assert_eq!(before, after);
+        let exe = std::fs::metadata("/proc/self/exe").unwrap().ino();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let expected: u64 = read_only_mappings_of(&maps, exe)
+            .iter()
+            .map(|m| (m.end - m.start) as u64)
+            .sum();
+        assert!(expected > 0, "the test binary maps itself read-only");
+        assert_eq!(advised, Some(expected));
+    }
+}
