@@ -4,12 +4,17 @@
 #   2. CPU per idle poll (utime+stime from /proc/<pid>/stat over POLLS polls),
 #   3. commit-to-applied latency: with the poll interval, and with SIGHUP right after the
 #      commit (which isolates fetch + verify + plan + apply from the wait for the next poll).
+# Peers in the same run: `git ls-remote` (CPU of an idle check) and `git pull --ff-only`
+# (fetch + checkout of the same commits); the script prints bosun/peer ratios.
+# K3s is replaced by a stand-in kubelet /healthz (python3 http.server on 127.0.0.1), so the
+# first apply takes the real health-gated path.
 #
 #   bench/daemon/run.sh                       # builds the release binary first
 #   BOSUN=/path/to/bosun bench/daemon/run.sh  # use an existing binary
 #   POLLS=50 INTERVAL_MS=100 COMMITS=10 bench/daemon/run.sh
+#   DAEMON_LOG=/tmp/d.log SMAPS=/tmp/smaps bench/daemon/run.sh  # keep the log / a smaps copy
 #
-# Needs: git, curl. Everything listens on 127.0.0.1 only.
+# Needs: git, curl, python3. Everything listens on 127.0.0.1 only.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -25,6 +30,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if [ -n "${DAEMON_LOG:-}" ]; then cp "$work/daemon.log" "$DAEMON_LOG" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -36,9 +42,31 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 now() { date +%s%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# K3s cannot run here; a stand-in kubelet /healthz on loopback lets the first reconcile take the
+# real health-gated path (example-repo changes the k3s configuration, so its apply is gated).
+hport=$(free_port)
+python3 -c '
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+' "$hport" &
+pids+=($!)
+
 repo="$work/base/fleet"
 mkdir -p "$repo" "$work/root"
 cp -r "$top/example-repo/." "$repo/"
+cat > "$repo/groups/zz-bench-health.yaml" <<YAML
+match: ["*"]
+health:
+  interval: 100ms
+  successes: 1
+  checks:
+  - type: kubelet
+    url: http://127.0.0.1:$hport/healthz
+YAML
 git -C "$repo" init -q -b main
 git -C "$repo" add -A
 git -C "$repo" commit -q -m "example-repo"
@@ -73,9 +101,13 @@ for _ in $(seq 400); do
 done
 [ "$(metric 'bosun_reconcile_total{result="success"}')" = 1 ] || { cat "$work/daemon.log"; echo "first reconcile did not happen" >&2; exit 1; }
 sleep 2
+# SMAPS=FILE keeps a copy of /proc/<pid>/smaps for a per-mapping breakdown.
+if [ -n "${SMAPS:-}" ]; then cp "/proc/$pid/smaps" "$SMAPS"; fi
 
 rss_kib=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
 hwm_kib=$(awk '/^VmHWM/ {print $2}' /proc/$pid/status)
+anon_kib=$(awk '/^RssAnon/ {print $2}' /proc/$pid/status)
+file_kib=$(awk '/^RssFile/ {print $2}' /proc/$pid/status)
 threads=$(awk '/^Threads/ {print $2}' /proc/$pid/status)
 
 tck=$(getconf CLK_TCK)
@@ -85,7 +117,8 @@ while [ "$(metric bosun_polls_total)" -lt $((p0 + POLLS)) ]; do sleep 0.1; done
 p1=$(metric bosun_polls_total); c1=$(cpu); b1=$(metric bosun_fetch_bytes_total)
 cpu_ms_per_poll=$(awk -v c=$((c1 - c0)) -v p=$((p1 - p0)) -v t="$tck" 'BEGIN {printf "%.2f", c * 1000 / t / p}')
 
-lat_poll=(); lat_hup=()
+lat_poll=(); lat_hup=(); pull_ms=()
+git clone -q "git://127.0.0.1:$gport/fleet" "$work/peer"
 for i in $(seq "$COMMITS"); do
   for mode in poll hup; do
     f="etc/bench/$mode-$i"
@@ -99,12 +132,32 @@ for i in $(seq "$COMMITS"); do
     t1=$(now)
     if [ "$mode" = poll ]; then lat_poll+=($(( (t1 - t0) / 1000000 ))); else lat_hup+=($(( (t1 - t0) / 1000000 ))); fi
   done
+  # The peer catches up with the same two commits.
+  t0=$(now); git -C "$work/peer" pull -q --ff-only; t1=$(now)
+  pull_ms+=($(( (t1 - t0) / 1000000 )))
 done
 rss_after_kib=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
 
+# Peers, same machine, same run, same server:
+# - idle check: `git ls-remote` of the ref (what a cron job running git does each poll), CPU of
+#   the whole process (children's utime+stime, via bash's `times`);
+# - update: `git pull --ff-only` of the same commits into a clone (no verify, no apply).
+peer_times=$(
+  for _ in $(seq "$POLLS"); do git ls-remote "git://127.0.0.1:$gport/fleet" refs/heads/main >/dev/null; done
+  times
+)
+peer_cpu_ms=$(echo "$peer_times" | awk -v p="$POLLS" 'NR == 2 {
+  split($1, u, "m"); split($2, s, "m"); sub("s", "", u[2]); sub("s", "", s[2])
+  printf "%.2f", ((u[1] * 60 + u[2]) + (s[1] * 60 + s[2])) * 1000 / p }')
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+hup_median=$(printf '%s\n' "${lat_hup[@]}" | median)
+pull_median=$(printf '%s\n' "${pull_ms[@]}" | median)
+
 echo "binary:                      $BOSUN"
-echo "idle RSS after first apply:  $((rss_kib / 1024)).$(( (rss_kib % 1024) * 10 / 1024 )) MiB ($rss_kib KiB; peak $hwm_kib KiB; $threads threads)"
+echo "idle RSS after first apply:  $((rss_kib / 1024)).$(( (rss_kib % 1024) * 10 / 1024 )) MiB ($rss_kib KiB: anonymous $anon_kib KiB, file-backed $file_kib KiB; peak $hwm_kib KiB; $threads threads)"
 echo "idle CPU per poll:           $cpu_ms_per_poll ms (over $((p1 - p0)) polls at ${INTERVAL_MS} ms; pack bytes fetched meanwhile: $((b1 - b0)))"
+echo "  peer: git ls-remote:       $peer_cpu_ms ms CPU per call; ratio bosun/peer $(ratio "$cpu_ms_per_poll" "$peer_cpu_ms")"
 echo "commit to applied (poll):    median $(printf '%s\n' "${lat_poll[@]}" | median) ms, max $(printf '%s\n' "${lat_poll[@]}" | sort -n | tail -1) ms (interval ${INTERVAL_MS} ms, $COMMITS commits)"
-echo "commit to applied (SIGHUP):  median $(printf '%s\n' "${lat_hup[@]}" | median) ms, max $(printf '%s\n' "${lat_hup[@]}" | sort -n | tail -1) ms"
+echo "commit to applied (SIGHUP):  median $hup_median ms, max $(printf '%s\n' "${lat_hup[@]}" | sort -n | tail -1) ms"
+echo "  peer: git pull --ff-only:  median $pull_median ms (fetch + checkout of the same 2 commits, no verify/apply); ratio bosun/peer $(ratio "$hup_median" "$pull_median")"
 echo "RSS after $((2 * COMMITS)) applies:      $rss_after_kib KiB"
