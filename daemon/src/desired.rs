@@ -50,6 +50,15 @@ pub enum Effect {
     ReloadUnit {
         unit: String,
     },
+    /// `systemctl enable UNIT`: the unit starts at boot (k3s's role unit).
+    EnableUnit {
+        unit: String,
+    },
+    /// `systemctl disable --now UNIT`: stopped, and not started at boot (the k3s unit of the
+    /// role a node left).
+    DisableUnit {
+        unit: String,
+    },
     /// Shell command lines run once per boot, in a phase.
     RunCommands {
         phase: CommandPhase,
@@ -73,6 +82,9 @@ pub enum CommandPhase {
 pub enum Trigger {
     /// When any of these paths is created, updated or deleted by the apply.
     Changed(Vec<String>),
+    /// When any path below this directory (absolute, no trailing `/`) is created, updated or
+    /// deleted by the apply, including files no longer managed (pruned).
+    ChangedUnder(String),
     /// Once per boot (boot id) in the given phase.
     OncePerBoot,
 }

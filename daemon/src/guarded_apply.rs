@@ -401,10 +401,13 @@ impl std::fmt::Display for GateReason {
     }
 }
 
-/// Whether `path` is k3s configuration bosun renders: either role's unit drop-in or the k3s
-/// environment file (pure).
+/// Whether `path` is k3s configuration: either role's unit drop-in, or anything in k3s's
+/// configuration directory (bosun's environment file, and `config.yaml`, `config.yaml.d/`,
+/// `registries.yaml` from `write_files`) (pure).
 pub fn is_k3s_config_path(path: &str) -> bool {
-    path == K3S_ENV_FILE
+    debug_assert!(K3S_ENV_FILE.starts_with(crate::render::K3S_CONFIG_DIR));
+    path.strip_prefix(crate::render::K3S_CONFIG_DIR)
+        .is_some_and(|rest| rest.starts_with('/'))
         || path == crate::render::K3sRole::Server.dropin_path()
         || path == crate::render::K3sRole::Agent.dropin_path()
 }
@@ -855,7 +858,15 @@ mod tests {
     fn k3s_gate_fires_on_k3s_files_or_restart_only() {
         let motd = plan_creating(&["/etc/motd"], vec![]);
         assert_eq!(gate_reason(HealthGate::K3s, &motd, None), None);
-        for path in [DROPIN, AGENT_DROPIN, K3S_ENV_FILE] {
+        // k3s's own files from write_files count like bosun's: k3s reads them at start.
+        for path in [
+            DROPIN,
+            AGENT_DROPIN,
+            K3S_ENV_FILE,
+            "/etc/rancher/k3s/config.yaml",
+            "/etc/rancher/k3s/config.yaml.d/10-labels.yaml",
+            "/etc/rancher/k3s/registries.yaml",
+        ] {
             let p = plan_creating(&["/etc/motd", path], vec![]);
             assert_eq!(
                 gate_reason(HealthGate::K3s, &p, None),
@@ -884,6 +895,9 @@ mod tests {
             }],
         );
         assert_eq!(gate_reason(HealthGate::K3s, &other_restart, None), None);
+        // A sibling directory with a common prefix is not k3s's.
+        let lookalike = plan_creating(&["/etc/rancher/k3s-backup/config.yaml"], vec![]);
+        assert_eq!(gate_reason(HealthGate::K3s, &lookalike, None), None);
     }
 
     #[test]

@@ -189,7 +189,10 @@ pub fn plan(
             Trigger::Changed(paths) if paths.iter().any(|p| changed.contains(p)) => {
                 &mut out.effects
             }
-            Trigger::Changed(_) => continue,
+            Trigger::ChangedUnder(dir) if changed.iter().any(|p| is_under(p, dir)) => {
+                &mut out.effects
+            }
+            Trigger::Changed(_) | Trigger::ChangedUnder(_) => continue,
             Trigger::OncePerBoot => &mut out.once_per_boot,
         };
         if !list.contains(&rule.effect) {
@@ -279,6 +282,12 @@ fn owner(uid: u32, gid: u32) -> String {
     format!("{uid}:{gid}")
 }
 
+/// Whether `path` lies below directory `dir` (pure).
+fn is_under(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
 fn describe_effect(e: &Effect) -> String {
     match e {
         Effect::SetHostname { hostname } => format!("set hostname to {hostname}"),
@@ -287,6 +296,8 @@ fn describe_effect(e: &Effect) -> String {
         Effect::DaemonReload => "systemctl daemon-reload".to_string(),
         Effect::RestartUnit { unit } => format!("systemctl restart {unit}"),
         Effect::ReloadUnit { unit } => format!("systemctl reload {unit}"),
+        Effect::EnableUnit { unit } => format!("systemctl enable {unit}"),
+        Effect::DisableUnit { unit } => format!("systemctl disable --now {unit}"),
         Effect::RunCommands { phase, commands } => {
             format!("run {} {phase:?} command(s)", commands.len())
         }
@@ -648,6 +659,57 @@ mod tests {
             ]
         );
         assert_eq!(p.once_per_boot.len(), 1);
+    }
+
+    #[test]
+    fn directory_triggers_fire_for_changes_and_prunes_below_it() {
+        let under = |dir: &str, unit: &str| EffectRule {
+            effect: Effect::RestartUnit { unit: unit.into() },
+            trigger: Trigger::ChangedUnder(dir.into()),
+        };
+        let rules = vec![
+            under("/etc/rancher/k3s", "k3s"),
+            under("/etc/other", "other"),
+            under("/etc/rancher", "parent"),
+        ];
+        let unchanged = desired(
+            vec![file("/etc/rancher/k3s/config.yaml", "a", 0o644)],
+            rules.clone(),
+        );
+        let mut o = Observation::new();
+        o.insert(
+            "/etc/rancher/k3s/config.yaml",
+            Some(Observed::file("a", 0o644, 0, 0)),
+        );
+        o.insert(
+            "/etc/rancher/k3s-old",
+            Some(Observed::file("x", 0o644, 0, 0)),
+        );
+        o.insert(
+            "/etc/rancher/k3s/registries.yaml",
+            Some(Observed::file("r", 0o644, 0, 0)),
+        );
+        let p = plan(&unchanged, &o, &BTreeSet::new()).unwrap();
+        assert!(p.effects.is_empty(), "{:?}", p.effects);
+        // A lookalike sibling (`/etc/rancher/k3s-old`) is not below the k3s directory.
+        let p = plan(&unchanged, &o, &set(&["/etc/rancher/k3s-old"])).unwrap();
+        assert_eq!(
+            p.effects,
+            vec![Effect::RestartUnit {
+                unit: "parent".into()
+            }]
+        );
+        // A pruned file below it fires, once per effect.
+        let p = plan(&unchanged, &o, &set(&["/etc/rancher/k3s/registries.yaml"])).unwrap();
+        assert_eq!(
+            p.effects,
+            vec![
+                Effect::RestartUnit { unit: "k3s".into() },
+                Effect::RestartUnit {
+                    unit: "parent".into()
+                }
+            ]
+        );
     }
 
     #[test]

@@ -152,6 +152,8 @@ pub fn effect_commands(effect: &Effect) -> Vec<Vec<String>> {
         Effect::DaemonReload => vec![v(&["systemctl", "daemon-reload"])],
         Effect::RestartUnit { unit } => vec![v(&["systemctl", "restart", unit])],
         Effect::ReloadUnit { unit } => vec![v(&["systemctl", "reload", unit])],
+        Effect::EnableUnit { unit } => vec![v(&["systemctl", "enable", unit])],
+        Effect::DisableUnit { unit } => vec![v(&["systemctl", "disable", "--now", unit])],
         Effect::RunCommands { commands, .. } => {
             commands.iter().map(|c| v(&["sh", "-c", c])).collect()
         }
@@ -305,6 +307,12 @@ mod tests {
                 Effect::Modprobe {
                     module: "nope".into(),
                 },
+                Effect::DisableUnit {
+                    unit: "k3s.service".into(),
+                },
+                Effect::EnableUnit {
+                    unit: "k3s-agent.service".into(),
+                },
                 Effect::RestartUnit { unit: "k3s".into() },
             ],
             &runner,
@@ -312,6 +320,14 @@ mod tests {
         );
         assert_eq!(log.failures, 1);
         let calls: Vec<String> = runner.calls().iter().map(|c| c.join(" ")).collect();
-        assert_eq!(calls, vec!["modprobe nope", "systemctl restart k3s"]);
+        assert_eq!(
+            calls,
+            vec![
+                "modprobe nope",
+                "systemctl disable --now k3s.service",
+                "systemctl enable k3s-agent.service",
+                "systemctl restart k3s"
+            ]
+        );
     }
 }

@@ -441,6 +441,47 @@ async fn apiserver_500_after_a_commit_rolls_back_marks_it_bad_and_refuses_it() {
     assert_eq!(history.last_good().unwrap().commit, id(&c));
 }
 
+/// k3s reads `/etc/rancher/k3s/{config.yaml,registries.yaml}` at start: a `write_files` entry
+/// there restarts k3s and is health-gated like a drop-in change, and the revert (which prunes
+/// the file) restarts k3s again.
+#[tokio::test]
+async fn write_files_into_the_k3s_config_dir_restart_k3s_and_are_gated() {
+    const REGISTRIES: &str = "/etc/rancher/k3s/registries.yaml";
+    let node = Node::new().await;
+    let mut history = CommitHistory::load(&node.state).unwrap();
+    let a = node.commit(&Spec {
+        tier: "edge",
+        motd: "good",
+        markers: &[],
+        checks: Checks::Apiserver,
+    });
+    expect_healthy(&node.apply(&a, &mut history).await);
+    let good_tree = tree(&node.root);
+    assert_eq!(node.k3s_restarts(), 1);
+
+    // Same labels, so the drop-in is unchanged: only k3s's own file is new.
+    let b = node.commit(&Spec {
+        tier: "edge",
+        motd: "good",
+        markers: &[REGISTRIES, APISERVER_BROKEN],
+        checks: Checks::Apiserver,
+    });
+    let out = node.apply(&b, &mut history).await;
+    match &out {
+        GuardedOutcome::RolledBack { gate, .. } => assert_eq!(
+            gate,
+            &GateReason::K3sConfigChanged {
+                paths: vec![REGISTRIES.into()]
+            }
+        ),
+        other => panic!("expected a rollback, got {other:#?}"),
+    }
+    expect_rolled_back(&out, &id(&a));
+    assert_eq!(tree(&node.root), good_tree, "registries.yaml is gone again");
+    // b's restart, then the revert's.
+    assert_eq!(node.k3s_restarts(), 3);
+}
+
 #[tokio::test]
 async fn node_not_ready_after_a_commit_rolls_back() {
     let node = Node::new().await;

@@ -40,6 +40,10 @@ use crate::desired::{Effect, EffectRule, Trigger};
 
 pub const K3S_ENV_FILE: &str = "/etc/rancher/k3s/bosun.env";
 
+/// k3s's configuration directory: `config.yaml`, `config.yaml.d/`, `registries.yaml` are read
+/// at start, so a change there (from `write_files`) restarts k3s like a change of the drop-in.
+pub const K3S_CONFIG_DIR: &str = "/etc/rancher/k3s";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum K3sRole {
     Server,
@@ -280,15 +284,34 @@ pub(crate) fn render_k3s(
         0o644
     };
     b.put(root_file(&dropin, text.into_bytes(), mode, "k3os.k3s"));
+    let unit = format!("{}.service", inv.role.unit());
+    let other = match inv.role {
+        K3sRole::Server => K3sRole::Agent,
+        K3sRole::Agent => K3sRole::Server,
+    };
     b.effects.push(EffectRule {
         effect: Effect::DaemonReload,
+        trigger: Trigger::Changed(vec![dropin.clone(), other.dropin_path()]),
+    });
+    // A role switch prunes the other role's drop-in: that unit stops and stays off at boot.
+    b.effects.push(EffectRule {
+        effect: Effect::DisableUnit {
+            unit: format!("{}.service", other.unit()),
+        },
+        trigger: Trigger::Changed(vec![other.dropin_path()]),
+    });
+    // The role's unit starts at boot once bosun configures it (k3os enabled it in its image).
+    b.effects.push(EffectRule {
+        effect: Effect::EnableUnit { unit: unit.clone() },
         trigger: Trigger::Changed(vec![dropin]),
     });
     b.effects.push(EffectRule {
-        effect: Effect::RestartUnit {
-            unit: format!("{}.service", inv.role.unit()),
-        },
+        effect: Effect::RestartUnit { unit: unit.clone() },
         trigger: Trigger::Changed(watched),
+    });
+    b.effects.push(EffectRule {
+        effect: Effect::RestartUnit { unit },
+        trigger: Trigger::ChangedUnder(K3S_CONFIG_DIR.to_string()),
     });
     Ok(())
 }
@@ -562,13 +585,34 @@ mod tests {
             .state
             .effects
             .iter()
-            .filter(|e| matches!(e.effect, Effect::DaemonReload | Effect::RestartUnit { .. }))
+            .filter(|e| {
+                matches!(
+                    e.effect,
+                    Effect::DaemonReload
+                        | Effect::RestartUnit { .. }
+                        | Effect::EnableUnit { .. }
+                        | Effect::DisableUnit { .. }
+                )
+            })
             .collect();
+        let server_dropin = "/etc/systemd/system/k3s.service.d/90-bosun.conf";
         assert_eq!(
             k3s_effects,
             vec![
                 &EffectRule {
                     effect: Effect::DaemonReload,
+                    trigger: Trigger::Changed(vec![dropin.into(), server_dropin.into()]),
+                },
+                &EffectRule {
+                    effect: Effect::DisableUnit {
+                        unit: "k3s.service".into()
+                    },
+                    trigger: Trigger::Changed(vec![server_dropin.into()]),
+                },
+                &EffectRule {
+                    effect: Effect::EnableUnit {
+                        unit: "k3s-agent.service".into()
+                    },
                     trigger: Trigger::Changed(vec![dropin.into()]),
                 },
                 &EffectRule {
@@ -576,6 +620,12 @@ mod tests {
                         unit: "k3s-agent.service".into()
                     },
                     trigger: Trigger::Changed(vec![dropin.into(), K3S_ENV_FILE.into()]),
+                },
+                &EffectRule {
+                    effect: Effect::RestartUnit {
+                        unit: "k3s-agent.service".into()
+                    },
+                    trigger: Trigger::ChangedUnder("/etc/rancher/k3s".into()),
                 },
             ]
         );

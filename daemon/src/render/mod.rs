@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use crate::config::{NodeConfig, Origin};
 use crate::desired::{DesiredFile, DesiredState, EffectRule, FileSource};
 
-pub use k3s::{k3s_invocation, k3s_role, K3sInvocation, K3sRole, TokenKind};
+pub use k3s::{k3s_invocation, k3s_role, K3sInvocation, K3sRole, TokenKind, K3S_CONFIG_DIR};
 
 /// Files bosun edits in place. Their current content comes in through [`RenderEnv`].
 pub const PASSWD: &str = "/etc/passwd";
@@ -416,9 +416,12 @@ mod tests {
         assert!(matches!(kinds[0], Effect::SetHostname { .. }));
         assert!(matches!(kinds[1], Effect::SysctlLoad { .. }));
         assert!(matches!(kinds[2], Effect::DaemonReload));
-        assert!(matches!(kinds[3], Effect::RestartUnit { .. }));
+        assert!(matches!(kinds[3], Effect::DisableUnit { .. }));
+        assert!(matches!(kinds[4], Effect::EnableUnit { .. }));
+        assert!(matches!(kinds[5], Effect::RestartUnit { .. }));
+        assert!(matches!(kinds[6], Effect::RestartUnit { .. }));
         assert_eq!(
-            r.state.effects[4],
+            r.state.effects[7],
             EffectRule {
                 effect: Effect::RunCommands {
                     phase: CommandPhase::Init,
@@ -427,6 +430,6 @@ mod tests {
                 trigger: Trigger::OncePerBoot
             }
         );
-        assert_eq!(r.state.effects.len(), 6);
+        assert_eq!(r.state.effects.len(), 9);
     }
 }
