@@ -19,6 +19,9 @@
 //!   never verified healthy (bosun died before the verdict, or it failed and was kept), the
 //!   next apply is gated even if its plan is empty or leaves k3s alone — unless
 //!   `health.gate` is `none`. So "last good" always means "verified" under a gate;
+//! - a commit cannot loosen its own gate: the gate is the stricter of its `health.gate` and the
+//!   last good commit's ([`effective_gate`]). Loosening takes effect from the next commit, so
+//!   a broken commit that also says `gate: none` is still caught;
 //! - the rollback counter only counts completed reverts;
 //! - the history is written only when it changed (no flash wear on every poll).
 //!
@@ -416,6 +419,32 @@ fn is_k3s_unit(unit: &str) -> bool {
     matches!(unit.trim_end_matches(".service"), "k3s" | "k3s-agent")
 }
 
+/// The gate an apply runs under: the commit's own `health.gate`, never looser than the last
+/// good commit's (`none` < `k3s` < `all`). Pure.
+pub fn effective_gate(own: HealthGate, last_good: Option<HealthGate>) -> HealthGate {
+    let rank = |g: HealthGate| match g {
+        HealthGate::None => 0,
+        HealthGate::K3s => 1,
+        HealthGate::All => 2,
+    };
+    match last_good {
+        Some(previous) if rank(previous) > rank(own) => previous,
+        _ => own,
+    }
+}
+
+/// The `health.gate` of the last good commit, when its config still loads.
+fn last_good_gate(history: &CommitHistory, target: &Target) -> Option<HealthGate> {
+    let good = history.last_good()?;
+    match crate::config::load(&good.snapshot(), &target.hostname, &target.load) {
+        Ok(loaded) => Some(loaded.config.health.gate),
+        Err(e) => {
+            tracing::warn!(commit = %good.commit, "cannot read the last good commit's health.gate ({e}); using the new commit's");
+            None
+        }
+    }
+}
+
 /// Decides whether applying `plan` is health-gated (pure). `gate`: `none` never, `all`
 /// always, `k3s` when the plan changes a k3s config file or restarts the k3s unit, or when
 /// `unverified_on_disk` names the commit on disk that was never verified healthy.
@@ -601,11 +630,11 @@ pub async fn apply_guarded(
     };
     let prepared = reconcile::prepare(new, target).await.map_err(apply_err)?;
     let cfg = &prepared.loaded.config;
-    let gate = gate_reason(
-        cfg.health.gate,
-        &prepared.plan,
-        history.unverified_on_disk(),
-    );
+    let gate_policy = effective_gate(cfg.health.gate, last_good_gate(history, target));
+    if gate_policy != cfg.health.gate {
+        tracing::info!(%commit, own = ?cfg.health.gate, applied = ?gate_policy, "health.gate is loosened only from the next commit on");
+    }
+    let gate = gate_reason(gate_policy, &prepared.plan, history.unverified_on_disk());
     history.begin(&commit);
     history.save()?;
     let applied = reconcile::apply_prepared(&prepared, target, runner).map_err(apply_err)?;
@@ -898,6 +927,18 @@ mod tests {
         // A sibling directory with a common prefix is not k3s's.
         let lookalike = plan_creating(&["/etc/rancher/k3s-backup/config.yaml"], vec![]);
         assert_eq!(gate_reason(HealthGate::K3s, &lookalike, None), None);
+    }
+
+    #[test]
+    fn a_commit_cannot_loosen_its_own_gate() {
+        use HealthGate::*;
+        assert_eq!(effective_gate(None, Option::None), None);
+        assert_eq!(effective_gate(None, Some(K3s)), K3s);
+        assert_eq!(effective_gate(K3s, Some(All)), All);
+        assert_eq!(effective_gate(None, Some(None)), None);
+        // Tightening takes effect at once.
+        assert_eq!(effective_gate(All, Some(None)), All);
+        assert_eq!(effective_gate(K3s, Some(None)), K3s);
     }
 
     #[test]

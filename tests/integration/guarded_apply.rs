@@ -265,7 +265,10 @@ impl Node {
 
     /// A snapshot of one commit; the id is derived from the content, like a git commit's.
     fn commit(&self, spec: &Spec) -> Snapshot {
-        let yaml = config_yaml(&self.standin, spec);
+        self.commit_yaml(config_yaml(&self.standin, spec))
+    }
+
+    fn commit_yaml(&self, yaml: String) -> Snapshot {
         let id = hex::encode(&sha2::Sha256::digest(yaml.as_bytes())[..20]);
         Snapshot::from_files(
             Some(id),
@@ -480,6 +483,51 @@ async fn write_files_into_the_k3s_config_dir_restart_k3s_and_are_gated() {
     assert_eq!(tree(&node.root), good_tree, "registries.yaml is gone again");
     // b's restart, then the revert's.
     assert_eq!(node.k3s_restarts(), 3);
+}
+
+/// `health.gate: none` in a broken commit does not disarm the gate that catches it; it takes
+/// effect once a commit carrying it has been applied.
+#[tokio::test]
+async fn a_commit_cannot_switch_off_its_own_gate() {
+    let node = Node::new().await;
+    let mut history = CommitHistory::load(&node.state).unwrap();
+    let spec = |tier, markers| Spec {
+        tier,
+        motd: "m",
+        markers,
+        checks: Checks::Apiserver,
+    };
+    let gate_none = |snap: String| {
+        assert!(snap.contains("gate: k3s\n"));
+        snap.replace("gate: k3s\n", "gate: none\n")
+    };
+    let a = node.commit(&spec("edge", &[]));
+    expect_healthy(&node.apply(&a, &mut history).await);
+
+    // Broken, and it says `gate: none`: judged under the last good commit's `k3s` gate.
+    let b = node.commit_yaml(gate_none(config_yaml(
+        &node.standin,
+        &spec("broken", &[APISERVER_BROKEN]),
+    )));
+    expect_rolled_back(&node.apply(&b, &mut history).await, &id(&a));
+    assert!(node.read(DROPIN).contains("node-labels=tier=edge"));
+
+    // `gate: none` on its own (k3s untouched, so not gated) is applied and becomes last good...
+    let c = node.commit_yaml(gate_none(config_yaml(&node.standin, &spec("edge", &[]))));
+    match node.apply(&c, &mut history).await {
+        GuardedOutcome::Applied { commit, .. } => assert_eq!(commit, id(&c)),
+        other => panic!("expected an ungated apply, got {other:#?}"),
+    }
+    // ...and from then on the operator's choice holds: the next commit is not gated.
+    let d = node.commit_yaml(gate_none(config_yaml(
+        &node.standin,
+        &spec("core", &[APISERVER_BROKEN]),
+    )));
+    match node.apply(&d, &mut history).await {
+        GuardedOutcome::Applied { commit, .. } => assert_eq!(commit, id(&d)),
+        other => panic!("expected an ungated apply, got {other:#?}"),
+    }
+    assert!(node.read(DROPIN).contains("node-labels=tier=core"));
 }
 
 #[tokio::test]
