@@ -888,10 +888,14 @@ impl<A: SnapshotApplier> Daemon<A> {
             return;
         };
         self.code_pages.note_work();
+        // Drift and start-up re-plans must be quick and work offline: ssh keys from the cache
+        // (a flaky link must not hold a revert back by a connect timeout). Resyncs fetch.
+        let mut target = self.target.clone();
+        target.keys.cache_first = why != "resync";
         let sd = self.systemd;
         let runner = self.runner.clone();
         let result = sd
-            .guard(self.applier.apply(&snapshot, &self.target, runner))
+            .guard(self.applier.apply(&snapshot, &target, runner))
             .await;
         match result {
             Ok(o) if o.changed_paths.is_empty() => {

@@ -45,6 +45,10 @@ pub struct KeyFetcherConfig {
     /// Extra PEM CA certificates trusted besides the bundled web PKI roots (a self-hosted GitLab
     /// behind a private CA; tests).
     pub extra_ca_pem: Vec<Vec<u8>>,
+    /// Use a source's cached keys without asking the network when there are any (re-plans that
+    /// must be quick and work offline: drift corrections, start-up). New commits and periodic
+    /// resyncs fetch.
+    pub cache_first: bool,
 }
 
 impl KeyFetcherConfig {
@@ -59,6 +63,7 @@ impl KeyFetcherConfig {
             max_body: 64 * 1024,
             cache_dir: state_dir.join("ssh-keys"),
             extra_ca_pem: Vec::new(),
+            cache_first: false,
         }
     }
 }
@@ -115,6 +120,8 @@ pub enum SourceOutcome {
     },
     /// Fetch failed; the last good keys from the cache are used.
     Cached { error: FetchError, count: usize },
+    /// Taken from the cache without fetching (`cache_first`).
+    FromCache { count: usize },
     /// Fetch failed and nothing was cached: the source contributes no keys.
     Missing { error: FetchError },
 }
@@ -165,7 +172,7 @@ impl KeyResolution {
                 source_label(&r.source)
             );
             match &r.outcome {
-                SourceOutcome::Literal => {}
+                SourceOutcome::Literal | SourceOutcome::FromCache { .. } => {}
                 SourceOutcome::Fetched { count, cache_error } => {
                     if *count == 0 {
                         out.push(format!("{what}: the server lists no keys"));
@@ -377,26 +384,14 @@ impl KeyFetcher {
         for entry in entries {
             let (keys, outcome) = match &entry.source {
                 KeySource::Literal(line) => (vec![line.trim().to_string()], SourceOutcome::Literal),
-                source => {
-                    let url = self.url_for(source).expect("non-literal source has a URL");
-                    match self.fetch_url(&url).await {
-                        Ok(keys) => {
-                            let cache_error = self
-                                .store(source, &keys)
-                                .err()
-                                .map(|e| format!("{}: {e}", self.cache_path(source).display()));
-                            let count = keys.len();
-                            (keys, SourceOutcome::Fetched { count, cache_error })
-                        }
-                        Err(error) => match self.cached(source) {
-                            Some(keys) => {
-                                let count = keys.len();
-                                (keys, SourceOutcome::Cached { error, count })
-                            }
-                            None => (Vec::new(), SourceOutcome::Missing { error }),
-                        },
+                source if self.cfg.cache_first => match self.cached(source) {
+                    Some(keys) => {
+                        let count = keys.len();
+                        (keys, SourceOutcome::FromCache { count })
                     }
-                }
+                    None => self.fetch_or_cached(source).await,
+                },
+                source => self.fetch_or_cached(source).await,
             };
             for k in keys {
                 if !k.is_empty() && !res.keys.contains(&k) {
@@ -410,6 +405,28 @@ impl KeyFetcher {
             });
         }
         res
+    }
+
+    /// Fetches `source` (and caches the result); on failure, the cached keys if any.
+    async fn fetch_or_cached(&self, source: &KeySource) -> (Vec<String>, SourceOutcome) {
+        let url = self.url_for(source).expect("non-literal source has a URL");
+        match self.fetch_url(&url).await {
+            Ok(keys) => {
+                let cache_error = self
+                    .store(source, &keys)
+                    .err()
+                    .map(|e| format!("{}: {e}", self.cache_path(source).display()));
+                let count = keys.len();
+                (keys, SourceOutcome::Fetched { count, cache_error })
+            }
+            Err(error) => match self.cached(source) {
+                Some(keys) => {
+                    let count = keys.len();
+                    (keys, SourceOutcome::Cached { error, count })
+                }
+                None => (Vec::new(), SourceOutcome::Missing { error }),
+            },
+        }
     }
 }
 

@@ -196,6 +196,49 @@ async fn success_for_github_gitlab_url_and_literal_deduplicated() {
     assert!(names.iter().all(|n| n.ends_with(".keys")), "{names:?}");
 }
 
+/// Drift and start-up re-plans take cached keys without asking the network; without a cache
+/// entry they fetch as usual.
+#[tokio::test]
+async fn cache_first_uses_the_cache_without_fetching() {
+    let fx = Fixture::start().await;
+    let mut cfg = fx.fetcher().config().clone();
+    cfg.cache_first = true;
+    let cache_first = KeyFetcher::new(cfg).unwrap();
+
+    // Nothing cached yet: fetched (and cached).
+    let res = cache_first.resolve(&[github("alice")]).await;
+    assert!(
+        matches!(
+            res.reports[0].outcome,
+            SourceOutcome::Fetched { count: 2, .. }
+        ),
+        "{:?}",
+        res.reports[0]
+    );
+    // The server now lists other keys, then fails: the cached list is used, no warning.
+    for mode in [OTHER_KEYS, FAIL_500] {
+        fx.set(mode);
+        let res = cache_first.resolve(&[github("alice")]).await;
+        assert_eq!(
+            res.keys,
+            vec![key(1, "alice@laptop"), key(2, "alice@phone")]
+        );
+        assert!(
+            matches!(
+                res.reports[0].outcome,
+                SourceOutcome::FromCache { count: 2 }
+            ),
+            "{:?}",
+            res.reports[0]
+        );
+        assert!(res.warnings().is_empty() && !res.any_failed());
+    }
+    // A normal fetcher sees the new keys.
+    fx.set(OTHER_KEYS);
+    let res = fx.fetcher().resolve(&[github("alice")]).await;
+    assert_eq!(res.keys, vec![key(3, "alice@new")]);
+}
+
 #[tokio::test]
 async fn status_404_and_500_fail_the_fetch() {
     let fx = Fixture::start().await;
