@@ -808,6 +808,19 @@ fn https_remote_with_private_ca_and_token() {
     );
     assert_eq!(server.rejected.load(std::sync::atomic::Ordering::SeqCst), 0);
 
+    // A moved repository (301 on the advertisement): the pack request goes to the new URL.
+    let mut moved = cfg.clone();
+    moved.url = server.url("moved-fleet");
+    moved.cache_dir = tmp.path().join("cache-moved");
+    assert_eq!(
+        source::fetch(&moved).unwrap(),
+        FetchOutcome::Updated { commit: oid(&c2) }
+    );
+    assert_eq!(
+        server.moved_posts.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+
     // Without the CA the server is not trusted: nothing is fetched.
     let mut untrusted = cfg.clone();
     untrusted.ca_file = None;

@@ -189,6 +189,9 @@ struct Http {
     current: Current,
     runtime: Arc<tokio::runtime::Runtime>,
     client: reqwest::Client,
+    /// Where the ref advertisement was finally served from, when a redirect moved the
+    /// repository: the pack request goes there directly (a redirected POST would lose its body).
+    moved_to: Arc<Mutex<Option<String>>>,
 }
 
 impl Http {
@@ -234,6 +237,7 @@ impl Http {
             current,
             runtime: Arc::new(runtime),
             client,
+            moved_to: Arc::new(Mutex::new(None)),
         })
     }
 }
@@ -246,14 +250,19 @@ impl SmartSubtransport for Http {
     ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
         fetch_only(service)?;
         let (endpoint, post) = match service {
-            Service::UploadPack => ("/git-upload-pack", true),
-            _ => ("/info/refs?service=git-upload-pack", false),
+            Service::UploadPack => (UPLOAD_PACK, true),
+            _ => (ADVERTISEMENT, false),
+        };
+        let base = match (post, lock(&self.moved_to).as_ref()) {
+            (true, Some(moved)) => moved.clone(),
+            _ => url.trim_end_matches('/').to_string(),
         };
         Ok(Box::new(HttpStream {
             current: self.current.clone(),
             runtime: self.runtime.clone(),
             client: self.client.clone(),
-            url: format!("{}{endpoint}", url.trim_end_matches('/')),
+            moved_to: self.moved_to.clone(),
+            url: format!("{base}{endpoint}"),
             post,
             body: Vec::new(),
             response: None,
@@ -267,11 +276,27 @@ impl SmartSubtransport for Http {
     }
 }
 
+const ADVERTISEMENT: &str = "/info/refs?service=git-upload-pack";
+const UPLOAD_PACK: &str = "/git-upload-pack";
+
+/// The repository URL that served a ref advertisement from `final_url` (the request URL after
+/// redirects), when it is a smart-HTTP advertisement URL. Pure.
+fn repository_base(final_url: &reqwest::Url) -> Option<String> {
+    let mut u = final_url.clone();
+    if u.query() != Some("service=git-upload-pack") {
+        return None;
+    }
+    u.set_query(None);
+    let base = u.as_str().strip_suffix("/info/refs")?.to_string();
+    Some(base)
+}
+
 /// One request: libgit2 writes the request body, then reads the response.
 struct HttpStream {
     current: Current,
     runtime: Arc<tokio::runtime::Runtime>,
     client: reqwest::Client,
+    moved_to: Arc<Mutex<Option<String>>>,
     url: String,
     post: bool,
     body: Vec<u8>,
@@ -312,6 +337,12 @@ impl HttpStream {
         }
         if !status.is_success() {
             return Err(fail(format!("{}: HTTP {status}", response.url())));
+        }
+        if !self.post && response.url().as_str() != self.url {
+            if let Some(base) = repository_base(response.url()) {
+                tracing::info!(from = %self.url, to = %base, "the Git server redirected the repository");
+                *lock(&self.moved_to) = Some(base);
+            }
         }
         let expected = if self.post {
             "application/x-git-upload-pack-result"
@@ -748,6 +779,25 @@ mod tests {
             port,
             path: path.into(),
         })
+    }
+
+    #[test]
+    fn a_redirected_advertisement_names_the_new_repository_url() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert_eq!(
+            repository_base(&u(
+                "https://git.example/org/new.git/info/refs?service=git-upload-pack"
+            )),
+            Some("https://git.example/org/new.git".to_string())
+        );
+        assert_eq!(
+            repository_base(&u("https://git.example/login?next=/x")),
+            None
+        );
+        assert_eq!(
+            repository_base(&u("https://git.example/org/new.git/info/refs")),
+            None
+        );
     }
 
     #[test]

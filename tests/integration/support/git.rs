@@ -534,6 +534,9 @@ pub struct GitHttpServer {
     pub port: u16,
     scheme: &'static str,
     pub rejected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests other than GET sent to a `/moved-NAME/…` URL (a client that lost track of
+    /// the redirect).
+    pub moved_posts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -542,6 +545,7 @@ struct HttpState {
     base: PathBuf,
     expected_auth: String,
     rejected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    moved_posts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl GitHttpServer {
@@ -568,6 +572,7 @@ impl GitHttpServer {
     ) -> GitHttpServer {
         use base64::Engine;
         let rejected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let moved_posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let state = std::sync::Arc::new(HttpState {
             base: base.to_path_buf(),
             expected_auth: format!(
@@ -575,6 +580,7 @@ impl GitHttpServer {
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"))
             ),
             rejected: rejected.clone(),
+            moved_posts: moved_posts.clone(),
         });
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -603,6 +609,7 @@ impl GitHttpServer {
             port,
             scheme,
             rejected,
+            moved_posts,
             shutdown: Some(tx),
             thread: Some(thread),
         }
@@ -630,6 +637,25 @@ async fn cgi(
 ) -> axum::response::Response {
     use axum::http::{header, HeaderValue, StatusCode};
     use axum::response::IntoResponse;
+    // `/moved-NAME/…` is a repository that moved to `/NAME/…` (as a renamed GitHub repo).
+    if let Some(rest) = req.uri().path().strip_prefix("/moved-") {
+        if req.method() != axum::http::Method::GET {
+            state
+                .moved_posts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let location = format!("/{rest}{query}");
+        return (
+            StatusCode::MOVED_PERMANENTLY,
+            [(header::LOCATION, HeaderValue::from_str(&location).unwrap())],
+        )
+            .into_response();
+    }
     let authorized = req
         .headers()
         .get(header::AUTHORIZATION)
