@@ -22,6 +22,7 @@
 //! end of the device); sizes are hexadecimal with or without `0x`.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{
     apply_writes, read_at, set_var, state_from_vars, state_to_vars, BootEnv, BootEnvError,
@@ -330,7 +331,16 @@ pub struct UbootEnv {
     pub config: UbootConfig,
     /// Where the config came from (for error messages).
     pub config_path: PathBuf,
+    /// The lock file shared with `fw_printenv`/`fw_setenv` (U-Boot's tools and libubootenv):
+    /// shared for reads, exclusive for writes. `None` disables locking. When its directory does
+    /// not exist, nobody can hold it and bosun proceeds without it.
+    pub lock_file: Option<PathBuf>,
+    /// How long to wait for another holder of the lock before giving up.
+    pub lock_wait: Duration,
 }
+
+/// The lock file of U-Boot's `fw_printenv`/`fw_setenv` and libubootenv.
+pub const DEFAULT_LOCK_FILE: &str = "/var/lock/fw_printenv.lock";
 
 /// The decoded current copy and where the next write goes.
 #[derive(Debug, Clone)]
@@ -353,7 +363,61 @@ impl UbootEnv {
         Ok(UbootEnv {
             config,
             config_path: path,
+            lock_file: Some(PathBuf::from(DEFAULT_LOCK_FILE)),
+            lock_wait: Duration::from_secs(30),
         })
+    }
+
+    /// Takes the `fw_printenv` lock (shared or exclusive), waiting up to `lock_wait`; released
+    /// when the returned file is dropped. `None` when locking is off or impossible here.
+    fn lock(&self, exclusive: bool) -> Result<Option<std::fs::File>, BootEnvError> {
+        use rustix::fs::FlockOperation;
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(path) = &self.lock_file else {
+            return Ok(None);
+        };
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+        {
+            Ok(f) => f,
+            // No lock directory (a minimal image): fw_setenv could not lock there either.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(BootEnvError::io("open lock file", path, e)),
+        };
+        let op = if exclusive {
+            FlockOperation::NonBlockingLockExclusive
+        } else {
+            FlockOperation::NonBlockingLockShared
+        };
+        let deadline = Instant::now() + self.lock_wait;
+        loop {
+            match rustix::fs::flock(&file, op) {
+                Ok(()) => return Ok(Some(file)),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(BootEnvError::io(
+                        "lock",
+                        path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::WouldBlock,
+                            format!(
+                                "held by another process (fw_setenv?) for more than {:?}",
+                                self.lock_wait
+                            ),
+                        ),
+                    ))
+                }
+                Err(e) => return Err(BootEnvError::io("lock", path, e.into())),
+            }
+        }
     }
 
     fn resolve_offset(dev: &EnvDevice) -> Result<u64, BootEnvError> {
@@ -459,13 +523,17 @@ fn device_len(path: &Path) -> Result<u64, BootEnvError> {
 
 impl BootEnv for UbootEnv {
     fn read(&self) -> Result<BootState, BootEnvError> {
+        let _lock = self.lock(false)?;
         let loaded = self.load()?;
         let path = &self.config.devices[loaded.current_index].path;
         state_from_vars(|n| loaded.current.get(n)).map_err(|e| e.at(path))
     }
 
     /// Writes the inactive copy (redundant) or the only copy, then fsyncs (writes to disk).
+    /// Holds the `fw_printenv` lock from reading the current copy to the fsync, so the
+    /// board's variables another tool set meanwhile are neither lost nor torn.
     fn write(&self, state: &BootState) -> Result<(), BootEnvError> {
+        let _lock = self.lock(true)?;
         apply_writes(&self.plan(state)?)
     }
 }
@@ -479,6 +547,57 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn writes_wait_for_the_fw_printenv_lock_and_give_up_naming_it() {
+        use super::super::{BootEnv, BootState, Slot};
+        use rustix::fs::{flock, FlockOperation};
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("env.img");
+        let data = encode(&vars(&[("bootcmd", "boot")]), 0x1000, None).unwrap();
+        std::fs::write(&img, &data).unwrap();
+        let lock = dir.path().join("fw_printenv.lock");
+        let env = UbootEnv {
+            config: UbootConfig::parse(&format!("{} 0 0x1000\n", img.display())).unwrap(),
+            config_path: dir.path().join("fw_env.config"),
+            lock_file: Some(lock.clone()),
+            lock_wait: Duration::from_millis(300),
+        };
+        let trial = BootState::initial().with_trial(Slot::B, 2).unwrap();
+
+        // Another fw_setenv holds the lock: bosun waits, gives up naming it, writes nothing.
+        let holder = std::fs::File::create(&lock).unwrap();
+        flock(&holder, FlockOperation::LockExclusive).unwrap();
+        let err = env.write(&trial).unwrap_err().to_string();
+        assert!(
+            err.contains("fw_printenv.lock") && err.contains("another process"),
+            "{err}"
+        );
+        assert!(
+            env.read().is_err(),
+            "a read waits for an exclusive holder too"
+        );
+        assert_eq!(std::fs::read(&img).unwrap(), data);
+
+        // A reader (fw_printenv) holding it shared: bosun reads, but does not write.
+        flock(&holder, FlockOperation::LockShared).unwrap();
+        assert_eq!(env.read().unwrap(), BootState::initial());
+        assert!(env.write(&trial).is_err());
+
+        // Released: the write goes through, keeping the board's own variables.
+        drop(holder);
+        env.write(&trial).unwrap();
+        assert_eq!(env.read().unwrap(), trial);
+        assert_eq!(env.load().unwrap().current.get("bootcmd"), Some("boot"));
+
+        // No lock directory on this system: nobody can hold it, bosun proceeds.
+        let unlocked = UbootEnv {
+            lock_file: Some(dir.path().join("no-such-dir/fw_printenv.lock")),
+            ..env
+        };
+        unlocked.write(&BootState::initial()).unwrap();
+        assert_eq!(unlocked.read().unwrap(), BootState::initial());
     }
 
     #[test]
