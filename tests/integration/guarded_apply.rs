@@ -15,6 +15,7 @@
 //! marker (bosun prunes files it created that the good commit does not want), so the stand-in
 //! recovers exactly when the rollback really restored the files.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -280,6 +281,34 @@ impl Node {
         apply_guarded(snap, &self.target, self.runner.as_ref(), &self.ctx, history)
             .await
             .unwrap_or_else(|e| panic!("apply_guarded: {e}"))
+    }
+
+    /// Commit `a` applied healthy, then a broken commit `b` applied the way `apply_guarded`
+    /// does it up to its health wait (begun, files on disk, no verdict), as if bosun died
+    /// there. Returns `(a, b, the tree of a, the history)`.
+    async fn good_then_broken_applied_without_verdict(
+        &self,
+    ) -> (Snapshot, Snapshot, BTreeMap<String, String>, CommitHistory) {
+        let mut history = CommitHistory::load(&self.state).unwrap();
+        let a = self.commit(&Spec {
+            tier: "edge",
+            motd: "good",
+            markers: &[],
+            checks: Checks::Apiserver,
+        });
+        expect_healthy(&self.apply(&a, &mut history).await);
+        let good_tree = tree(&self.root);
+        let b = self.commit(&Spec {
+            tier: "broken",
+            motd: "bad",
+            markers: &[APISERVER_BROKEN],
+            checks: Checks::Apiserver,
+        });
+        history.begin(&id(&b));
+        history.save().unwrap();
+        let prepared = reconcile::prepare(&b, &self.target).await.unwrap();
+        reconcile::apply_prepared(&prepared, &self.target, self.runner.as_ref()).unwrap();
+        (a, b, good_tree, history)
     }
 
     /// `systemctl restart k3s…` calls recorded so far.
@@ -643,27 +672,8 @@ async fn unhealthy_first_commit_is_kept_and_marked_bad_then_a_newer_commit_is_tr
 #[tokio::test]
 async fn a_trial_interrupted_before_its_verdict_is_gated_again_after_restart() {
     let node = Node::new().await;
-    let mut history = CommitHistory::load(&node.state).unwrap();
-    let a = node.commit(&Spec {
-        tier: "edge",
-        motd: "good",
-        markers: &[],
-        checks: Checks::Apiserver,
-    });
-    expect_healthy(&node.apply(&a, &mut history).await);
-    let good_tree = tree(&node.root);
-
     // What apply_guarded does before its health wait, then the process "dies".
-    let b = node.commit(&Spec {
-        tier: "broken",
-        motd: "bad",
-        markers: &[APISERVER_BROKEN],
-        checks: Checks::Apiserver,
-    });
-    history.begin(&id(&b));
-    history.save().unwrap();
-    let prepared = reconcile::prepare(&b, &node.target).await.unwrap();
-    reconcile::apply_prepared(&prepared, &node.target, node.runner.as_ref()).unwrap();
+    let (_a, b, good_tree, history) = node.good_then_broken_applied_without_verdict().await;
     drop(history);
 
     let mut history = CommitHistory::load(&node.state).unwrap();
@@ -685,27 +695,8 @@ async fn a_trial_interrupted_before_its_verdict_is_gated_again_after_restart() {
 #[tokio::test]
 async fn refusing_a_bad_commit_finishes_an_unfinished_revert() {
     let node = Node::new().await;
-    let mut history = CommitHistory::load(&node.state).unwrap();
-    let a = node.commit(&Spec {
-        tier: "edge",
-        motd: "good",
-        markers: &[],
-        checks: Checks::Apiserver,
-    });
-    expect_healthy(&node.apply(&a, &mut history).await);
-    let good_tree = tree(&node.root);
-
     // What apply_guarded does up to the revert, then the process "dies".
-    let b = node.commit(&Spec {
-        tier: "broken",
-        motd: "bad",
-        markers: &[APISERVER_BROKEN],
-        checks: Checks::Apiserver,
-    });
-    history.begin(&id(&b));
-    history.save().unwrap();
-    let prepared = reconcile::prepare(&b, &node.target).await.unwrap();
-    reconcile::apply_prepared(&prepared, &node.target, node.runner.as_ref()).unwrap();
+    let (_a, b, good_tree, mut history) = node.good_then_broken_applied_without_verdict().await;
     history.record_bad(&id(&b), "health gate timed out", 1);
     history.save().unwrap();
     drop(history);

@@ -54,15 +54,13 @@ enum Lookup<'a> {
 impl AllowedSigners {
     /// Parses the file's text. `origin` (a path, or "agent config") names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, SourceError> {
-        let mut entries = Vec::new();
-        for (line_no, line) in super::content_lines(text) {
-            let entry = parse_line(line).map_err(|reason| SourceError::AllowedSigners {
+        let entries = super::parse_content_lines(text, parse_line, |line, reason| {
+            SourceError::AllowedSigners {
                 origin: origin.to_string(),
-                line: line_no,
+                line,
                 reason,
-            })?;
-            entries.push(entry);
-        }
+            }
+        })?;
         Ok(AllowedSigners { entries })
     }
 

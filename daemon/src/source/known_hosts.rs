@@ -30,15 +30,12 @@ pub struct KnownHosts {
 impl KnownHosts {
     /// Parses the file's text; `origin` names it in errors. Pure.
     pub fn parse(text: &str, origin: &str) -> Result<Self, SourceError> {
-        let mut entries = Vec::new();
-        for (line_no, line) in super::content_lines(text) {
-            let entry = parse_line(line).map_err(|reason| SourceError::KnownHosts {
+        let entries =
+            super::parse_content_lines(text, parse_line, |line, reason| SourceError::KnownHosts {
                 origin: origin.to_string(),
-                line: line_no,
+                line,
                 reason,
             })?;
-            entries.push(entry);
-        }
         Ok(KnownHosts { entries })
     }
 

@@ -369,11 +369,18 @@ impl Cache {
     }
 }
 
-/// The meaningful lines of an OpenSSH-style file (allowed_signers, known_hosts): trimmed, with
-/// blank and `#` comment lines skipped, each with its 1-based line number. Pure.
-pub(crate) fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+/// Parses the meaningful lines of an OpenSSH-style file (allowed_signers, known_hosts):
+/// trimmed, blank and `#` comment lines skipped. A line `parse` rejects becomes
+/// `error(line number, reason)` (1-based). Pure.
+pub(crate) fn parse_content_lines<T>(
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+    error: impl Fn(usize, String) -> SourceError,
+) -> Result<Vec<T>, SourceError> {
     text.lines()
         .enumerate()
         .map(|(idx, raw)| (idx + 1, raw.trim()))
         .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(line_no, line)| parse(line).map_err(|reason| error(line_no, reason)))
+        .collect()
 }

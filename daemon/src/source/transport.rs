@@ -6,7 +6,7 @@
 //! crypto), and initialising OpenSSL 3 maps about 4.4 MiB of libcrypto/libssl into the daemon for
 //! good. Here HTTPS uses the same rustls stack as every other HTTPS connection bosun makes (key
 //! sources, health checks, image downloads), and SSH uses the OpenSSH that operators already
-//! configure and audit (key types, `known_hosts` semantics, `@revoked`, `@cert-authority`).
+//! know and audit (its key types, its `known_hosts` matching and `@revoked` handling).
 //! See docs/ARCHITECTURE.md.
 //!
 //! Credentials are per fetch: [`Scope::enter`] puts them in a thread-local that the transport
