@@ -577,7 +577,9 @@ impl<A: SnapshotApplier> Daemon<A> {
                     self.save_status();
                 }
             }
-            self.code_pages.after_step();
+            if let Some(bytes) = self.code_pages.after_step() {
+                self.metrics.code_pages_released(bytes);
+            }
         }
         self.systemd.send(&[sd_notify::NotifyState::Stopping]);
         drop(self.drift.take());

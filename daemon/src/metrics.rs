@@ -28,6 +28,9 @@ pub struct Metrics {
     last_success: AtomicU64,
     refused: Mutex<BTreeMap<String, u64>>,
     config_rollbacks: AtomicU64,
+    /// Releases of bosun's code pages after work (see `crate::memory`), and the bytes advised.
+    code_page_releases: AtomicU64,
+    code_page_release_bytes: AtomicU64,
     /// Upgrade metrics text from the upgrade actor's state (already Prometheus text).
     upgrade_text: Mutex<String>,
     applied_commit: Mutex<Option<String>>,
@@ -77,6 +80,13 @@ impl Metrics {
     /// Replaces the upgrade section of the exposition (`bosun_upgrades_total`, version, slot).
     pub fn set_upgrade_text(&self, text: String) {
         *lock(&self.upgrade_text) = text;
+    }
+
+    /// Counts one release of bosun's code pages covering `bytes` of mappings.
+    pub fn code_pages_released(&self, bytes: u64) {
+        self.code_page_releases.fetch_add(1, Ordering::Relaxed);
+        self.code_page_release_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub fn drift_corrected(&self, files: u64) {
@@ -133,6 +143,12 @@ impl Metrics {
                 escape(reason)
             );
         }
+        let _ = writeln!(
+            o,
+            "# HELP bosun_code_page_releases_total Times bosun paged its own code out after an apply or re-plan.\n# TYPE bosun_code_page_releases_total counter\nbosun_code_page_releases_total {}\n# HELP bosun_code_page_release_bytes_total Bytes of executable mappings advised MADV_PAGEOUT.\n# TYPE bosun_code_page_release_bytes_total counter\nbosun_code_page_release_bytes_total {}",
+            self.code_page_releases.load(Ordering::Relaxed),
+            self.code_page_release_bytes.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             o,
             "# HELP bosun_config_rollbacks_total Config changes rolled back because K3s was unhealthy after them.\n# TYPE bosun_config_rollbacks_total counter\nbosun_config_rollbacks_total {}",
@@ -205,6 +221,7 @@ mod tests {
         m.refused("unsigned");
         m.refused("unsigned");
         m.drift_corrected(2);
+        m.code_pages_released(8192);
         m.set_applied_commit("abc");
         let t = m.render();
         for line in [
@@ -214,6 +231,8 @@ mod tests {
             "bosun_applied_commit_info{commit=\"abc\"} 1",
             "bosun_last_success_timestamp_seconds 1800",
             "bosun_drift_corrections_total 2",
+            "bosun_code_page_releases_total 1",
+            "bosun_code_page_release_bytes_total 8192",
             "bosun_source_refused_total{reason=\"unsigned\"} 2",
             "bosun_fetch_bytes_total 0",
         ] {

@@ -279,6 +279,9 @@ fn daemon_applies_new_commits_reports_them_and_idle_polls_fetch_nothing() {
     );
     assert!(agent.metric("bosun_reconcile_total{result=\"success\"}") >= Some(2.0));
     assert!(agent.metric("bosun_last_success_timestamp_seconds") > Some(0.0));
+    // The first apply paged bosun's code out; the second came within the 5-minute gap.
+    assert_eq!(agent.metric("bosun_code_page_releases_total"), Some(1.0));
+    assert!(agent.metric("bosun_code_page_release_bytes_total") > Some(1e6));
 
     // Idle polls: the ref advertisement is read, no pack is fetched.
     let polls = agent.metric("bosun_polls_total").unwrap();
@@ -294,6 +297,8 @@ fn daemon_applies_new_commits_reports_them_and_idle_polls_fetch_nothing() {
     );
     assert_eq!(agent.metric("bosun_fetch_bytes_total"), Some(bytes));
     assert_eq!(agent.metric("bosun_pack_fetches_total"), Some(packs));
+    // Idle polls never page code out.
+    assert_eq!(agent.metric("bosun_code_page_releases_total"), Some(1.0));
     assert!(agent.metric("bosun_reconcile_total{result=\"noop\"}") >= Some(3.0));
     let s = node.status();
     assert_eq!(s["fetch_bytes"].as_f64(), Some(bytes));
