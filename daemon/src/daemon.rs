@@ -1006,6 +1006,7 @@ pub fn upgrade_actor(cfg: &AgentConfig) -> Result<Option<UpgradeActor>, DaemonEr
     if let Some(cmd) = &u.reboot_command {
         actor.reboot_argv = cmd.clone();
     }
+    actor.os_release = Some(cfg.root.join("etc/os-release"));
     Ok(Some(actor))
 }
 

@@ -119,6 +119,47 @@ fn healthy_trial_commits_through_the_binary() {
     }
 }
 
+/// A node still on its factory image, which os-release says is the version the config names:
+/// adopted as running, no download, no reboot. Another version is installed as usual.
+#[test]
+fn factory_image_of_the_wanted_version_is_adopted_through_the_binary() {
+    let mut node = Node::new(Backend::Grub, false);
+    let v2 = node.image("v2");
+    let cfg = write_config(node.dir.path(), &v2, 3);
+    let etc = node.dir.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("os-release"),
+        "NAME=\"edge OS\"\nIMAGE_ID=edge\nIMAGE_VERSION=v2\n",
+    )
+    .unwrap();
+    let env_before = node.env().read().unwrap();
+
+    let out = step_cli(&node, &cfg, "pending");
+    assert!(
+        !out.contains("installed") && !out.contains("reboot"),
+        "{out}"
+    );
+    assert_eq!(
+        node.state().running(Slot::A).map(|i| i.version.as_str()),
+        Some("v2")
+    );
+    assert_eq!(node.env().read().unwrap(), env_before, "boot env untouched");
+    assert_eq!(node.slot_version(Slot::B), None, "slot b not written");
+    // Settled: the next step does nothing either.
+    let out = step_cli(&node, &cfg, "pending");
+    assert!(
+        !out.contains("installed") && !out.contains("reboot"),
+        "{out}"
+    );
+
+    // The config moves on to v3: installed into b as usual.
+    let v3 = node.image("v3");
+    let cfg3 = write_config(node.dir.path(), &v3, 3);
+    let out = step_cli(&node, &cfg3, "pending");
+    assert!(out.contains("installed v3"), "{out}");
+}
+
 #[test]
 fn unhealthy_trial_rolls_back_quarantines_and_never_retries() {
     for backend in ALL_BACKENDS {

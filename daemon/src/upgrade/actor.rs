@@ -297,6 +297,9 @@ pub struct UpgradeActor {
     pub store: Box<dyn StateStore + Send>,
     /// Kernel command line file (`<root>/proc/cmdline`).
     pub cmdline: PathBuf,
+    /// The booted OS's os-release (`<root>/etc/os-release`), whose `IMAGE_VERSION` lets a
+    /// factory-installed slot be adopted; `None`: not read.
+    pub os_release: Option<PathBuf>,
     /// `None`: no slots configured (overlay install); upgrades are reported unsupported.
     pub slots: Option<SlotPaths>,
     pub bootenv: Option<Box<dyn BootEnv + Send>>,
@@ -308,6 +311,24 @@ pub struct UpgradeActor {
     pub trial_timeout: Option<u64>,
     /// Unix seconds (a seam for tests).
     pub clock: Box<dyn Fn() -> u64 + Send>,
+}
+
+/// `IMAGE_VERSION` of an os-release file (reads it); `None` when absent or unreadable.
+fn image_version(path: &Path) -> Option<String> {
+    parse_image_version(&std::fs::read_to_string(path).ok()?)
+}
+
+/// `IMAGE_VERSION=` of os-release text, unquoted (os-release(5) shell-style values). Pure.
+pub fn parse_image_version(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("IMAGE_VERSION=")?;
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        (!value.is_empty()).then(|| value.to_string())
+    })
 }
 
 /// The default reboot command.
@@ -345,6 +366,7 @@ impl UpgradeActor {
         UpgradeActor {
             store: Box::new(FileStateStore::in_dir(state_dir)),
             cmdline,
+            os_release: None,
             slots,
             bootenv,
             installer,
@@ -444,6 +466,7 @@ impl UpgradeActor {
                 health: health.clone(),
                 now: (self.clock)(),
                 trial_timeout: self.trial_timeout,
+                booted_image_version: self.os_release.as_deref().and_then(image_version),
             };
             let Decision { steps, notes } = machine::decide(&state, &inputs)?;
             for n in notes {
@@ -622,6 +645,16 @@ impl UpgradeActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_version_from_os_release() {
+        let text = "NAME=\"edge OS\"\nVERSION_ID=12\nIMAGE_ID=edge\nIMAGE_VERSION=\"2026.11.1\"\n";
+        assert_eq!(parse_image_version(text), Some("2026.11.1".into()));
+        assert_eq!(parse_image_version("IMAGE_VERSION='3'\n"), Some("3".into()));
+        assert_eq!(parse_image_version("IMAGE_VERSION=4"), Some("4".into()));
+        assert_eq!(parse_image_version("VERSION_ID=12\nIMAGE_VERSION=\n"), None);
+        assert_eq!(parse_image_version("# IMAGE_VERSION=5\n"), None);
+    }
 
     #[test]
     fn actor_is_send() {

@@ -149,6 +149,7 @@ impl NodeArgs {
             Box::new(super::install::StreamingInstaller::new(&state_dir)),
             runner.clone(),
         );
+        actor.os_release = Some(self.root.join("etc/os-release"));
         actor.reboot_argv = self
             .reboot_command
             .split_whitespace()

@@ -487,6 +487,9 @@ pub struct Inputs<'a> {
     /// A trial without a healthy verdict this long after it began is unhealthy (covers a
     /// daemon that keeps restarting). Wall-clock based: nodes without RTC may jump.
     pub trial_timeout: Option<u64>,
+    /// The version the booted OS reports (`IMAGE_VERSION` of os-release). Lets bosun adopt a
+    /// slot it never installed (the factory image) instead of reinstalling the same version.
+    pub booted_image_version: Option<String>,
 }
 
 /// One effect, in the order [`decide`] returns them.
@@ -591,6 +594,7 @@ pub fn decide(state: &UpgradeState, inputs: &Inputs) -> Result<Decision, Transit
         }
     };
     let desired = inputs.desired.map(|d| (ImageId::of(d), d.tries));
+    let booted_version = inputs.booted_image_version.as_deref();
 
     match &state.lifecycle {
         Lifecycle::Trial { slot, target, .. } if booted != *slot => {
@@ -677,8 +681,32 @@ pub fn decide(state: &UpgradeState, inputs: &Inputs) -> Result<Decision, Transit
         Lifecycle::Idle
         | Lifecycle::Committed { .. }
         | Lifecycle::RolledBack { .. }
-        | Lifecycle::Failed { .. } => settled_or_new(state, &env, booted, desired.map(|d| d.0)),
+        | Lifecycle::Failed { .. } => {
+            if let Some(adopted) = adopt_booted(state, booted, desired.as_ref(), booted_version) {
+                return Ok(adopted);
+            }
+            settled_or_new(state, &env, booted, desired.map(|d| d.0))
+        }
     }
+}
+
+/// The booted slot holds no image bosun installed (a factory image, or a lost state file) but
+/// its OS reports the version the config names: record it as running there rather than
+/// download the same version into the other slot and reboot. The sha256 cannot be checked
+/// (nothing was downloaded); the version is the OS's own claim.
+fn adopt_booted(
+    state: &UpgradeState,
+    booted: Slot,
+    desired: Option<&(ImageId, u8)>,
+    booted_version: Option<&str>,
+) -> Option<Decision> {
+    let (want, _) = desired?;
+    if state.running(booted).is_some() || booted_version != Some(want.version.as_str()) {
+        return None;
+    }
+    let mut next = state.clone();
+    next.slots.set(booted, Some(want.clone()));
+    Some(Decision::steps(vec![Step::Persist(Box::new(next))]))
 }
 
 fn fallback(
@@ -1164,6 +1192,7 @@ mod tests {
             health: HealthInput::Pending,
             now: 1000,
             trial_timeout: None,
+            booted_image_version: None,
         }
     }
 
@@ -1195,6 +1224,49 @@ mod tests {
         // Nothing to say when no upgrade is asked for.
         i.desired = None;
         assert_eq!(decide(&s, &i).unwrap(), Decision::default());
+    }
+
+    #[test]
+    fn a_factory_slot_reporting_the_wanted_version_is_adopted_not_reinstalled() {
+        let c = cfg("2");
+        let s = UpgradeState::default();
+        let mut i = inputs(Some(&c), Slot::A, env_initial());
+        i.booted_image_version = Some("2".into());
+        let d = decide(&s, &i).unwrap();
+        assert_eq!(d.steps.len(), 1, "{d:?}");
+        let adopted = persisted(&d);
+        assert_eq!(adopted.running(Slot::A), Some(&ImageId::of(&c)));
+        assert_eq!(adopted.lifecycle, Lifecycle::Idle);
+        // Settled from then on.
+        assert_eq!(decide(adopted, &i).unwrap(), Decision::default());
+
+        // Another version on the booted OS: install as usual.
+        i.booted_image_version = Some("1".into());
+        let d = decide(&s, &i).unwrap();
+        assert!(
+            d.steps
+                .iter()
+                .any(|st| matches!(st, Step::Install { slot: Slot::B, .. })),
+            "{d:?}"
+        );
+        // No os-release version: install as usual.
+        i.booted_image_version = None;
+        assert!(decide(&s, &i)
+            .unwrap()
+            .steps
+            .iter()
+            .any(|st| matches!(st, Step::Install { .. })));
+        // A slot bosun installed is never re-labelled by os-release.
+        let mut installed = UpgradeState::default();
+        installed.slots.set(Slot::A, Some(ImageId::of(&cfg("1"))));
+        i.booted_image_version = Some("2".into());
+        let d = decide(&installed, &i).unwrap();
+        assert!(
+            d.steps
+                .iter()
+                .any(|st| matches!(st, Step::Install { slot: Slot::B, .. })),
+            "{d:?}"
+        );
     }
 
     #[test]
