@@ -610,8 +610,21 @@ impl<A: SnapshotApplier> Daemon<A> {
                 return;
             }
         };
+        let desired = cfg.upgrade.clone();
         let health = match actor.status() {
             Ok(st) if on_trial(&st.state.lifecycle, st.booted) => {
+                if matches!(st.state.lifecycle, Lifecycle::Staged { .. }) {
+                    // Booted the staged slot: record the trial (and its start) before judging
+                    // it, so `bosun upgrade status` says `trial` during the health wait and a
+                    // restart meanwhile does not start the trial clock again.
+                    let Some(a) = self
+                        .step_upgrade(actor, desired.clone(), HealthInput::Pending)
+                        .await
+                    else {
+                        return;
+                    };
+                    actor = a;
+                }
                 let role = crate::health::K3sRole::from_k3os(&cfg.k3os);
                 let checks = crate::health::effective_checks(&cfg.health, role);
                 let ctx = crate::health::HealthContext::new(
@@ -640,7 +653,17 @@ impl<A: SnapshotApplier> Daemon<A> {
                 return;
             }
         };
-        let desired = cfg.upgrade.clone();
+        self.upgrade = self.step_upgrade(actor, desired, health).await;
+    }
+
+    /// Runs one [`UpgradeActor::step`] on a blocking thread and reports it (log, metrics).
+    /// Returns the actor, or `None` when the task itself failed (upgrades stop until restart).
+    async fn step_upgrade(
+        &mut self,
+        mut actor: UpgradeActor,
+        desired: Option<crate::config::model::UpgradeConfig>,
+        health: HealthInput,
+    ) -> Option<UpgradeActor> {
         let joined = self
             .systemd
             .guard(tokio::task::spawn_blocking(move || {
@@ -652,7 +675,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             Ok(pair) => pair,
             Err(e) => {
                 error!("upgrade step task failed: {e}; upgrades stop until restart");
-                return;
+                return None;
             }
         };
         match result {
@@ -669,7 +692,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             }
             Err(e) => warn!("upgrade: {e}"),
         }
-        self.upgrade = Some(actor);
+        Some(actor)
     }
 
     fn save_status(&mut self) {

@@ -395,6 +395,8 @@ scenario_bad() {
     'VM-SETTLED state=rolled_back slot=a version=v1' \
     'VM-FINAL state=rolled_back slot=a version=v1' 'VM-POWEROFF'
   expect_sequence "$d" 'VM-BOOT 3 slot=a' 'VM-CONFIG applied by bosun daemon: config commit naming v3-bad' 'VM-FINAL'
+  # The trial is recorded before the health wait, so status says `trial` while it is judged.
+  expect_sequence "$d" 'VM-BOOT 2 slot=b' 'VM-STATE trial slot=b' 'bosun: booting slot a'
   [ "$(count_log "$d" 'slot=b version=')" = 1 ] || die "slot b booted more than once"
   expect_slot_b "$d" v3-bad
   expect_env "$d" bosun_primary a
