@@ -4,8 +4,8 @@
 //! the idle loop never touches again: several MiB of bosun's own executable. The kernel keeps
 //! those pages mapped in the daemon until memory runs short, and a mapped executable page is
 //! among the last it reclaims. On a 1 GB node that is memory k3s could use. So after a step
-//! that grew the daemon's file-backed resident set, bosun asks the kernel to page its own
-//! read-only executable mappings out (`madvise(MADV_PAGEOUT)`, Linux ≥ 5.4). Clean file pages
+//! that applied or re-planned, bosun asks the kernel to page its own read-only executable
+//! mappings out (`madvise(MADV_PAGEOUT)`, Linux ≥ 5.4). Clean file pages
 //! are simply dropped; the idle loop faults back the few it needs, and the next apply re-reads
 //! the rest from disk (a few MiB, once per apply).
 //!
@@ -14,8 +14,9 @@
 //! every minute. Idle polls never release.
 //!
 //! Invariants:
-//! - Only mappings of bosun's own executable without write permission are advised. Their
-//!   contents never change: a clean file page is re-read from the file, a relocated (copy-on-
+//! - Only mappings of bosun's own executable (matched by inode) without write permission are
+//!   advised; a read-only mapping of another file with the same inode number would only be
+//!   paged out too, which is as harmless. Their contents never change: a clean file page is re-read from the file, a relocated (copy-on-
 //!   write) page can only go to swap. Nothing here can change what the program reads.
 //! - Every failure (no `/proc`, an old kernel without `MADV_PAGEOUT`) just leaves the pages
 //!   where they are.
