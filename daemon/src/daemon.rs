@@ -107,6 +107,27 @@ pub trait SnapshotApplier {
     ) -> impl Future<Output = Result<ApplyOutcome, Self::Error>>;
 }
 
+/// Why the last good commit is re-applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Correction {
+    /// Before the first poll of the process.
+    Startup,
+    /// A watched managed path changed.
+    Drift,
+    /// The periodic full re-plan.
+    Resync,
+}
+
+impl std::fmt::Display for Correction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Correction::Startup => "startup",
+            Correction::Drift => "drift",
+            Correction::Resync => "resync",
+        })
+    }
+}
+
 /// The plain applier: [`reconcile::prepare`] then [`reconcile::apply_prepared`] (in
 /// `spawn_blocking`). After the first apply of the process, a plan without any change is not
 /// applied at all (nothing to write, no effect to run).
@@ -134,13 +155,8 @@ impl SnapshotApplier for PlanApplier {
             }
         }
         let mut outcome = ApplyOutcome {
-            changed_paths: prepared
-                .plan
-                .changed_paths()
-                .into_iter()
-                .map(str::to_string)
-                .collect(),
-            desired_paths: prepared.rendered.state.files.keys().cloned().collect(),
+            changed_paths: prepared.changed_paths(),
+            desired_paths: prepared.desired_paths(),
             ..ApplyOutcome::default()
         };
         let nothing_to_do = !prepared.plan.has_file_changes()
@@ -522,7 +538,7 @@ impl<A: SnapshotApplier> Daemon<A> {
         if self.last_good.is_some() {
             // Re-assert the last applied commit before the first poll: a node that reboots
             // with its remote down still converges to its last good config.
-            self.correct("startup", "re-plan of the last applied commit")
+            self.correct(Correction::Startup, "re-plan of the last applied commit")
                 .await;
             // A trial boot or a bootloader fallback is judged before the network answers.
             self.upgrade_tick().await;
@@ -558,15 +574,15 @@ impl<A: SnapshotApplier> Daemon<A> {
                         pending_drift = true;
                     } else {
                         debug!("change seen on {}", shown.join(", "));
-                        self.correct("drift", &shown.join(", ")).await;
+                        self.correct(Correction::Drift, &shown.join(", ")).await;
                     }
                 }
                 _ = tokio::time::sleep_until(self.drift_hold_until.unwrap_or(next_resync)), if pending_drift => {
                     pending_drift = false;
-                    self.correct("drift", "changes seen while held").await;
+                    self.correct(Correction::Drift, "changes seen while held").await;
                 }
                 _ = tokio::time::sleep_until(next_resync), if self.cfg.drift_enabled => {
-                    self.correct("resync", "periodic re-plan").await;
+                    self.correct(Correction::Resync, "periodic re-plan").await;
                     next_resync = Instant::now() + resync_every;
                 }
                 _ = tokio::time::sleep_until(next_poll) => {
@@ -907,8 +923,8 @@ impl<A: SnapshotApplier> Daemon<A> {
         }
     }
 
-    /// Re-applies the last good snapshot after a change was seen (`why`: drift or resync).
-    async fn correct(&mut self, why: &str, seen: &str) {
+    /// Re-applies the last good snapshot (`why`: start-up, drift or resync).
+    async fn correct(&mut self, why: Correction, seen: &str) {
         let Some(snapshot) = self.last_good.clone() else {
             return;
         };
@@ -916,7 +932,7 @@ impl<A: SnapshotApplier> Daemon<A> {
         // Drift and start-up re-plans must be quick and work offline: ssh keys from the cache
         // (a flaky link must not hold a revert back by a connect timeout). Resyncs fetch.
         let mut target = self.target.clone();
-        target.keys.cache_first = why != "resync";
+        target.keys.cache_first = why != Correction::Resync;
         let sd = self.systemd;
         let runner = self.runner.clone();
         let result = sd
@@ -936,7 +952,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                 );
                 self.metrics.drift_corrected(n);
                 self.status.drift_corrections_total += n;
-                if why == "drift" {
+                if why == Correction::Drift {
                     let now = Instant::now();
                     let close = self
                         .last_drift_fix

@@ -49,7 +49,6 @@ use crate::desired::Effect;
 use crate::health::{effective_checks, wait_healthy, HealthContext, HealthReport, K3sRole};
 use crate::plan::Plan;
 use crate::reconcile::{self, Applied, ReconcileError, Target};
-use crate::render::k3s::K3S_ENV_FILE;
 use crate::runner::CommandRunner;
 use crate::snapshot::Snapshot;
 use crate::statefile::{self, StateFileError};
@@ -408,9 +407,7 @@ impl std::fmt::Display for GateReason {
 /// configuration directory (bosun's environment file, and `config.yaml`, `config.yaml.d/`,
 /// `registries.yaml` from `write_files`) (pure).
 pub fn is_k3s_config_path(path: &str) -> bool {
-    debug_assert!(K3S_ENV_FILE.starts_with(crate::render::K3S_CONFIG_DIR));
-    path.strip_prefix(crate::render::K3S_CONFIG_DIR)
-        .is_some_and(|rest| rest.starts_with('/'))
+    crate::plan::is_under(path, crate::render::K3S_CONFIG_DIR)
         || path == crate::render::K3sRole::Server.dropin_path()
         || path == crate::render::K3sRole::Agent.dropin_path()
 }
@@ -847,6 +844,7 @@ mod tests {
     use super::*;
     use crate::desired::{DesiredFile, DesiredState, FileSource};
     use crate::fsroot::Observation;
+    use crate::render::k3s::K3S_ENV_FILE;
 
     fn plan_creating(paths: &[&str], effects: Vec<Effect>) -> Plan {
         let files = paths

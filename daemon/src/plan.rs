@@ -283,7 +283,7 @@ fn owner(uid: u32, gid: u32) -> String {
 }
 
 /// Whether `path` lies below directory `dir` (pure).
-fn is_under(path: &str, dir: &str) -> bool {
+pub fn is_under(path: &str, dir: &str) -> bool {
     path.strip_prefix(dir)
         .is_some_and(|rest| rest.starts_with('/'))
 }

@@ -75,6 +75,22 @@ pub struct Prepared {
     pub pending_recovery: bool,
 }
 
+impl Prepared {
+    /// Paths the plan creates, updates or deletes.
+    pub fn changed_paths(&self) -> Vec<String> {
+        self.plan
+            .changed_paths()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Every path the rendered state manages.
+    pub fn desired_paths(&self) -> Vec<String> {
+        self.rendered.state.files.keys().cloned().collect()
+    }
+}
+
 const EDITED_IN_PLACE: [&str; 5] = [
     render::PASSWD,
     render::GROUP,
@@ -282,13 +298,8 @@ pub fn apply_prepared(
     Ok(Applied {
         report,
         effects: log,
-        changed_paths: prepared
-            .plan
-            .changed_paths()
-            .into_iter()
-            .map(str::to_string)
-            .collect(),
-        desired_paths: prepared.rendered.state.files.keys().cloned().collect(),
+        changed_paths: prepared.changed_paths(),
+        desired_paths: prepared.desired_paths(),
     })
 }
 

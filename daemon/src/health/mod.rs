@@ -215,35 +215,7 @@ pub async fn run_health_command(
     ctx: &HealthContext,
     out: &mut dyn Write,
 ) -> std::io::Result<bool> {
-    let checks = effective_checks(cfg, role);
-    let results = check_once(&checks, ctx).await;
-    let all_ok = results.iter().all(|r| r.outcome.ok);
-    let source = if cfg.checks.is_empty() {
-        format!("default checks for a K3s {role}")
-    } else {
-        "checks from health.checks".to_string()
-    };
-    writeln!(out, "bosun health: {} ({source})", ctx.hostname)?;
-    for r in &results {
-        writeln!(
-            out,
-            "  [{}] {}: {}",
-            if r.outcome.ok { " ok " } else { "FAIL" },
-            describe(&r.check),
-            r.outcome.detail
-        )?;
-    }
-    let failed = results.iter().filter(|r| !r.outcome.ok).count();
-    if all_ok {
-        writeln!(out, "healthy: all {} checks passed", results.len())?;
-    } else {
-        writeln!(
-            out,
-            "unhealthy: {failed} of {} checks failed",
-            results.len()
-        )?;
-    }
-    Ok(all_ok)
+    run_health_command_at(cfg, role, ctx, true, out).await
 }
 
 /// Whether a check asks the live system (systemd, or a program on this machine's `PATH`)
@@ -266,24 +238,25 @@ pub async fn run_health_command_at(
     live: bool,
     out: &mut dyn Write,
 ) -> std::io::Result<bool> {
-    if live {
-        return run_health_command(cfg, role, ctx, out).await;
-    }
     let (skipped, checks): (Vec<HealthCheck>, Vec<HealthCheck>) = effective_checks(cfg, role)
         .into_iter()
-        .partition(checks_live_system);
+        .partition(|c| !live && checks_live_system(c));
     let results = check_once(&checks, ctx).await;
     let source = if cfg.checks.is_empty() {
         format!("default checks for a K3s {role}")
     } else {
         "checks from health.checks".to_string()
     };
-    writeln!(
-        out,
-        "bosun health: {} ({source}; root {})",
-        ctx.hostname,
-        ctx.root.display()
-    )?;
+    if live {
+        writeln!(out, "bosun health: {} ({source})", ctx.hostname)?;
+    } else {
+        writeln!(
+            out,
+            "bosun health: {} ({source}; root {})",
+            ctx.hostname,
+            ctx.root.display()
+        )?;
+    }
     for r in &results {
         writeln!(
             out,
@@ -297,15 +270,15 @@ pub async fn run_health_command_at(
         writeln!(out, "  [skip] {}: skipped (not the live root)", describe(c))?;
     }
     let failed = results.iter().filter(|r| !r.outcome.ok).count();
-    let skip_note = if skipped.is_empty() {
-        String::new()
-    } else {
-        format!(", {} skipped", skipped.len())
+    let (ran, skip_note) = match (live, skipped.len()) {
+        (true, _) => ("", String::new()),
+        (false, 0) => (" that ran", String::new()),
+        (false, n) => (" that ran", format!(", {n} skipped")),
     };
     if failed == 0 {
         writeln!(
             out,
-            "healthy: all {} checks that ran passed{skip_note}",
+            "healthy: all {} checks{ran} passed{skip_note}",
             results.len()
         )?;
     } else {

@@ -493,10 +493,7 @@ impl SshTarget {
 
     /// The host as `known_hosts` names it: `host`, or `[host]:port` off port 22.
     pub fn known_hosts_name(&self) -> String {
-        match self.port {
-            Some(p) if p != 22 => format!("[{}]:{p}", self.host),
-            _ => self.host.clone(),
-        }
+        super::known_hosts::host_name(&self.host, self.port.unwrap_or(22))
     }
 }
 

@@ -205,6 +205,25 @@ pub struct InstallProgress {
 }
 
 impl InstallProgress {
+    /// A fresh record for `req`: its identity (image, hash, slot, compression), nothing
+    /// downloaded yet.
+    pub fn for_request(req: &InstallRequest, mode: InstallMode) -> InstallProgress {
+        InstallProgress {
+            source: req.source.clone(),
+            sha256: hex::encode(req.sha256),
+            slot: req.slot.clone(),
+            compression: compression_name(req.compression).into(),
+            mode,
+            phase: ProgressPhase::Downloading,
+            downloaded: 0,
+            total: None,
+            etag: None,
+            last_modified: None,
+            written: None,
+            written_sha256: None,
+        }
+    }
+
     /// Whether this record belongs to `req` (same image, hash, slot and compression).
     pub fn matches(&self, req: &InstallRequest) -> bool {
         self.source == req.source
@@ -906,18 +925,12 @@ fn complete_record(
     digest: [u8; 32],
 ) -> InstallProgress {
     InstallProgress {
-        source: req.source.clone(),
-        sha256: hex::encode(req.sha256),
-        slot: req.slot.clone(),
-        compression: compression_name(req.compression).into(),
-        mode,
         phase: ProgressPhase::Complete,
         downloaded: image_size,
         total: Some(image_size),
-        etag: None,
-        last_modified: None,
         written: Some(written),
         written_sha256: Some(hex::encode(digest)),
+        ..InstallProgress::for_request(req, mode)
     }
 }
 
@@ -1214,18 +1227,10 @@ async fn install_http(
             }
             let etag = header(&resp, reqwest::header::ETAG).filter(|e| !e.starts_with("W/"));
             InstallProgress {
-                source: req.source.clone(),
-                sha256: hex::encode(req.sha256),
-                slot: req.slot.clone(),
-                compression: compression_name(req.compression).into(),
-                mode,
-                phase: ProgressPhase::Downloading,
-                downloaded: 0,
                 total: size,
                 etag,
                 last_modified: header(&resp, reqwest::header::LAST_MODIFIED),
-                written: None,
-                written_sha256: None,
+                ..InstallProgress::for_request(req, mode)
             }
         }
     };
