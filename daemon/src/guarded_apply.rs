@@ -430,9 +430,11 @@ pub fn effective_gate(own: HealthGate, last_good: Option<HealthGate>) -> HealthG
     }
 }
 
-/// The `health.gate` of the last good commit, when its config still loads.
-fn last_good_gate(history: &CommitHistory, target: &Target) -> Option<HealthGate> {
-    let good = history.last_good()?;
+/// The `health.gate` of the last good commit, when its config still loads. `None` when the
+/// last good commit is `commit` itself (a drift or resync re-apply): its own gate is the one
+/// already loaded, so it is not parsed again.
+fn last_good_gate(history: &CommitHistory, target: &Target, commit: &str) -> Option<HealthGate> {
+    let good = history.last_good().filter(|g| g.commit != commit)?;
     match crate::config::load(&good.snapshot(), &target.hostname, &target.load) {
         Ok(loaded) => Some(loaded.config.health.gate),
         Err(e) => {
@@ -627,7 +629,7 @@ pub async fn apply_guarded(
     };
     let prepared = reconcile::prepare(new, target).await.map_err(apply_err)?;
     let cfg = &prepared.loaded.config;
-    let gate_policy = effective_gate(cfg.health.gate, last_good_gate(history, target));
+    let gate_policy = effective_gate(cfg.health.gate, last_good_gate(history, target, &commit));
     if gate_policy != cfg.health.gate {
         tracing::info!(%commit, own = ?cfg.health.gate, applied = ?gate_policy, "health.gate is loosened only from the next commit on");
     }
