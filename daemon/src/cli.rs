@@ -1,18 +1,19 @@
-//! The command line: argument parsing and the subcommands. `main` only calls [`run`].
+//! The command line: argument parsing and one function per subcommand. `main` only calls
+//! [`run`]. The node's capabilities (runners, boot env) come from [`crate::node`].
 //!
 //! Exit codes: 0 success (for `plan`: no changes), 1 error, 2 (`plan`) changes pending.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, explain, Diagnostic, LoadOptions};
+use crate::node::Node;
 use crate::plan;
 use crate::reconcile;
-use crate::runner::{CommandRunner, RecordingRunner, SystemRunner};
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, Parser)]
@@ -222,7 +223,8 @@ impl TargetArgs {
     }
 }
 
-/// Runs the command line. Prints to stdout/stderr; returns the exit code.
+/// Runs the command line: one function per subcommand. Prints to stdout/stderr; returns the
+/// exit code.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Validate {
@@ -245,108 +247,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             explain,
             show_secrets,
             strict,
-        } => {
-            let snap = Snapshot::from_dir(&repo)
-                .with_context(|| format!("reading config repo {}", repo.display()))?;
-            let opts = LoadOptions {
-                strict,
-                ..Default::default()
-            };
-            let loaded = match config::load(&snap, &hostname, &opts) {
-                Ok(l) => l,
-                Err(e) => {
-                    print_diags(&e.diagnostics);
-                    return Ok(ExitCode::from(1));
-                }
-            };
-            print_diags(&loaded.warnings);
-            let mut out = std::io::stdout().lock();
-            match format {
-                Format::Json => {
-                    let v = explain::to_json(&loaded.merged, !show_secrets);
-                    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-                }
-                _ => {
-                    writeln!(out, "# layers: {}", loaded.layers.join(" → "))?;
-                    write!(
-                        out,
-                        "{}",
-                        explain::to_yaml(&loaded.merged, explain, !show_secrets)
-                    )?;
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Plan { target, format } => {
-            let Some((prepared, _)) = prepare(&target)? else {
-                return Ok(ExitCode::from(1));
-            };
-            let mut out = std::io::stdout().lock();
-            match format {
-                Format::Json => writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&plan::render_json(&prepared.plan))?
-                )?,
-                _ => write!(out, "{}", plan::render_text(&prepared.plan))?,
-            }
-            let changes = prepared.plan.has_file_changes() || prepared.pending_recovery;
-            Ok(if changes {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
-        Command::Apply { target } => {
-            let Some((prepared, t)) = prepare(&target)? else {
-                return Ok(ExitCode::from(1));
-            };
-            let runner: Box<dyn CommandRunner> = if t.live() {
-                Box::new(SystemRunner::new(std::time::Duration::from_secs(300)))
-            } else {
-                Box::new(RecordingRunner::new())
-            };
-            let applied = reconcile::apply_prepared(&prepared, &t, runner.as_ref())?;
-            let r = &applied.report;
-            if let Some(tx) = &r.recovery.rolled_forward {
-                eprintln!("recovered an interrupted apply (transaction {tx}) first");
-            }
-            println!(
-                "applied: {} written, {} deleted, {} unchanged{}",
-                r.written,
-                r.deleted,
-                prepared.plan.unchanged,
-                r.txid
-                    .as_ref()
-                    .map(|t| format!(" (transaction {t})"))
-                    .unwrap_or_default()
-            );
-            for line in &applied.effects.lines {
-                if t.live() {
-                    println!("{line}");
-                } else {
-                    println!(
-                        "{} (recorded, not run: --root is not /)",
-                        line.replacen("ran: ", "would run: ", 1)
-                    );
-                }
-            }
-            Ok(if applied.effects.failures > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
-        Command::Schema => {
-            println!("{}", schema_text());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => render(&repo, &hostname, format, explain, show_secrets, strict),
+        Command::Plan { target, format } => plan(&target, format),
+        Command::Apply { target } => apply(&target),
+        Command::Schema => print_schema(&schema_text()),
         Command::Health(args) => health(&args),
         Command::Upgrade(cmd) => crate::upgrade::commands::run(cmd),
-        Command::AgentSchema => {
-            println!("{}", crate::agent::schema_text());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::AgentSchema => print_schema(&crate::agent::schema_text()),
         Command::Daemon {
             config,
             root,
@@ -360,10 +267,116 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+fn print_schema(text: &str) -> Result<ExitCode> {
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bosun render`: the merged config of one node, as YAML (optionally with provenance) or JSON.
+fn render(
+    repo: &Path,
+    hostname: &str,
+    format: Format,
+    explain: bool,
+    show_secrets: bool,
+    strict: bool,
+) -> Result<ExitCode> {
+    let snap = Snapshot::from_dir(repo)
+        .with_context(|| format!("reading config repo {}", repo.display()))?;
+    let opts = LoadOptions {
+        strict,
+        ..Default::default()
+    };
+    let loaded = match config::load(&snap, hostname, &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            print_diags(&e.diagnostics);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    print_diags(&loaded.warnings);
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            let v = explain::to_json(&loaded.merged, !show_secrets);
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        }
+        _ => {
+            writeln!(out, "# layers: {}", loaded.layers.join(" → "))?;
+            write!(
+                out,
+                "{}",
+                explain::to_yaml(&loaded.merged, explain, !show_secrets)
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bosun plan`: exit 0 without changes, 2 with changes, 1 on errors.
+fn plan(target: &TargetArgs, format: Format) -> Result<ExitCode> {
+    let Some((prepared, _)) = prepare(target)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&plan::render_json(&prepared.plan))?
+        )?,
+        _ => write!(out, "{}", plan::render_text(&prepared.plan))?,
+    }
+    let changes = prepared.plan.has_file_changes() || prepared.pending_recovery;
+    Ok(if changes {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `bosun apply`: one transaction, then the effects (only recorded off the live root).
+fn apply(target: &TargetArgs) -> Result<ExitCode> {
+    let Some((prepared, t)) = prepare(target)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let node = Node::new(t);
+    let applied = reconcile::apply_prepared(&prepared, &node.target, node.effects.as_ref())?;
+    let r = &applied.report;
+    if let Some(tx) = &r.recovery.rolled_forward {
+        eprintln!("recovered an interrupted apply (transaction {tx}) first");
+    }
+    println!(
+        "applied: {} written, {} deleted, {} unchanged{}",
+        r.written,
+        r.deleted,
+        prepared.plan.unchanged,
+        r.txid
+            .as_ref()
+            .map(|t| format!(" (transaction {t})"))
+            .unwrap_or_default()
+    );
+    for line in &applied.effects.lines {
+        if node.live() {
+            println!("{line}");
+        } else {
+            println!(
+                "{} (recorded, not run: --root is not /)",
+                line.replacen("ran: ", "would run: ", 1)
+            );
+        }
+    }
+    Ok(if applied.effects.failures > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 /// `bosun health`: loads `health:` from --repo or the last good commit, runs the checks once.
 fn health(args: &HealthArgs) -> Result<ExitCode> {
     use crate::guarded_apply::CommitHistory;
-    use crate::health::{self, HealthContext, K3sRole};
+    use crate::health::{self, K3sRole};
 
     let hostname = match &args.hostname {
         Some(h) => h.clone(),
@@ -396,14 +409,10 @@ fn health(args: &HealthArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let live = args.root == std::path::Path::new("/");
-    let runner: std::sync::Arc<dyn CommandRunner> = if live {
-        std::sync::Arc::new(SystemRunner::default())
-    } else {
-        // Not used: unit and command checks are skipped off the live root.
-        std::sync::Arc::new(RecordingRunner::new())
-    };
-    let ctx = HealthContext::new(&args.root, &hostname, runner);
+    // Off the live root the runner is a dry one: unit and command checks are skipped.
+    let node = Node::new(reconcile::Target::basic(&hostname, &args.root, &state_dir));
+    let live = node.live();
+    let ctx = node.health_context();
     let role = K3sRole::from_k3os(&loaded.config.k3os);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -482,15 +491,10 @@ fn run_daemon(
         .max_blocking_threads(4)
         .build()
         .context("starting the tokio runtime")?;
-    // Health checks that ask the live system (units, commands) run only when the root is /.
-    let health_runner: std::sync::Arc<dyn CommandRunner> = if cfg.root == std::path::Path::new("/")
-    {
-        std::sync::Arc::new(SystemRunner::new(std::time::Duration::from_secs(60)))
-    } else {
-        std::sync::Arc::new(RecordingRunner::new())
-    };
-    let applier = crate::guarded_apply::GuardedApplier::new(health_runner);
-    let daemon = crate::daemon::Daemon::new(cfg, applier);
+    // Effects and health checks that ask the live system run only when the root is /.
+    let node = Node::from_agent(&cfg);
+    let applier = crate::guarded_apply::GuardedApplier::new(node.health_context());
+    let daemon = crate::daemon::Daemon::new(cfg, node, applier);
     rt.block_on(daemon.run())?;
     Ok(ExitCode::SUCCESS)
 }

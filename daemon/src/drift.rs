@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode};
@@ -25,6 +25,66 @@ use crate::apply::TEMP_PREFIX;
 
 /// How long events are collected before the daemon is told.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Corrections closer together than this continue a drift streak.
+pub const DRIFT_STREAK_WINDOW: Duration = Duration::from_secs(10);
+/// Corrections in one streak before drift events are held back.
+pub const DRIFT_STREAK_LIMIT: u32 = 10;
+/// Longest hold of drift events.
+pub const DRIFT_HOLD_CAP: Duration = Duration::from_secs(300);
+
+/// How long to hold drift events after `streak` back-to-back corrections (pure): nothing up to
+/// [`DRIFT_STREAK_LIMIT`], then 2 s doubling up to 5 min. Something that keeps rewriting a
+/// managed file (another agent, a file the plan can never satisfy) must not turn bosun into a
+/// busy loop; the periodic resync and new commits still apply.
+pub fn drift_hold(streak: u32) -> Option<Duration> {
+    let over = streak.checked_sub(DRIFT_STREAK_LIMIT)?;
+    Some(
+        Duration::from_secs(2)
+            .saturating_mul(1u32 << over.min(16))
+            .min(DRIFT_HOLD_CAP),
+    )
+}
+
+/// Back-to-back drift corrections, and the hold they lead to (pure; time is a parameter).
+#[derive(Debug, Clone, Default)]
+pub struct DriftStreak {
+    /// Corrections that changed files, each within [`DRIFT_STREAK_WINDOW`] of the last.
+    count: u32,
+    last_fix: Option<Instant>,
+    /// Drift events are held (not acted on) until then.
+    hold_until: Option<Instant>,
+}
+
+impl DriftStreak {
+    /// Notes a drift correction that changed files at `now`; returns the new hold, if the
+    /// streak is long enough for one.
+    pub fn corrected(&mut self, now: Instant) -> Option<Duration> {
+        let close = self
+            .last_fix
+            .is_some_and(|t| now.duration_since(t) < DRIFT_STREAK_WINDOW);
+        self.count = if close { self.count + 1 } else { 1 };
+        self.last_fix = Some(now);
+        let hold = drift_hold(self.count);
+        self.hold_until = hold.map(|d| now + d);
+        hold
+    }
+
+    /// Corrections in the current streak.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether drift events are held at `now`.
+    pub fn holding(&self, now: Instant) -> bool {
+        self.hold_until.is_some_and(|t| now < t)
+    }
+
+    /// When the current hold ends, if there is one.
+    pub fn hold_until(&self) -> Option<Instant> {
+        self.hold_until
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriftError {
@@ -178,5 +238,33 @@ mod tests {
         ))));
         assert!(is_change(&EventKind::Remove(RemoveKind::File)));
         assert!(is_change(&EventKind::Create(CreateKind::File)));
+    }
+
+    #[test]
+    fn drift_is_held_only_after_a_long_streak_and_the_hold_is_capped() {
+        assert_eq!(drift_hold(1), None);
+        assert_eq!(drift_hold(DRIFT_STREAK_LIMIT - 1), None);
+        assert_eq!(drift_hold(DRIFT_STREAK_LIMIT), Some(Duration::from_secs(2)));
+        assert_eq!(
+            drift_hold(DRIFT_STREAK_LIMIT + 2),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(drift_hold(u32::MAX), Some(DRIFT_HOLD_CAP));
+    }
+
+    #[test]
+    fn a_streak_needs_corrections_close_together() {
+        let t0 = Instant::now();
+        let mut s = DriftStreak::default();
+        for i in 0..DRIFT_STREAK_LIMIT - 1 {
+            assert_eq!(s.corrected(t0 + Duration::from_secs(u64::from(i))), None);
+        }
+        let at = t0 + Duration::from_secs(u64::from(DRIFT_STREAK_LIMIT));
+        assert_eq!(s.corrected(at), Some(Duration::from_secs(2)));
+        assert!(s.holding(at + Duration::from_secs(1)));
+        assert!(!s.holding(at + Duration::from_secs(2)));
+        // A pause longer than the window starts a new streak.
+        assert_eq!(s.corrected(at + DRIFT_STREAK_WINDOW), None);
+        assert_eq!(s.count(), 1);
     }
 }

@@ -1,16 +1,18 @@
-//! The `bosun` binary: parse arguments, run, print the error chain, map to an exit code.
+//! The `bosun` binary: set libgit2's globals, parse arguments, run, print the error chain, map
+//! to an exit code.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // libgit2's globals must be set before any thread (the tokio runtime) starts.
-    bosun::source::init_git_globals();
+    // SAFETY: the first statement of `main`: no other thread exists yet (the tokio runtime is
+    // built later, inside `run`), which is `init_git_globals`'s precondition.
+    #[allow(unsafe_code)]
+    unsafe {
+        bosun::source::init_git_globals()
+    };
     let cli = bosun::cli::Cli::parse();
-    // libgit2's global options (and openssl-probe's setenv) must run before any thread exists,
-    // i.e. before a tokio runtime is built.
-    bosun::source::init_git_globals();
     match bosun::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

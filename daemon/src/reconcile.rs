@@ -1,12 +1,15 @@
 //! One reconcile pass: snapshot → config → rendered desired state → plan, and (for apply) the
-//! transaction and its effects. `bosun plan`/`apply` use it once; the daemon loop will call it
-//! per commit.
+//! transaction and its effects. `bosun plan`/`apply` use it once; the daemon loop applies
+//! every snapshot through a [`SnapshotApplier`] (the health-gated one in
+//! [`crate::guarded_apply`]), which calls it.
 //!
 //! Order matters for "bad input changes nothing": the config is loaded and validated (pure)
 //! before anything is read or written under the root or the state dir.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::apply::{self, ApplyReport};
 use crate::config::{self, ConfigError, LoadOptions};
@@ -35,6 +38,19 @@ pub struct Target {
 }
 
 impl Target {
+    /// A target with default options for `hostname`, `root` and `state_dir` (pure).
+    pub fn basic(hostname: &str, root: &Path, state_dir: &Path) -> Target {
+        Target {
+            hostname: hostname.to_string(),
+            root: root.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            load: LoadOptions::default(),
+            render: RenderSettings::for_user("rancher"),
+            keys: KeyFetcherConfig::new(state_dir),
+            durability: apply::Durability::default(),
+        }
+    }
+
     /// Effects run for real only when the root is `/`.
     pub fn live(&self) -> bool {
         self.root == Path::new("/")
@@ -66,7 +82,8 @@ pub enum ReconcileError {
 /// A computed plan and what led to it.
 #[derive(Debug)]
 pub struct Prepared {
-    pub loaded: config::Loaded,
+    /// The validated config (shared with [`Applied`], so consumers never parse it again).
+    pub loaded: Arc<config::Loaded>,
     pub rendered: Rendered,
     pub plan: Plan,
     /// Human-readable warnings from config, rendering and key fetching (never secrets).
@@ -111,7 +128,7 @@ fn read_text(root: &Root, path: &str) -> Result<Option<String>, ReconcileError> 
 /// Loads the config, resolves ssh keys, renders and plans. Reads the root; writes only the ssh
 /// key cache in the state dir (after the config validated). Fetches keys over the network.
 pub async fn prepare(snapshot: &Snapshot, target: &Target) -> Result<Prepared, ReconcileError> {
-    let loaded = config::load(snapshot, &target.hostname, &target.load)?;
+    let loaded = Arc::new(config::load(snapshot, &target.hostname, &target.load)?);
     let mut warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     let root = Root::open(&target.root)?;
 
@@ -255,6 +272,8 @@ pub struct Applied {
     pub changed_paths: Vec<String>,
     /// Node paths of every desired file (what drift watching covers).
     pub desired_paths: Vec<String>,
+    /// The config that was applied.
+    pub loaded: Arc<config::Loaded>,
 }
 
 /// Applies a prepared plan: init/boot commands (once per boot), the file transaction, the
@@ -300,7 +319,69 @@ pub fn apply_prepared(
         effects: log,
         changed_paths: prepared.changed_paths(),
         desired_paths: prepared.desired_paths(),
+        loaded: prepared.loaded.clone(),
     })
+}
+
+/// How applying one snapshot ended, as the daemon loop sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// The snapshot is on disk: applied without a gate, healthy, or unhealthy but kept
+    /// (`unhealthy` says why it could not be reverted).
+    Kept { unhealthy: Option<String> },
+    /// It failed its health gate (`health`: the summary) and the node was reverted to `to`.
+    RolledBack { to: String, health: String },
+    /// Not applied: it failed its health gate before (`reason`, as recorded then).
+    Refused { reason: String },
+}
+
+/// What applying one snapshot did.
+#[derive(Debug, Clone)]
+pub struct ApplyOutcome {
+    /// Node paths created, updated or deleted (by the apply and any revert).
+    pub changed_paths: Vec<String>,
+    /// Node paths of every desired file (watched for drift).
+    pub desired_paths: Vec<String>,
+    /// Effect commands that failed (logged by the applier).
+    pub effect_failures: usize,
+    /// How it ended.
+    pub disposition: Disposition,
+    /// The config now applied, when the snapshot was kept.
+    pub loaded: Option<Arc<config::Loaded>>,
+}
+
+impl ApplyOutcome {
+    /// The outcome of an apply that kept its snapshot (pure).
+    pub fn kept(applied: &Applied) -> ApplyOutcome {
+        ApplyOutcome {
+            changed_paths: applied.changed_paths.clone(),
+            desired_paths: applied.desired_paths.clone(),
+            effect_failures: applied.effects.failures,
+            disposition: Disposition::Kept { unhealthy: None },
+            loaded: Some(applied.loaded.clone()),
+        }
+    }
+
+    /// Whether the snapshot was not kept (rolled back or refused).
+    pub fn rejected(&self) -> bool {
+        !matches!(self.disposition, Disposition::Kept { .. })
+    }
+}
+
+/// The "apply this snapshot" step of the daemon loop: called for new commits and, with the
+/// last good snapshot, for drift corrections and resyncs.
+pub trait SnapshotApplier {
+    /// Why an apply failed (the node keeps what it had, or a journal completes it).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Makes the node match `snapshot`. Writes under the target's root and state dir; runs
+    /// effects through `runner`.
+    fn apply(
+        &mut self,
+        snapshot: &Snapshot,
+        target: &Target,
+        runner: Arc<dyn CommandRunner>,
+    ) -> impl Future<Output = Result<ApplyOutcome, Self::Error>>;
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 //! Two implementations:
 //! - [`SystemRunner`] really spawns the program (no shell), captures stdout/stderr and kills the
 //!   whole process group when the timeout expires.
-//! - [`RecordingRunner`] only records the argv and answers from a script. Tests use it, and so
-//!   does bosun itself when `--root` is not `/` (effects on the live system are recorded and
-//!   reported, never run).
+//! - [`DryRunner`] runs nothing: bosun uses it when `--root` is not `/` (effects on the live
+//!   system are recorded, logged and reported, never run). It answers success to everything.
+//!
+//! Tests script answers with `crate::testing::RecordingRunner`, which is not part of any
+//! production code path. Which runner a command of bosun gets, and with which timeout, is
+//! decided in one place: [`crate::node`].
 //!
 //! Invariants: argv is passed verbatim (argv[0] is the program, looked up in `PATH`); an empty
 //! argv is an error, never a no-op; a runner never returns before the child is reaped.
@@ -203,6 +206,40 @@ impl CommandRunner for SystemRunner {
             stdout: output.stdout,
             stderr: output.stderr,
         })
+    }
+}
+
+/// Runs nothing: with a root other than `/`, effects on the live system are only recorded (for
+/// the caller's report) and logged. Answers exit status 0 to every non-empty argv.
+#[derive(Debug, Default)]
+pub struct DryRunner {
+    calls: Mutex<Vec<Vec<String>>>,
+}
+
+impl DryRunner {
+    /// A runner that runs nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every argv it was asked to run, in call order.
+    pub fn calls(&self) -> Vec<Vec<String>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl CommandRunner for DryRunner {
+    /// Records and logs `argv`; no side effects on the system.
+    fn run(&self, argv: &[String]) -> Result<CommandOutput, RunError> {
+        if argv.is_empty() {
+            return Err(RunError::EmptyArgv);
+        }
+        tracing::info!("not run (root is not /): {}", display_argv(argv));
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(argv.to_vec());
+        Ok(CommandOutput::ok())
     }
 }
 

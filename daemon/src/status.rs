@@ -6,9 +6,11 @@
 //! closed), never "nothing was applied".
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::{Metrics, ReconcileResult};
 use crate::statefile;
 
 /// File name inside the state dir.
@@ -152,6 +154,113 @@ pub fn write(state_dir: &Path, status: &Status) -> Result<(), StatusError> {
     bytes.push(b'\n');
     statefile::write_atomic(&path(state_dir), &bytes, 0o644)?;
     Ok(())
+}
+
+/// The daemon's account of what it did: the persisted [`Status`] and the Prometheus
+/// [`Metrics`], always updated together so `bosun status` and `/metrics` agree.
+#[derive(Debug)]
+pub struct Ledger {
+    state_dir: PathBuf,
+    /// What `status.json` holds (written by [`Ledger::save`]).
+    pub status: Status,
+    /// The counters served at `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The first 12 characters of a commit id (or the whole text when shorter).
+pub fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
+impl Ledger {
+    /// A ledger for a daemon writing its status into `state_dir`.
+    pub fn new(state_dir: &Path, status: Status, metrics: Arc<Metrics>) -> Self {
+        Ledger {
+            state_dir: state_dir.to_path_buf(),
+            status,
+            metrics,
+        }
+    }
+
+    /// The short id of the applied commit, or `nothing`.
+    pub fn applied_text(&self) -> String {
+        self.status
+            .last_applied_commit
+            .as_deref()
+            .map(short)
+            .unwrap_or("nothing")
+            .to_string()
+    }
+
+    /// Takes over what a previous run persisted: the applied commit (the anti-rollback
+    /// baseline), its signer and time, and the totals.
+    pub fn restore(&mut self, previous: Status) {
+        if let Some(c) = &previous.last_applied_commit {
+            self.metrics.set_applied_commit(c);
+        }
+        self.status.last_applied_commit = previous.last_applied_commit;
+        self.status.signer = previous.signer;
+        self.status.last_applied_at = previous.last_applied_at;
+        self.status.refused_total = previous.refused_total;
+        self.status.drift_corrections_total = previous.drift_corrections_total;
+    }
+
+    /// A poll ended in a decision: stamps the success, clears the last error.
+    pub fn succeeded(&mut self, now: u64) {
+        self.status.last_success_at = Some(now);
+        self.status.last_error = None;
+        self.status.last_error_at = None;
+    }
+
+    /// Counts a reconcile decision (`bosun_reconcile_total`).
+    pub fn reconciled(&self, result: ReconcileResult, now: u64) {
+        self.metrics.reconcile(result, now);
+    }
+
+    /// Records `what` as the last error and counts an error decision.
+    pub fn error(&mut self, what: &str, now: u64) {
+        self.metrics.reconcile(ReconcileResult::Error, now);
+        self.status.last_error = Some(what.to_string());
+        self.status.last_error_at = Some(now);
+    }
+
+    /// Records that `commit` is applied; `first` when it was not applied before.
+    pub fn applied(&mut self, commit: &str, signer: Option<String>, first: bool, now: u64) {
+        if first {
+            self.status.last_applied_at = Some(now);
+            self.status.signer = signer;
+        }
+        self.status.last_applied_commit = Some(commit.to_string());
+        self.metrics.set_applied_commit(commit);
+    }
+
+    /// Records a refusal (`text`); `first` counts it (once per commit and reason).
+    pub fn refused(&mut self, label: &'static str, text: String, first: bool, now: u64) {
+        if first {
+            self.metrics.refused(label);
+            self.status.refused_total += 1;
+        }
+        self.status.last_refusal = Some(text);
+        self.status.last_success_at = Some(now);
+    }
+
+    /// Counts `files` reverted after manual changes.
+    pub fn drift_corrected(&mut self, files: u64) {
+        self.metrics.drift_corrected(files);
+        self.status.drift_corrections_total += files;
+    }
+
+    /// Writes `status.json` with the transfer totals of this run (atomically); a failure is
+    /// logged, never fatal. Writes to disk.
+    pub fn save(&mut self) {
+        let t = self.metrics.transfer.totals();
+        self.status.polls = t.polls;
+        self.status.pack_fetches = t.pack_fetches;
+        self.status.fetch_bytes = t.received_bytes;
+        if let Err(e) = write(&self.state_dir, &self.status) {
+            tracing::error!("{e}");
+        }
+    }
 }
 
 #[cfg(test)]

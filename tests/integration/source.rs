@@ -16,7 +16,9 @@ use crate::support::git::{
 
 fn init() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(source::init_git_globals);
+    // SAFETY: every test that uses libgit2 passes through this `Once` first, so the globals
+    // are set before any of them touches libgit2 (the harness's other threads do not).
+    ONCE.call_once(|| unsafe { source::init_git_globals() });
 }
 
 fn oid(hex: &str) -> Oid {

@@ -291,6 +291,21 @@ pub async fn run_health_command_at(
     Ok(failed == 0)
 }
 
+/// One line: the verdict and each failing check with its last detail (pure).
+pub fn report_summary(report: &HealthReport) -> String {
+    let mut s = report
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for c in report.checks.iter().filter(|c| !c.passed) {
+        let detail = c.last.as_ref().map_or("not run", |o| o.detail.as_str());
+        s.push_str(&format!("; {}: {detail}", describe(&c.check)));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -189,21 +189,31 @@ impl SourceError {
 }
 
 /// Sets libgit2's process-wide options (connect and server timeouts) and registers bosun's
-/// `http(s)://` and `ssh://` transports. Mutates C globals, so `main` must call it before the
-/// tokio runtime or any other thread starts. Call it once per process.
-pub fn init_git_globals() {
-    // SAFETY: documented contract: called from `main` before any thread is spawned. The
-    // options are plain integers in libgit2's global settings, and the transport registry is
-    // a global vector that nothing else touches yet.
-    unsafe {
-        // These setters cannot fail (libgit2 returns an error code only for unknown options).
-        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
-        let _ = git2::opts::set_server_timeout_in_milliseconds(SERVER_TIMEOUT_MS);
-        // Fails only when a scheme is already registered, i.e. on a second call.
-        if let Err(e) = transport::register() {
-            tracing::debug!("git transports already registered: {e}");
+/// `http(s)://` and `ssh://` transports. Runs once per process: later calls do nothing.
+///
+/// # Safety
+///
+/// Mutates C globals without synchronisation on libgit2's side: the first call must happen
+/// before any other thread exists that uses libgit2 (`main` calls it before building the tokio
+/// runtime, because openssl-probe's `setenv` and libgit2's option setters are not
+/// thread-safe).
+#[allow(unsafe_code)]
+pub unsafe fn init_git_globals() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the caller guarantees no other thread uses libgit2 yet (see above); the
+        // options are plain integers in libgit2's global settings, and the transport registry
+        // is a global vector that nothing else touches yet. `Once` makes a second call a no-op.
+        unsafe {
+            // These setters cannot fail (libgit2 returns an error code only for unknown
+            // options).
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
+            let _ = git2::opts::set_server_timeout_in_milliseconds(SERVER_TIMEOUT_MS);
+            if let Err(e) = transport::register() {
+                tracing::warn!("registering git transports: {e}");
+            }
         }
-    }
+    });
 }
 
 /// A commit that passed every check of [`poll`], with its files.

@@ -64,6 +64,19 @@ pub enum Refusal {
     NotDescendant { last_applied: Oid },
 }
 
+impl Refusal {
+    /// The `reason` label of `bosun_source_refused_total` (stable).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Unsigned => "unsigned",
+            Refusal::UnknownKey { .. } => "unknown_key",
+            Refusal::BadSignature { .. } => "bad_signature",
+            Refusal::WrongNamespace { .. } => "wrong_namespace",
+            Refusal::NotDescendant { .. } => "not_descendant",
+        }
+    }
+}
+
 /// Outcome of a signature check that did not refuse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -226,5 +239,26 @@ pub fn check_descends_or_deepen(
             check_descends(&cache, new, last_applied, allow_history_rewrite)
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_labels_are_stable() {
+        assert_eq!(Refusal::Unsigned.label(), "unsigned");
+        assert_eq!(
+            Refusal::NotDescendant {
+                last_applied: Oid::zero()
+            }
+            .label(),
+            "not_descendant"
+        );
+        assert_eq!(
+            Refusal::UnknownKey { key: "k".into() }.label(),
+            "unknown_key"
+        );
     }
 }

@@ -6,3 +6,4 @@ pub mod actor;
 pub mod commands;
 pub mod install;
 pub mod machine;
+pub mod pass;

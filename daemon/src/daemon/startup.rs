@@ -1,0 +1,132 @@
+//! Start-up of the daemon: the state dir, stale git locks, recovery of an interrupted apply,
+//! the upgrade actor, the persisted status (the anti-rollback baseline) and the last applied
+//! commit's files from the git cache; and the metrics endpoint.
+
+use tracing::{info, warn};
+
+use super::{Daemon, DaemonError, LastGood};
+use crate::apply;
+use crate::fsroot::Root;
+use crate::metrics;
+use crate::node::{BootEnvSpec, UpgradeWiring};
+use crate::reconcile::SnapshotApplier;
+use crate::snapshot::Snapshot;
+use crate::source::{self, Oid};
+use crate::status;
+
+impl<A: SnapshotApplier> Daemon<A> {
+    /// Start-up: creates the state dir, clears stale git locks, recovers an interrupted apply,
+    /// reads the persisted status. Writes to disk.
+    pub(super) async fn start(&mut self) -> Result<(), DaemonError> {
+        let sd = self.cfg.state_dir.clone();
+        std::fs::create_dir_all(&sd).map_err(|source| DaemonError::StateDir {
+            path: sd.clone(),
+            source,
+        })?;
+        for lock in source::Cache::clear_stale_locks(&self.cfg.source.cache_dir)? {
+            warn!("removed stale git cache lock {}", lock.display());
+        }
+        let (root, state) = (self.cfg.root.clone(), sd.clone());
+        let report = tokio::task::spawn_blocking(move || {
+            let root = Root::open(&root)?;
+            apply::recover(&root, &state).map_err(DaemonError::from)
+        })
+        .await
+        .map_err(|e| DaemonError::StateDir {
+            path: sd.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        if let Some(tx) = &report.rolled_forward {
+            warn!("completed the interrupted apply {tx} (rolled forward)");
+        }
+        if let Some(wiring) = UpgradeWiring::from_agent(&self.cfg) {
+            let actor = self
+                .node
+                .upgrade_actor(&wiring)
+                .map_err(|e| match &wiring.boot_env {
+                    Some(BootEnvSpec::Uboot(p)) => DaemonError::Upgrade(format!(
+                        "upgrade.uboot_env_config {}: {e}",
+                        p.display()
+                    )),
+                    _ => DaemonError::Upgrade(e.to_string()),
+                })?;
+            self.upgrade = Some(actor);
+        }
+        match crate::guarded_apply::CommitHistory::load(&sd) {
+            Ok(h) => self
+                .ledger
+                .metrics
+                .seed_config_rollbacks(h.config_rollbacks_total()),
+            Err(e) => warn!("commit history: {e}"),
+        }
+        if let Some(tx) = &report.rolled_back {
+            warn!("undid the uncommitted apply {tx} (rolled back)");
+        }
+        if let Some(previous) = status::read(&sd)? {
+            if let Some(c) = &previous.last_applied_commit {
+                let oid = Oid::from_str(c).map_err(|_| DaemonError::BadBaseline {
+                    path: status::path(&sd),
+                    commit: c.clone(),
+                })?;
+                self.last_applied = Some(oid);
+                self.last_good = self.cached_snapshot(oid).await.map(|snapshot| LastGood {
+                    snapshot,
+                    loaded: None,
+                });
+            }
+            self.ledger.restore(previous);
+        }
+        info!(
+            "bosun daemon: node {} following {} ({}) every {:?}; root {}, state {}; last applied {}",
+            self.cfg.node_name,
+            self.cfg.source.url,
+            self.cfg.source.reference,
+            self.cfg.interval,
+            self.cfg.root.display(),
+            sd.display(),
+            self.ledger.status.last_applied_commit.as_deref().unwrap_or("none"),
+        );
+        Ok(())
+    }
+
+    /// The files of the last applied commit from the git cache (no network), so drift is
+    /// corrected even before the remote answers. `None` (logged) when the cache lacks it.
+    async fn cached_snapshot(&self, commit: Oid) -> Option<Snapshot> {
+        let dir = self.cfg.source.cache_dir.clone();
+        let subdir = self.cfg.source.subdir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let cache = source::Cache::open(&dir)?;
+            source::snapshot(&cache, commit, subdir.as_deref())
+        })
+        .await;
+        match read {
+            Ok(Ok(snap)) => Some(snap),
+            Ok(Err(e)) => {
+                warn!("last applied commit {commit} not readable from the git cache ({e}); drift is corrected once the remote answers");
+                None
+            }
+            Err(e) => {
+                warn!("reading the git cache: {e}");
+                None
+            }
+        }
+    }
+
+    /// Serves `/metrics` until `stop` fires, when the agent config asks for it.
+    pub(super) async fn serve_metrics(
+        &self,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>, DaemonError> {
+        let Some(addr) = self.cfg.metrics_listen else {
+            return Ok(None);
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Metrics { addr, source })?;
+        info!("metrics on http://{addr}/metrics");
+        let m = self.ledger.metrics.clone();
+        Ok(Some(tokio::spawn(metrics::serve(listener, m, async {
+            let _ = stop.await;
+        }))))
+    }
+}
