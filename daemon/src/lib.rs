@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod desired;
 pub mod drift;
 pub mod fsroot;
+pub mod glob;
 pub mod guarded_apply;
 pub mod health;
 pub mod keys;
