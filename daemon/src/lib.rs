@@ -15,6 +15,7 @@ pub mod desired;
 pub mod disruption;
 pub mod drift;
 pub mod fsroot;
+pub mod glob;
 pub mod guarded_apply;
 pub mod health;
 pub mod keys;

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
-use crate::desired::{DesiredFile, DesiredState, Effect, FileSource, Trigger};
+use crate::desired::{DesiredFile, DesiredState, Effect, EffectRule, FileSource, Trigger};
 use crate::fsroot::{EntryKind, Observation, Observed};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -104,62 +104,7 @@ pub fn plan(
 ) -> Result<Plan, PlanError> {
     let mut out = Plan::default();
     for (path, want) in &desired.files {
-        if !observed.contains(path) {
-            return Err(PlanError::NotObserved { path: path.clone() });
-        }
-        let mut secret = want.secret || !world_readable(want.mode);
-        match observed.get(path) {
-            None => {
-                out.creates.push(FileChange {
-                    path: path.clone(),
-                    desired: want.clone(),
-                    before: None,
-                    content_changed: true,
-                    mode_changed: false,
-                    owner_changed: false,
-                    secret,
-                });
-                out.managed_after.insert(path.clone());
-            }
-            Some(have) => {
-                let (content_changed, mode_changed, owner_changed) = match have.kind {
-                    EntryKind::File => (
-                        have.content != want.content,
-                        have.mode & 0o7777 != want.mode & 0o7777,
-                        (have.uid, have.gid) != (want.uid, want.gid),
-                    ),
-                    // A symlink is replaced by the regular file: everything changes.
-                    EntryKind::Symlink => {
-                        (true, true, (have.uid, have.gid) != (want.uid, want.gid))
-                    }
-                    found => {
-                        return Err(PlanError::NotAFile {
-                            path: path.clone(),
-                            found,
-                        })
-                    }
-                };
-                if have.kind == EntryKind::File && !world_readable(have.mode) {
-                    secret = true;
-                }
-                if managed.contains(path) {
-                    out.managed_after.insert(path.clone());
-                }
-                if content_changed || mode_changed || owner_changed {
-                    out.updates.push(FileChange {
-                        path: path.clone(),
-                        desired: want.clone(),
-                        before: Some(have.clone()),
-                        content_changed,
-                        mode_changed,
-                        owner_changed,
-                        secret,
-                    });
-                } else {
-                    out.unchanged += 1;
-                }
-            }
-        }
+        plan_file(&mut out, path, want, observed, managed)?;
     }
     for path in managed {
         if desired.files.contains_key(path) {
@@ -179,12 +124,86 @@ pub fn plan(
             }
         }
     }
+    add_effects(&mut out, &desired.effects);
+    Ok(out)
+}
+
+/// Adds to `out` the create, update or nothing for desired file `path` (`want`), judged
+/// against the observed entry; a file counts as secret when it is marked so or it or its
+/// observed predecessor is not world-readable. Pure.
+fn plan_file(
+    out: &mut Plan,
+    path: &String,
+    want: &DesiredFile,
+    observed: &Observation,
+    managed: &BTreeSet<String>,
+) -> Result<(), PlanError> {
+    if !observed.contains(path) {
+        return Err(PlanError::NotObserved { path: path.clone() });
+    }
+    let mut secret = want.secret || !world_readable(want.mode);
+    match observed.get(path) {
+        None => {
+            out.creates.push(FileChange {
+                path: path.clone(),
+                desired: want.clone(),
+                before: None,
+                content_changed: true,
+                mode_changed: false,
+                owner_changed: false,
+                secret,
+            });
+            out.managed_after.insert(path.clone());
+        }
+        Some(have) => {
+            let (content_changed, mode_changed, owner_changed) = match have.kind {
+                EntryKind::File => (
+                    have.content != want.content,
+                    have.mode & 0o7777 != want.mode & 0o7777,
+                    (have.uid, have.gid) != (want.uid, want.gid),
+                ),
+                // A symlink is replaced by the regular file: everything changes.
+                EntryKind::Symlink => (true, true, (have.uid, have.gid) != (want.uid, want.gid)),
+                found => {
+                    return Err(PlanError::NotAFile {
+                        path: path.clone(),
+                        found,
+                    })
+                }
+            };
+            if have.kind == EntryKind::File && !world_readable(have.mode) {
+                secret = true;
+            }
+            if managed.contains(path) {
+                out.managed_after.insert(path.clone());
+            }
+            if content_changed || mode_changed || owner_changed {
+                out.updates.push(FileChange {
+                    path: path.clone(),
+                    desired: want.clone(),
+                    before: Some(have.clone()),
+                    content_changed,
+                    mode_changed,
+                    owner_changed,
+                    secret,
+                });
+            } else {
+                out.unchanged += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds to `out` the effects whose trigger fired: those whose paths (or directory) the plan
+/// changes, in rule order without duplicates, and every once-per-boot effect. Pure.
+fn add_effects(out: &mut Plan, rules: &[EffectRule]) {
     let changed = out
         .changed_paths()
         .into_iter()
         .map(str::to_string)
         .collect::<BTreeSet<_>>();
-    for rule in &desired.effects {
+    for rule in rules {
         let list = match &rule.trigger {
             Trigger::Changed(paths) if paths.iter().any(|p| changed.contains(p)) => {
                 &mut out.effects
@@ -199,7 +218,6 @@ pub fn plan(
             list.push(rule.effect.clone());
         }
     }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -311,6 +329,79 @@ fn source(s: &FileSource) -> String {
     }
 }
 
+/// What a create (`create`) or an update of `c` changes, for the text plan: the new mode and
+/// owner of a created file; a replaced symlink, content, mode and owner changes of an
+/// updated one. Pure.
+fn change_summary(c: &FileChange, create: bool) -> Vec<String> {
+    let d = &c.desired;
+    let mut what = Vec::new();
+    if create {
+        what.push(format!(
+            "mode {:04o}, owner {}",
+            d.mode,
+            owner(d.uid, d.gid)
+        ));
+    } else {
+        let b = c.before.as_ref().expect("update has a before");
+        if b.kind == EntryKind::Symlink {
+            what.push("replaces a symbolic link".to_string());
+        }
+        if c.content_changed {
+            what.push("content".to_string());
+        }
+        if c.mode_changed {
+            what.push(format!("mode {:04o}→{:04o}", b.mode, d.mode));
+        }
+        if c.owner_changed {
+            what.push(format!(
+                "owner {}→{}",
+                owner(b.uid, b.gid),
+                owner(d.uid, d.gid)
+            ));
+        }
+    }
+    what
+}
+
+/// Appends to `s` the indented content view of `c` (a unified diff for text, sizes and
+/// SHA-256 for binary data, only hashes for secrets; nothing when the content is unchanged).
+/// Pure.
+fn write_content(s: &mut String, c: &FileChange) {
+    match content_view(c) {
+        ContentView::Unchanged => {}
+        ContentView::Text { diff } => {
+            for line in diff.lines() {
+                let _ = writeln!(s, "    {line}");
+            }
+        }
+        ContentView::Binary {
+            old_size,
+            new_size,
+            old_sha256,
+            new_sha256,
+        } => {
+            let _ = match (old_size, old_sha256) {
+                (Some(os), Some(oh)) => writeln!(
+                    s,
+                    "    binary content changed: {os} bytes sha256 {oh} → {new_size} bytes sha256 {new_sha256}"
+                ),
+                _ => writeln!(s, "    binary content: {new_size} bytes sha256 {new_sha256}"),
+            };
+        }
+        ContentView::Secret {
+            old_sha256,
+            new_sha256,
+        } => {
+            let _ = match old_sha256 {
+                Some(o) => {
+                    writeln!(s, "    content changed (secret, sha256 {o}→{new_sha256})")
+                }
+                None => writeln!(s, "    content set (secret, sha256 {new_sha256})"),
+            };
+        }
+    }
+}
+
 /// Human-readable plan: a summary line, then per file what changes and a unified diff for text
 /// content (binary: sizes and sha256; secrets: only sha256 prefixes), then effects (pure).
 pub fn render_text(plan: &Plan) -> String {
@@ -329,32 +420,7 @@ pub fn render_text(plan: &Plan) -> String {
     ] {
         for c in list {
             let d = &c.desired;
-            let mut what = Vec::new();
-            if verb == "create" {
-                what.push(format!(
-                    "mode {:04o}, owner {}",
-                    d.mode,
-                    owner(d.uid, d.gid)
-                ));
-            } else {
-                let b = c.before.as_ref().expect("update has a before");
-                if b.kind == EntryKind::Symlink {
-                    what.push("replaces a symbolic link".to_string());
-                }
-                if c.content_changed {
-                    what.push("content".to_string());
-                }
-                if c.mode_changed {
-                    what.push(format!("mode {:04o}→{:04o}", b.mode, d.mode));
-                }
-                if c.owner_changed {
-                    what.push(format!(
-                        "owner {}→{}",
-                        owner(b.uid, b.gid),
-                        owner(d.uid, d.gid)
-                    ));
-                }
-            }
+            let what = change_summary(c, verb == "create");
             let _ = writeln!(
                 s,
                 "{sign} {verb} {}: {} [{}]",
@@ -362,39 +428,7 @@ pub fn render_text(plan: &Plan) -> String {
                 what.join(", "),
                 source(&d.source)
             );
-            match content_view(c) {
-                ContentView::Unchanged => {}
-                ContentView::Text { diff } => {
-                    for line in diff.lines() {
-                        let _ = writeln!(s, "    {line}");
-                    }
-                }
-                ContentView::Binary {
-                    old_size,
-                    new_size,
-                    old_sha256,
-                    new_sha256,
-                } => {
-                    let _ = match (old_size, old_sha256) {
-                        (Some(os), Some(oh)) => writeln!(
-                            s,
-                            "    binary content changed: {os} bytes sha256 {oh} → {new_size} bytes sha256 {new_sha256}"
-                        ),
-                        _ => writeln!(s, "    binary content: {new_size} bytes sha256 {new_sha256}"),
-                    };
-                }
-                ContentView::Secret {
-                    old_sha256,
-                    new_sha256,
-                } => {
-                    let _ = match old_sha256 {
-                        Some(o) => {
-                            writeln!(s, "    content changed (secret, sha256 {o}→{new_sha256})")
-                        }
-                        None => writeln!(s, "    content set (secret, sha256 {new_sha256})"),
-                    };
-                }
-            }
+            write_content(&mut s, c);
         }
     }
     for d in &plan.deletes {

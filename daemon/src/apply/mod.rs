@@ -48,7 +48,7 @@ use rustix::io::Errno;
 
 use crate::desired::DesiredFile;
 use crate::fsroot::{parent_node_path, split_node_path, FsError, Root};
-use crate::plan::{FileChange, Plan};
+use crate::plan::{Deletion, FileChange, Plan};
 use crate::statefile::{self, StateFileError};
 use journal::{Intent, Journal, JournalError, StagedRename};
 
@@ -259,6 +259,56 @@ impl<'r> Dirs<'r> {
         Ok(self.open.get(dir))
     }
 
+    /// Opens the existing parent directory of every file to write (`targets`: parent, name,
+    /// change) and to delete, each resolved via the file's path so an error names the file.
+    /// A missing parent is left out (staging creates it). Reads the filesystem only.
+    fn open_parents(
+        &mut self,
+        targets: &[(String, String, &FileChange)],
+        deletes: &[Deletion],
+    ) -> Result<(), ApplyError> {
+        let root = self.root;
+        for (dir, _, f) in targets {
+            if !self.open.contains_key(dir) {
+                // Resolve via the file's path so an error names the file.
+                if let Some(parent) = root.open_parent(&f.path, false)? {
+                    self.open.insert(dir.clone(), parent.dir);
+                }
+            }
+        }
+        for d in deletes {
+            let dir = parent_node_path(&d.path)?;
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.open.entry(dir) {
+                if let Some(parent) = root.open_parent(&d.path, false)? {
+                    slot.insert(parent.dir);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The directories staging `targets` will create (none of them exists yet), deepest
+    /// first, so a rollback can remove them again. Reads the filesystem only.
+    fn to_create(
+        &self,
+        targets: &[(String, String, &FileChange)],
+    ) -> Result<Vec<String>, ApplyError> {
+        let mut missing = BTreeSet::new();
+        for (dir, _, _) in targets {
+            let mut d = dir.clone();
+            while d != "/" && !self.open.contains_key(&d) && !missing.contains(&d) {
+                if self.root.open_dir(&d, false)?.is_some() {
+                    break;
+                }
+                missing.insert(d.clone());
+                d = parent_node_path(&d)?;
+            }
+        }
+        let mut created_dirs: Vec<String> = missing.into_iter().collect();
+        created_dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+        Ok(created_dirs)
+    }
+
     /// fsync every directory that was touched. Writes to disk.
     fn sync_touched(&mut self) -> Result<(), ApplyError> {
         for d in std::mem::take(&mut self.touched) {
@@ -307,37 +357,8 @@ pub fn apply_with(
     // Resolve every existing parent before writing anything, so a parent that escapes the
     // root or is not a directory fails the apply with nothing written.
     let mut dirs = Dirs::new(root);
-    for (dir, _, f) in &targets {
-        if !dirs.open.contains_key(dir) {
-            // Resolve via the file's path so an error names the file.
-            if let Some(parent) = root.open_parent(&f.path, false)? {
-                dirs.open.insert(dir.clone(), parent.dir);
-            }
-        }
-    }
-    for d in &plan.deletes {
-        let dir = parent_node_path(&d.path)?;
-        if let std::collections::btree_map::Entry::Vacant(slot) = dirs.open.entry(dir) {
-            if let Some(parent) = root.open_parent(&d.path, false)? {
-                slot.insert(parent.dir);
-            }
-        }
-    }
-
-    // Directories staging will create, so a rollback can remove them again.
-    let mut missing = BTreeSet::new();
-    for (dir, _, _) in &targets {
-        let mut d = dir.clone();
-        while d != "/" && !dirs.open.contains_key(&d) && !missing.contains(&d) {
-            if root.open_dir(&d, false)?.is_some() {
-                break;
-            }
-            missing.insert(d.clone());
-            d = parent_node_path(&d)?;
-        }
-    }
-    let mut created_dirs: Vec<String> = missing.into_iter().collect();
-    created_dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    dirs.open_parents(&targets, &plan.deletes)?;
+    let created_dirs = dirs.to_create(&targets)?;
 
     let txid = new_txid();
     let intent = Intent::new(

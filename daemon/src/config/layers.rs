@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use super::diag::Diagnostic;
 use super::spec::{self, Field, Shape};
 use super::yaml::{self, Entry, Kind, Node, Scalar};
+use crate::glob::{self, Dialect};
 use crate::snapshot::Snapshot;
 
 /// One parsed, canonicalised layer file.
@@ -91,7 +92,10 @@ impl Repo {
         let mut out = Vec::new();
         out.extend(self.base.iter());
         for g in &self.groups {
-            if g.matches.iter().any(|pat| glob_match(pat, hostname)) {
+            if g.matches
+                .iter()
+                .any(|pat| glob::matches(Dialect::Shell, pat, hostname))
+            {
                 out.push(&g.layer);
             }
         }
@@ -564,71 +568,5 @@ fn strip_nulls(node: &mut Node) {
         }
         Kind::Seq(items) => items.iter_mut().for_each(strip_nulls),
         _ => {}
-    }
-}
-
-/// Shell-style glob match on a hostname: `*`, `?`, `[abc]`, `[a-z]`, `[!x]`. Pure.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn class(p: &[char], c: char) -> Option<(bool, usize)> {
-        // p starts after '['; returns (matched, chars consumed including ']')
-        let mut i = 0;
-        let negate = matches!(p.first(), Some('!') | Some('^'));
-        if negate {
-            i += 1;
-        }
-        let mut matched = false;
-        let mut first = true;
-        while i < p.len() {
-            if p[i] == ']' && !first {
-                return Some((matched != negate, i + 1));
-            }
-            first = false;
-            if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-                if p[i] <= c && c <= p[i + 2] {
-                    matched = true;
-                }
-                i += 3;
-            } else {
-                if p[i] == c {
-                    matched = true;
-                }
-                i += 1;
-            }
-        }
-        None
-    }
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') => (0..=n.len()).any(|k| go(&p[1..], &n[k..])),
-            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
-            Some('[') => match (n.first(), class(&p[1..], *n.first().unwrap_or(&'\0'))) {
-                (Some(_), Some((true, used))) => go(&p[1 + used..], &n[1..]),
-                (Some(_), Some((false, _))) => false,
-                (_, None) => n.first() == Some(&'[') && go(&p[1..], &n[1..]),
-                (None, _) => false,
-            },
-            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    go(&p, &n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("edge-*", "edge-01"));
-        assert!(!glob_match("edge-*", "core-01"));
-        assert!(glob_match("edge-0?", "edge-07"));
-        assert!(glob_match("rack[1-3]-*", "rack2-a"));
-        assert!(!glob_match("rack[!1-3]-*", "rack2-a"));
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exact2"));
     }
 }

@@ -148,71 +148,8 @@ impl KubeconfigRefs {
                 path: path.to_string(),
                 message: e.to_string(),
             })?;
-        let field_err = |field: String, reason: &str| KubeconfigError::Field {
-            path: path.to_string(),
-            field,
-            reason: reason.to_string(),
-        };
-
-        let current = raw.current_context.as_deref().filter(|c| !c.is_empty());
-        let (cluster, user) = match current {
-            Some(ctx_name) => {
-                let ctx = raw
-                    .contexts
-                    .iter()
-                    .find(|c| c.name == ctx_name)
-                    .ok_or_else(|| {
-                        field_err(
-                            "current-context".into(),
-                            &format!("context {ctx_name:?} is not defined under contexts"),
-                        )
-                    })?;
-                let ctx_field = format!("contexts[{ctx_name}].context");
-                let body = ctx
-                    .context
-                    .as_ref()
-                    .ok_or_else(|| field_err(ctx_field.clone(), "missing"))?;
-                let cluster_name = body
-                    .cluster
-                    .as_deref()
-                    .filter(|c| !c.is_empty())
-                    .ok_or_else(|| field_err(format!("{ctx_field}.cluster"), "missing"))?;
-                let cluster = raw
-                    .clusters
-                    .iter()
-                    .find(|c| c.name == cluster_name)
-                    .ok_or_else(|| {
-                        field_err(
-                            format!("{ctx_field}.cluster"),
-                            &format!("cluster {cluster_name:?} is not defined under clusters"),
-                        )
-                    })?;
-                let user = match body.user.as_deref().filter(|u| !u.is_empty()) {
-                    None => None,
-                    Some(user_name) => Some(
-                        raw.users
-                            .iter()
-                            .find(|u| u.name == user_name)
-                            .ok_or_else(|| {
-                                field_err(
-                                    format!("{ctx_field}.user"),
-                                    &format!("user {user_name:?} is not defined under users"),
-                                )
-                            })?,
-                    ),
-                };
-                (cluster, user)
-            }
-            None => {
-                let cluster = raw.clusters.first().ok_or_else(|| {
-                    field_err(
-                        "clusters".into(),
-                        "no cluster defined (and no current-context)",
-                    )
-                })?;
-                (cluster, raw.users.first())
-            }
-        };
+        let field_err = |field: String, reason: &str| field_error(path, field, reason);
+        let (cluster, user) = select(&raw, path)?;
 
         let cfield = format!("clusters[{}].cluster", cluster.name);
         let c = cluster
@@ -239,67 +176,168 @@ impl KubeconfigRefs {
             c.certificate_authority.as_deref(),
         )?;
 
-        let (user_name, client_cert, client_key, token) = match user {
-            None => (None, None, None, None),
-            Some(u) => {
-                let ufield = format!("users[{}].user", u.name);
-                match u.user.as_ref() {
-                    None => (Some(u.name.clone()), None, None, None),
-                    Some(body) => {
-                        let cert = pick(
-                            path,
-                            &ufield,
-                            "client-certificate-data",
-                            body.client_certificate_data.as_deref(),
-                            body.client_certificate.as_deref(),
-                        )?;
-                        let key = pick(
-                            path,
-                            &ufield,
-                            "client-key-data",
-                            body.client_key_data.as_deref(),
-                            body.client_key.as_deref(),
-                        )?;
-                        match (&cert, &key) {
-                            (Some(_), None) => {
-                                return Err(field_err(
-                                    format!("{ufield}.client-key-data"),
-                                    "client certificate given without a client key",
-                                ))
-                            }
-                            (None, Some(_)) => {
-                                return Err(field_err(
-                                    format!("{ufield}.client-certificate-data"),
-                                    "client key given without a client certificate",
-                                ))
-                            }
-                            _ => {}
-                        }
-                        let token = match (
-                            body.token.as_deref().filter(|t| !t.is_empty()),
-                            body.token_file.as_deref().filter(|t| !t.is_empty()),
-                        ) {
-                            (Some(t), _) => Some(DataRef::Inline(t.as_bytes().to_vec())),
-                            (None, Some(f)) => Some(DataRef::File(f.to_string())),
-                            (None, None) => None,
-                        };
-                        (Some(u.name.clone()), cert, key, token)
-                    }
-                }
-            }
+        let user = match user {
+            None => UserRefs::default(),
+            Some(u) => user_refs(u, path)?,
         };
 
         Ok(KubeconfigRefs {
             cluster_name: cluster.name.clone(),
-            user_name,
+            user_name: user.name,
             server: server.trim_end_matches('/').to_string(),
             ca,
             insecure_skip_tls_verify: c.insecure_skip_tls_verify.unwrap_or(false),
-            client_cert,
-            client_key,
-            token,
+            client_cert: user.cert,
+            client_key: user.key,
+            token: user.token,
         })
     }
+}
+
+/// A [`KubeconfigError::Field`] about `field` of the kubeconfig at `path`.
+fn field_error(path: &str, field: String, reason: &str) -> KubeconfigError {
+    KubeconfigError::Field {
+        path: path.to_string(),
+        field,
+        reason: reason.to_string(),
+    }
+}
+
+/// The cluster and user a kubeconfig selects: those its `current-context` names (each must be
+/// defined; a context without a user selects none), else the first cluster and the first
+/// user. Pure.
+fn select<'k>(
+    raw: &'k RawKubeconfig,
+    path: &str,
+) -> Result<(&'k RawClusterEntry, Option<&'k RawUserEntry>), KubeconfigError> {
+    let field_err = |field: String, reason: &str| field_error(path, field, reason);
+    let current = raw.current_context.as_deref().filter(|c| !c.is_empty());
+    Ok(match current {
+        Some(ctx_name) => {
+            let ctx = raw
+                .contexts
+                .iter()
+                .find(|c| c.name == ctx_name)
+                .ok_or_else(|| {
+                    field_err(
+                        "current-context".into(),
+                        &format!("context {ctx_name:?} is not defined under contexts"),
+                    )
+                })?;
+            let ctx_field = format!("contexts[{ctx_name}].context");
+            let body = ctx
+                .context
+                .as_ref()
+                .ok_or_else(|| field_err(ctx_field.clone(), "missing"))?;
+            let cluster_name = body
+                .cluster
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| field_err(format!("{ctx_field}.cluster"), "missing"))?;
+            let cluster = raw
+                .clusters
+                .iter()
+                .find(|c| c.name == cluster_name)
+                .ok_or_else(|| {
+                    field_err(
+                        format!("{ctx_field}.cluster"),
+                        &format!("cluster {cluster_name:?} is not defined under clusters"),
+                    )
+                })?;
+            let user = match body.user.as_deref().filter(|u| !u.is_empty()) {
+                None => None,
+                Some(user_name) => Some(
+                    raw.users
+                        .iter()
+                        .find(|u| u.name == user_name)
+                        .ok_or_else(|| {
+                            field_err(
+                                format!("{ctx_field}.user"),
+                                &format!("user {user_name:?} is not defined under users"),
+                            )
+                        })?,
+                ),
+            };
+            (cluster, user)
+        }
+        None => {
+            let cluster = raw.clusters.first().ok_or_else(|| {
+                field_err(
+                    "clusters".into(),
+                    "no cluster defined (and no current-context)",
+                )
+            })?;
+            (cluster, raw.users.first())
+        }
+    })
+}
+
+/// The selected user's credentials, with data not yet read from files.
+#[derive(Default)]
+struct UserRefs {
+    /// `users[NAME]`.
+    name: Option<String>,
+    cert: Option<DataRef>,
+    key: Option<DataRef>,
+    token: Option<DataRef>,
+}
+
+/// The credentials of user entry `u`: a client certificate and key (both or neither; data
+/// over file, as kubectl does) and a token (inline over `tokenFile`). Pure.
+fn user_refs(u: &RawUserEntry, path: &str) -> Result<UserRefs, KubeconfigError> {
+    let field_err = |field: String, reason: &str| field_error(path, field, reason);
+    let ufield = format!("users[{}].user", u.name);
+    Ok(match u.user.as_ref() {
+        None => UserRefs {
+            name: Some(u.name.clone()),
+            ..UserRefs::default()
+        },
+        Some(body) => {
+            let cert = pick(
+                path,
+                &ufield,
+                "client-certificate-data",
+                body.client_certificate_data.as_deref(),
+                body.client_certificate.as_deref(),
+            )?;
+            let key = pick(
+                path,
+                &ufield,
+                "client-key-data",
+                body.client_key_data.as_deref(),
+                body.client_key.as_deref(),
+            )?;
+            match (&cert, &key) {
+                (Some(_), None) => {
+                    return Err(field_err(
+                        format!("{ufield}.client-key-data"),
+                        "client certificate given without a client key",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(field_err(
+                        format!("{ufield}.client-certificate-data"),
+                        "client key given without a client certificate",
+                    ))
+                }
+                _ => {}
+            }
+            let token = match (
+                body.token.as_deref().filter(|t| !t.is_empty()),
+                body.token_file.as_deref().filter(|t| !t.is_empty()),
+            ) {
+                (Some(t), _) => Some(DataRef::Inline(t.as_bytes().to_vec())),
+                (None, Some(f)) => Some(DataRef::File(f.to_string())),
+                (None, None) => None,
+            };
+            UserRefs {
+                name: Some(u.name.clone()),
+                cert,
+                key,
+                token,
+            }
+        }
+    })
 }
 
 /// Picks base64 `data` (field `data_field`) over a file path (kubectl's precedence).

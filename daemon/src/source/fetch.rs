@@ -307,74 +307,104 @@ pub fn fetch_counted(
 
     match target {
         Target::Named(name) => {
-            let Some((remote_ref, advertised)) = resolve_advertised(&heads, &name).cloned() else {
-                return Err(SourceError::RefNotFound {
-                    url: cfg.url.clone(),
-                    reference: name,
-                    available: advertised_names(&heads),
-                });
-            };
-            let local = tracking_ref(&remote_ref);
-            if cache.repo.refname_to_id(&local).ok() == Some(advertised)
-                && cache.repo.find_object(advertised, None).is_ok()
-            {
-                let commit = peel_commit(&cache, cfg, &name, advertised)?;
-                return Ok(FetchOutcome::Unchanged { commit });
-            }
-            // Depth limits only the first fetch of a ref. Later fetches are incremental from
-            // the cached tip anyway, and fetching them shallow again would cut the history
-            // between the last applied commit and the new one (forcing an unshallow for every
-            // ancestry check).
-            let depth = match cache.repo.refname_to_id(&local) {
-                Ok(_) => None,
-                Err(_) => effective_depth(cfg),
-            };
-            download(
-                &mut remote,
-                &creds,
-                &[format!("+{remote_ref}:{local}")],
-                depth,
-                counters,
-            )
-            .map_err(|e| creds.error(&cfg.url, "fetch", e))?;
-            let fetched = cache
-                .repo
-                .refname_to_id(&local)
-                .map_err(|e| cache.err("read fetched ref", e))?;
-            let commit = peel_commit(&cache, cfg, &name, fetched)?;
-            Ok(FetchOutcome::Updated { commit })
+            fetch_named(&cache, cfg, &mut remote, &creds, &heads, name, counters)
         }
         Target::Commit(oid) => {
-            // Prefer a ref that points right at it; otherwise fetch every branch and tag in
-            // full (the commit may be anywhere in their history).
-            // (`refs/tags/x^{}` is the peeled id of annotated tag `refs/tags/x`.)
-            let tip = heads
-                .iter()
-                .find(|(_, o)| *o == oid)
-                .map(|(name, _)| name.strip_suffix("^{}").unwrap_or(name));
-            let specs: Vec<String> = match tip {
-                Some(name) => vec![format!("+{name}:{}", tracking_ref(name))],
-                None => vec![
-                    "+refs/heads/*:refs/bosun/remote/heads/*".to_string(),
-                    "+refs/tags/*:refs/bosun/remote/tags/*".to_string(),
-                ],
-            };
-            download(&mut remote, &creds, &specs, None, counters)
-                .map_err(|e| creds.error(&cfg.url, "fetch", e))?;
-            if !cache.has_commit(oid) {
-                return Err(SourceError::CommitNotFound {
-                    url: cfg.url.clone(),
-                    commit: oid,
-                });
-            }
-            // Keep the pinned commit reachable from a ref so no gc can drop it.
-            cache
-                .repo
-                .reference("refs/bosun/pinned", oid, true, "bosun: pinned commit")
-                .map_err(|e| cache.err("write ref refs/bosun/pinned", e))?;
-            Ok(FetchOutcome::Updated { commit: oid })
+            fetch_pinned(&cache, cfg, &mut remote, &creds, &heads, oid, counters)
         }
     }
+}
+
+/// Fetches the ref `name` (as the remote advertised it in `heads`) into its tracking ref,
+/// unless the cache already holds the advertised commit; the first fetch of a ref is shallow
+/// when a depth is configured. Talks to the network, writes objects and the tracking ref.
+fn fetch_named(
+    cache: &Cache,
+    cfg: &SourceConfig,
+    remote: &mut git2::Remote<'_>,
+    creds: &Credentials,
+    heads: &[(String, Oid)],
+    name: String,
+    counters: &TransferCounters,
+) -> Result<FetchOutcome, SourceError> {
+    let Some((remote_ref, advertised)) = resolve_advertised(heads, &name).cloned() else {
+        return Err(SourceError::RefNotFound {
+            url: cfg.url.clone(),
+            reference: name,
+            available: advertised_names(heads),
+        });
+    };
+    let local = tracking_ref(&remote_ref);
+    if cache.repo.refname_to_id(&local).ok() == Some(advertised)
+        && cache.repo.find_object(advertised, None).is_ok()
+    {
+        let commit = peel_commit(cache, cfg, &name, advertised)?;
+        return Ok(FetchOutcome::Unchanged { commit });
+    }
+    // Depth limits only the first fetch of a ref. Later fetches are incremental from
+    // the cached tip anyway, and fetching them shallow again would cut the history
+    // between the last applied commit and the new one (forcing an unshallow for every
+    // ancestry check).
+    let depth = match cache.repo.refname_to_id(&local) {
+        Ok(_) => None,
+        Err(_) => effective_depth(cfg),
+    };
+    download(
+        remote,
+        creds,
+        &[format!("+{remote_ref}:{local}")],
+        depth,
+        counters,
+    )
+    .map_err(|e| creds.error(&cfg.url, "fetch", e))?;
+    let fetched = cache
+        .repo
+        .refname_to_id(&local)
+        .map_err(|e| cache.err("read fetched ref", e))?;
+    let commit = peel_commit(cache, cfg, &name, fetched)?;
+    Ok(FetchOutcome::Updated { commit })
+}
+
+/// Fetches the pinned commit `oid`: through a ref in `heads` that points right at it, else
+/// every branch and tag in full; then pins it with `refs/bosun/pinned` so no gc drops it.
+/// Talks to the network, writes objects and refs to the cache.
+fn fetch_pinned(
+    cache: &Cache,
+    cfg: &SourceConfig,
+    remote: &mut git2::Remote<'_>,
+    creds: &Credentials,
+    heads: &[(String, Oid)],
+    oid: Oid,
+    counters: &TransferCounters,
+) -> Result<FetchOutcome, SourceError> {
+    // Prefer a ref that points right at it; otherwise fetch every branch and tag in
+    // full (the commit may be anywhere in their history).
+    // (`refs/tags/x^{}` is the peeled id of annotated tag `refs/tags/x`.)
+    let tip = heads
+        .iter()
+        .find(|(_, o)| *o == oid)
+        .map(|(name, _)| name.strip_suffix("^{}").unwrap_or(name));
+    let specs: Vec<String> = match tip {
+        Some(name) => vec![format!("+{name}:{}", tracking_ref(name))],
+        None => vec![
+            "+refs/heads/*:refs/bosun/remote/heads/*".to_string(),
+            "+refs/tags/*:refs/bosun/remote/tags/*".to_string(),
+        ],
+    };
+    download(remote, creds, &specs, None, counters)
+        .map_err(|e| creds.error(&cfg.url, "fetch", e))?;
+    if !cache.has_commit(oid) {
+        return Err(SourceError::CommitNotFound {
+            url: cfg.url.clone(),
+            commit: oid,
+        });
+    }
+    // Keep the pinned commit reachable from a ref so no gc can drop it.
+    cache
+        .repo
+        .reference("refs/bosun/pinned", oid, true, "bosun: pinned commit")
+        .map_err(|e| cache.err("write ref refs/bosun/pinned", e))?;
+    Ok(FetchOutcome::Updated { commit: oid })
 }
 
 /// Fetches the configured ref's full history into a shallow cache (`--unshallow`), so that

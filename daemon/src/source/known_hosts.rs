@@ -14,6 +14,7 @@
 //! - Every key must parse as an SSH public key.
 
 use super::SourceError;
+use crate::glob::{self, Dialect};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
@@ -96,27 +97,14 @@ fn host_matches(patterns: &[String], name: &str) -> bool {
     let mut positive = false;
     for p in patterns {
         if let Some(neg) = p.strip_prefix('!') {
-            if glob_match(neg, name) {
+            if glob::matches(Dialect::SshIgnoreAsciiCase, neg, name) {
                 return false;
             }
-        } else if glob_match(p, name) {
+        } else if glob::matches(Dialect::SshIgnoreAsciiCase, p, name) {
             positive = true;
         }
     }
     positive
-}
-
-fn glob_match(pattern: &str, s: &str) -> bool {
-    fn go(p: &[u8], s: &[u8]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => go(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), s.as_bytes())
 }
 
 #[cfg(test)]

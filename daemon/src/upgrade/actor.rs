@@ -291,6 +291,16 @@ pub struct StepReport {
     pub install_error: Option<String>,
 }
 
+/// What [`UpgradeActor::step`] does after performing one step of a decision.
+enum Flow {
+    /// Go on with the next step of the same decision.
+    Next,
+    /// An install ran: decide again from the state it left.
+    Redecide,
+    /// The step is over (a reboot was requested or an install failed).
+    Stop,
+}
+
 /// Drives the upgrade lifecycle on this node. `Send`, so the daemon can run [`Self::step`]
 /// (blocking I/O) on a blocking thread; one actor per node.
 pub struct UpgradeActor {
@@ -479,83 +489,10 @@ impl UpgradeActor {
                 return Ok(report);
             }
             for step in steps {
-                match step {
-                    Step::Persist(next) => {
-                        self.store.save(&next)?;
-                        report.performed.push(format!(
-                            "state: {} → {}",
-                            state.lifecycle.name(),
-                            next.lifecycle.name()
-                        ));
-                        state = *next;
-                    }
-                    Step::MarkBad(slot) => {
-                        let s = self.env_backend()?.mark_bad(slot)?;
-                        report
-                            .performed
-                            .push(format!("boot env: slot {slot} not bootable ({s})"));
-                    }
-                    Step::SetTrial { slot, tries } => {
-                        let s = self.env_backend()?.set_trial(slot, tries)?;
-                        report
-                            .performed
-                            .push(format!("boot env: trial of slot {slot} ({s})"));
-                    }
-                    Step::MarkGood(slot) => {
-                        let s = self.env_backend()?.mark_good(slot)?;
-                        report
-                            .performed
-                            .push(format!("boot env: slot {slot} committed ({s})"));
-                    }
-                    Step::Install { slot, image } => {
-                        let cfg = match desired {
-                            Some(d) if ImageId::of(d) == image => d,
-                            _ => {
-                                return Err(UpgradeError::InstallMismatch {
-                                    wanted: image.to_string(),
-                                    named: desired
-                                        .map(|d| ImageId::of(d).to_string())
-                                        .unwrap_or_else(|| "no image".into()),
-                                })
-                            }
-                        };
-                        let path = self
-                            .slots
-                            .as_ref()
-                            .map(|s| s.get(slot).to_path_buf())
-                            .ok_or_else(|| UpgradeError::Unsupported("no slots".into()))?;
-                        let result = self.installer.install(cfg, &path);
-                        let error = result.as_ref().err().map(|e| e.to_string());
-                        let next = state.after_install(match &error {
-                            None => Ok(()),
-                            Some(e) => Err(e.as_str()),
-                        })?;
-                        self.store.save(&next)?;
-                        match &error {
-                            None => report.performed.push(format!(
-                                "slot {slot}: installed {image} into {}",
-                                path.display()
-                            )),
-                            Some(e) => report.performed.push(format!("slot {slot}: {e}")),
-                        }
-                        state = next;
-                        if let Some(e) = error {
-                            if let Lifecycle::Failed { target, .. } = &state.lifecycle {
-                                report.notes.push(Note::GivenUp(target.clone()));
-                            }
-                            report.install_error = Some(e);
-                            report.state = state;
-                            return Ok(report);
-                        }
-                        break; // re-decide with the new state
-                    }
-                    Step::Reboot => {
-                        self.reboot()?;
-                        report.performed.push(format!(
-                            "reboot requested: {}",
-                            display_argv(&self.reboot_argv)
-                        ));
-                        report.reboot_requested = true;
+                match self.perform(step, desired, &mut state, &mut report)? {
+                    Flow::Next => {}
+                    Flow::Redecide => break,
+                    Flow::Stop => {
                         report.state = state;
                         return Ok(report);
                     }
@@ -563,6 +500,113 @@ impl UpgradeActor {
             }
         }
         Err(UpgradeError::NoFixpoint(ROUNDS))
+    }
+
+    /// Performs one step of a decision and records it in `report`; `state` follows what was
+    /// persisted. Side effects per step: writes the state file, the boot environment or a
+    /// slot device ([`Self::install_step`]), or reboots the node ([`Self::reboot`]).
+    fn perform(
+        &mut self,
+        step: Step,
+        desired: Option<&UpgradeConfig>,
+        state: &mut UpgradeState,
+        report: &mut StepReport,
+    ) -> Result<Flow, UpgradeError> {
+        match step {
+            Step::Persist(next) => {
+                self.store.save(&next)?;
+                report.performed.push(format!(
+                    "state: {} → {}",
+                    state.lifecycle.name(),
+                    next.lifecycle.name()
+                ));
+                *state = *next;
+            }
+            Step::MarkBad(slot) => {
+                let s = self.env_backend()?.mark_bad(slot)?;
+                report
+                    .performed
+                    .push(format!("boot env: slot {slot} not bootable ({s})"));
+            }
+            Step::SetTrial { slot, tries } => {
+                let s = self.env_backend()?.set_trial(slot, tries)?;
+                report
+                    .performed
+                    .push(format!("boot env: trial of slot {slot} ({s})"));
+            }
+            Step::MarkGood(slot) => {
+                let s = self.env_backend()?.mark_good(slot)?;
+                report
+                    .performed
+                    .push(format!("boot env: slot {slot} committed ({s})"));
+            }
+            Step::Install { slot, image } => {
+                return self.install_step(slot, &image, desired, state, report)
+            }
+            Step::Reboot => {
+                self.reboot()?;
+                report.performed.push(format!(
+                    "reboot requested: {}",
+                    display_argv(&self.reboot_argv)
+                ));
+                report.reboot_requested = true;
+                return Ok(Flow::Stop);
+            }
+        }
+        Ok(Flow::Next)
+    }
+
+    /// `Step::Install`: writes `image` (which must be the one `desired` names) into `slot`
+    /// through the [`Installer`], then persists the outcome. Success re-decides with the new
+    /// state; a failure is recorded in `report` (and, once given up, noted) and ends the step.
+    /// Writes the slot device and the state file.
+    fn install_step(
+        &mut self,
+        slot: Slot,
+        image: &ImageId,
+        desired: Option<&UpgradeConfig>,
+        state: &mut UpgradeState,
+        report: &mut StepReport,
+    ) -> Result<Flow, UpgradeError> {
+        let cfg = match desired {
+            Some(d) if ImageId::of(d) == *image => d,
+            _ => {
+                return Err(UpgradeError::InstallMismatch {
+                    wanted: image.to_string(),
+                    named: desired
+                        .map(|d| ImageId::of(d).to_string())
+                        .unwrap_or_else(|| "no image".into()),
+                })
+            }
+        };
+        let path = self
+            .slots
+            .as_ref()
+            .map(|s| s.get(slot).to_path_buf())
+            .ok_or_else(|| UpgradeError::Unsupported("no slots".into()))?;
+        let result = self.installer.install(cfg, &path);
+        let error = result.as_ref().err().map(|e| e.to_string());
+        let next = state.after_install(match &error {
+            None => Ok(()),
+            Some(e) => Err(e.as_str()),
+        })?;
+        self.store.save(&next)?;
+        match &error {
+            None => report.performed.push(format!(
+                "slot {slot}: installed {image} into {}",
+                path.display()
+            )),
+            Some(e) => report.performed.push(format!("slot {slot}: {e}")),
+        }
+        *state = next;
+        let Some(e) = error else {
+            return Ok(Flow::Redecide);
+        };
+        if let Lifecycle::Failed { target, .. } = &state.lifecycle {
+            report.notes.push(Note::GivenUp(target.clone()));
+        }
+        report.install_error = Some(e);
+        Ok(Flow::Stop)
     }
 
     /// `bosun upgrade mark-good`: commits the booted slot in the boot env, then records a

@@ -1,5 +1,6 @@
-//! `bosun upgrade status | rollback | mark-good` (and the hidden one-shot `step`): argument
-//! parsing for the node's slots and boot environment, and the printing of results.
+//! `bosun upgrade install-image | status | rollback | mark-good` (and the hidden one-shot
+//! `step`): argument parsing for the image, the node's slots and boot environment, and the
+//! printing of results.
 //!
 //! With a `--root` other than `/`, the reboot command is recorded and reported, never run.
 
@@ -19,7 +20,7 @@ use crate::runner::{CommandRunner, RecordingRunner, SystemRunner};
 pub enum UpgradeCommand {
     /// Download (or read), verify and write an OS image into a slot. Never touches the boot
     /// environment: it does not make the slot bootable. Resumes an interrupted download.
-    InstallImage(crate::cli::InstallImageArgs),
+    InstallImage(InstallImageArgs),
     /// Show the upgrade state, the booted slot, the boot environment and the counters.
     Status {
         #[command(flatten)]
@@ -162,6 +163,79 @@ impl NodeArgs {
     }
 }
 
+/// Arguments of `bosun upgrade install-image`.
+#[derive(Debug, Args)]
+pub struct InstallImageArgs {
+    /// https:// URL, http:// URL on a loopback host, or an absolute path.
+    #[arg(long)]
+    pub image: String,
+    /// SHA-256 (hex) of the image as downloaded.
+    #[arg(long)]
+    pub sha256: String,
+    /// Slot to write: a block device or an existing regular file.
+    #[arg(long)]
+    pub slot: PathBuf,
+    /// Default: from the image name's suffix (.zst, .gz), else none.
+    #[arg(long, value_parser = ["zstd", "gzip", "none"])]
+    pub compression: Option<String>,
+    /// Size in bytes of the image as downloaded, enforced when given.
+    #[arg(long)]
+    pub size: Option<u64>,
+    /// Directory for the progress record and spool (install-progress.json[.spool]).
+    #[arg(long, default_value = "/var/lib/bosun")]
+    pub state_dir: PathBuf,
+    /// Read the slot back after writing and compare hashes.
+    #[arg(long)]
+    pub verify_written: bool,
+}
+
+/// `bosun upgrade install-image`: downloads (or reads), verifies and writes the image into
+/// the slot ([`super::install::install`]), then prints what it did. Network I/O; writes the
+/// slot, the progress record and the spool under `--state-dir`; never touches the boot
+/// environment.
+pub fn install_image(args: &InstallImageArgs) -> Result<ExitCode> {
+    use crate::config::Compression;
+    use crate::upgrade::install;
+    let mut sha256 = [0u8; 32];
+    hex::decode_to_slice(args.sha256.trim(), &mut sha256)
+        .with_context(|| format!("--sha256 {:?}: expected 64 hex digits", args.sha256))?;
+    let configured = args.compression.as_deref().map(|c| match c {
+        "zstd" => Compression::Zstd,
+        "gzip" => Compression::Gzip,
+        _ => Compression::None,
+    });
+    let req = install::InstallRequest {
+        source: args.image.clone(),
+        sha256,
+        size: args.size,
+        compression: install::resolve_compression(configured, &args.image),
+        slot: args.slot.clone(),
+        progress_file: args.state_dir.join("install-progress.json"),
+        verify_written: args.verify_written,
+    };
+    let opts = install::InstallOptions::default();
+    let http = install::http_client(&opts)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(install::install(&req, &http, &opts))?;
+    println!(
+        "installed {} into {}: {} bytes written (sha256 {}), {} bytes fetched, mode {:?}{}",
+        args.image,
+        args.slot.display(),
+        report.written,
+        hex::encode(report.written_sha256),
+        report.fetched,
+        report.mode,
+        if report.resumed_from > 0 {
+            format!(", resumed from byte {}", report.resumed_from)
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_report(r: &StepReport, live: bool) {
     for n in &r.notes {
         eprintln!("{n}");
@@ -179,7 +253,7 @@ fn print_report(r: &StepReport, live: bool) {
 /// Runs an `upgrade` subcommand. Prints to stdout/stderr; returns the exit code.
 pub fn run(cmd: UpgradeCommand) -> Result<ExitCode> {
     match cmd {
-        UpgradeCommand::InstallImage(args) => crate::cli::install_image(&args),
+        UpgradeCommand::InstallImage(args) => install_image(&args),
         UpgradeCommand::Status { node, json } => {
             let (actor, _) = node.actor()?;
             let st = actor.status()?;

@@ -574,24 +574,9 @@ impl Decision {
 /// Decides the next steps (pure). See the module docs for the lifecycle and ordering rules.
 /// An error means the persisted state contradicts itself (a transition was not allowed).
 pub fn decide(state: &UpgradeState, inputs: &Inputs) -> Result<Decision, TransitionError> {
-    let (booted, env) = match (inputs.booted, inputs.env) {
-        (Some(b), Some(e)) => (b, e),
-        (None, _) => {
-            return Ok(match inputs.desired {
-                Some(_) => Decision::note(Note::Unsupported(
-                    "the kernel command line has no bosun.slot= (not an A/B install)".into(),
-                )),
-                None => Decision::default(),
-            })
-        }
-        (_, None) => {
-            return Ok(match inputs.desired {
-                Some(_) => Decision::note(Note::Unsupported(
-                    "no slot devices or boot environment are configured".into(),
-                )),
-                None => Decision::default(),
-            })
-        }
+    let (booted, env) = match ab_install(inputs) {
+        Ok(both) => both,
+        Err(unsupported) => return Ok(unsupported),
     };
     let desired = inputs.desired.map(|d| (ImageId::of(d), d.tries));
     let booted_version = inputs.booted_image_version.as_deref();
@@ -613,63 +598,9 @@ pub fn decide(state: &UpgradeState, inputs: &Inputs) -> Result<Decision, Transit
             fallback(state, &env, *slot, target)
         }
         Lifecycle::Staged { .. } => staged_steps(state, &env, booted, desired.as_ref(), inputs.now),
-        Lifecycle::Trial { slot, since, .. } => {
-            let slot = *slot;
-            if env.primary == slot && env.is_good(slot) && env.trial.is_none() {
-                // The env commit landed but the state write did not (crash): finish it.
-                return Ok(Decision::steps(vec![Step::Persist(Box::new(commit(
-                    state,
-                )?))]));
-            }
-            if env.primary != slot && !env.is_good(slot) && env.trial.is_none() {
-                // The env no longer selects the trial slot (marked bad by someone): roll back.
-                let next = state.with(state.lifecycle.rolling_back(RollbackReason::Unhealthy(
-                    "the boot environment no longer selects the trial slot".into(),
-                ))?);
-                return Ok(Decision::steps(vec![
-                    Step::Persist(Box::new(next)),
-                    Step::Reboot,
-                ]));
-            }
-            let timed_out = inputs
-                .trial_timeout
-                .is_some_and(|t| inputs.now >= since.saturating_add(t));
-            match &inputs.health {
-                HealthInput::Healthy => Ok(Decision::steps(vec![
-                    Step::MarkGood(slot),
-                    Step::Persist(Box::new(commit(state)?)),
-                ])),
-                HealthInput::Unhealthy(why) => Ok(rollback_steps(state, why.clone())?),
-                HealthInput::Pending if timed_out => Ok(rollback_steps(
-                    state,
-                    format!(
-                        "no healthy verdict within {}s of the trial boot",
-                        inputs.trial_timeout.unwrap_or_default()
-                    ),
-                )?),
-                HealthInput::Pending => Ok(Decision::note(Note::AwaitingHealth { slot })),
-            }
-        }
+        Lifecycle::Trial { slot, since, .. } => trial_steps(state, &env, *slot, *since, inputs),
         Lifecycle::RollingBack { slot, target, .. } => {
-            let slot = *slot;
-            if booted == slot {
-                let mut steps = Vec::new();
-                if env.next_boot() == slot || env.primary == slot {
-                    steps.push(Step::MarkBad(slot));
-                }
-                steps.push(Step::Reboot);
-                return Ok(Decision::steps(steps));
-            }
-            let mut next = state
-                .with(state.lifecycle.rolled_back()?)
-                .quarantined(target.as_ref());
-            next.counters.rolled_back += 1;
-            let mut steps = Vec::new();
-            if env.trial.is_some_and(|t| t.slot == slot) {
-                steps.push(Step::MarkBad(slot));
-            }
-            steps.push(Step::Persist(Box::new(next)));
-            Ok(Decision::steps(steps))
+            rolling_back_steps(state, &env, booted, *slot, target.as_ref())
         }
         Lifecycle::Downloading { target, slot, .. } => match desired {
             Some((want, _)) if want == *target && *slot == booted.other() => {
@@ -688,6 +619,104 @@ pub fn decide(state: &UpgradeState, inputs: &Inputs) -> Result<Decision, Transit
             settled_or_new(state, &env, booted, desired.map(|d| d.0))
         }
     }
+}
+
+/// Whether upgrades are possible on this install: the booted slot and the boot environment,
+/// or else the decision to return instead (a [`Note::Unsupported`] when the config asks for
+/// an image, nothing otherwise). Pure.
+fn ab_install(inputs: &Inputs) -> Result<(Slot, BootState), Decision> {
+    match (inputs.booted, inputs.env) {
+        (Some(b), Some(e)) => Ok((b, e)),
+        (None, _) => Err(match inputs.desired {
+            Some(_) => Decision::note(Note::Unsupported(
+                "the kernel command line has no bosun.slot= (not an A/B install)".into(),
+            )),
+            None => Decision::default(),
+        }),
+        (_, None) => Err(match inputs.desired {
+            Some(_) => Decision::note(Note::Unsupported(
+                "no slot devices or boot environment are configured".into(),
+            )),
+            None => Decision::default(),
+        }),
+    }
+}
+
+/// Booted into `slot` on trial (since unix second `since`): finish a commit whose state write
+/// was lost, roll back when the env no longer selects the slot, else judge the health
+/// verdict (healthy: commit; unhealthy or past the trial timeout: roll back; pending: wait).
+/// Pure.
+fn trial_steps(
+    state: &UpgradeState,
+    env: &BootState,
+    slot: Slot,
+    since: u64,
+    inputs: &Inputs,
+) -> Result<Decision, TransitionError> {
+    if env.primary == slot && env.is_good(slot) && env.trial.is_none() {
+        // The env commit landed but the state write did not (crash): finish it.
+        return Ok(Decision::steps(vec![Step::Persist(Box::new(commit(
+            state,
+        )?))]));
+    }
+    if env.primary != slot && !env.is_good(slot) && env.trial.is_none() {
+        // The env no longer selects the trial slot (marked bad by someone): roll back.
+        let next = state.with(state.lifecycle.rolling_back(RollbackReason::Unhealthy(
+            "the boot environment no longer selects the trial slot".into(),
+        ))?);
+        return Ok(Decision::steps(vec![
+            Step::Persist(Box::new(next)),
+            Step::Reboot,
+        ]));
+    }
+    let timed_out = inputs
+        .trial_timeout
+        .is_some_and(|t| inputs.now >= since.saturating_add(t));
+    match &inputs.health {
+        HealthInput::Healthy => Ok(Decision::steps(vec![
+            Step::MarkGood(slot),
+            Step::Persist(Box::new(commit(state)?)),
+        ])),
+        HealthInput::Unhealthy(why) => Ok(rollback_steps(state, why.clone())?),
+        HealthInput::Pending if timed_out => Ok(rollback_steps(
+            state,
+            format!(
+                "no healthy verdict within {}s of the trial boot",
+                inputs.trial_timeout.unwrap_or_default()
+            ),
+        )?),
+        HealthInput::Pending => Ok(Decision::note(Note::AwaitingHealth { slot })),
+    }
+}
+
+/// Rolling back from `slot` (which held `target`): while still booted in it, make sure the
+/// env no longer selects it and reboot; once booted elsewhere, quarantine `target` and
+/// record `RolledBack`. Pure.
+fn rolling_back_steps(
+    state: &UpgradeState,
+    env: &BootState,
+    booted: Slot,
+    slot: Slot,
+    target: Option<&ImageId>,
+) -> Result<Decision, TransitionError> {
+    if booted == slot {
+        let mut steps = Vec::new();
+        if env.next_boot() == slot || env.primary == slot {
+            steps.push(Step::MarkBad(slot));
+        }
+        steps.push(Step::Reboot);
+        return Ok(Decision::steps(steps));
+    }
+    let mut next = state
+        .with(state.lifecycle.rolled_back()?)
+        .quarantined(target);
+    next.counters.rolled_back += 1;
+    let mut steps = Vec::new();
+    if env.trial.is_some_and(|t| t.slot == slot) {
+        steps.push(Step::MarkBad(slot));
+    }
+    steps.push(Step::Persist(Box::new(next)));
+    Ok(Decision::steps(steps))
 }
 
 /// The booted slot holds no image bosun installed (a factory image, or a lost state file) but
