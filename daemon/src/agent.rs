@@ -414,207 +414,49 @@ impl AgentFile {
     }
 }
 
+/// Builds [`AgentConfigError::Invalid`] errors naming the files the config was read from.
+struct Invalid<'a> {
+    files: &'a str,
+}
+
+impl Invalid<'_> {
+    /// The error for `field`, saying what is wrong with it.
+    fn at(&self, field: &'static str, message: impl Into<String>) -> AgentConfigError {
+        AgentConfigError::Invalid {
+            files: self.files.to_string(),
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Stage 3: the merged fragment `f` → [`AgentConfig`], section by section, stopping at the
+/// first bad value. Reads the OpenPGP key files named in `verification`; writes nothing.
 fn validate(
     f: AgentFile,
     defaults: &Defaults,
     files: Vec<PathBuf>,
     names: &str,
 ) -> Result<AgentConfig, AgentConfigError> {
-    let invalid = |field: &'static str, message: String| AgentConfigError::Invalid {
-        files: names.to_string(),
-        field,
-        message,
-    };
+    let invalid = Invalid { files: names };
     let root = f.root.clone().unwrap_or_else(|| defaults.root.clone());
     if !root.is_absolute() {
-        return Err(invalid(
-            "root",
-            format!("{} is not absolute", root.display()),
-        ));
+        return Err(invalid.at("root", format!("{} is not absolute", root.display())));
     }
     let state_dir = f
         .state_dir
         .clone()
         .unwrap_or_else(|| root.join("var/lib/bosun"));
-    let src = f.source.clone().unwrap_or_default();
-    let url = src.url.clone().ok_or_else(|| {
-        invalid(
-            "source.url",
-            "is required (the config repo to follow)".into(),
-        )
-    })?;
-    check_url(&url).map_err(|m| invalid("source.url", m))?;
-    let reference = src.reference.clone().unwrap_or_else(|| "main".into());
-    if let Some(sub) = &src.subdir {
-        if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
-            return Err(invalid(
-                "source.subdir",
-                format!("{sub:?} must be a relative path without `..`"),
-            ));
-        }
-    }
-    if src.depth == Some(0) {
-        return Err(invalid(
-            "source.depth",
-            "must be at least 1 (omit it for full history)".into(),
-        ));
-    }
-    let source = SourceConfig {
-        url,
-        reference,
-        subdir: src.subdir.clone(),
-        depth: src.depth,
-        ssh_key_file: src.ssh_key_file.clone(),
-        ssh_known_hosts: src.ssh_known_hosts.clone(),
-        token_file: src.token_file.clone(),
-        token_username: src.token_username.clone(),
-        ca_file: src.ca_file.clone(),
-        cache_dir: state_dir.join("git-cache"),
-    };
-
-    let v = f.verification.clone().unwrap_or_default();
-    let mode = match v.mode.unwrap_or(ModeValue::Off) {
-        ModeValue::Off => VerifyMode::Off,
-        ModeValue::Head => VerifyMode::Head,
-    };
-    if mode == VerifyMode::Head
-        && v.allowed_signers.is_none()
-        && v.openpgp_keys.as_ref().is_none_or(Vec::is_empty)
-    {
-        return Err(invalid(
-            "verification",
-            "mode is head but neither allowed_signers nor openpgp_keys is set".into(),
-        ));
-    }
-    let mut openpgp_keys = Vec::new();
-    for p in v.openpgp_keys.clone().unwrap_or_default() {
-        // Trust roots are read once at start-up; a missing key file is a config error.
-        let text = std::fs::read_to_string(&p)
-            .map_err(|e| invalid("verification.openpgp_keys", format!("{}: {e}", p.display())))?;
-        openpgp_keys.push(text);
-    }
-    let verify = VerifyConfig {
-        mode,
-        allowed_signers: v.allowed_signers.clone().map(SignersSource::Path),
-        openpgp_keys,
-        allow_history_rewrite: v.allow_history_rewrite.unwrap_or(false),
-    };
-
-    let interval = match &f.interval {
-        Some(d) => d.to_duration().map_err(|m| invalid("interval", m))?,
-        None => DEFAULT_INTERVAL,
-    };
-    if interval.is_zero() {
-        return Err(invalid("interval", "must be greater than zero".into()));
-    }
-    let jitter_percent = f.jitter_percent.unwrap_or(10);
-    if jitter_percent > 50 {
-        return Err(invalid(
-            "jitter_percent",
-            format!("{jitter_percent} is over 50"),
-        ));
-    }
-    let node_name = f
-        .node_name
-        .clone()
-        .unwrap_or_else(|| defaults.hostname.clone());
-    if node_name.is_empty() || node_name.contains('/') {
-        return Err(invalid(
-            "node_name",
-            format!("{node_name:?} is not a host name"),
-        ));
-    }
-    let ssh_user = f.ssh_user.clone().unwrap_or_else(|| "rancher".into());
-    if ssh_user == "root" || ssh_user.is_empty() {
-        return Err(invalid(
-            "ssh_user",
-            format!("{ssh_user:?}: bosun never manages root's keys"),
-        ));
-    }
-    let keys = f.keys.clone().unwrap_or_default();
-    let base = |v: Option<String>, d: &str, field| -> Result<String, AgentConfigError> {
-        let s = v.unwrap_or_else(|| d.to_string());
-        if !(s.starts_with("https://") || s.starts_with("http://")) {
-            return Err(invalid(field, format!("{s:?} is not an http(s) URL")));
-        }
-        Ok(s.trim_end_matches('/').to_string())
-    };
-    let github_base = base(keys.github_base, "https://github.com", "keys.github_base")?;
-    let gitlab_base = base(keys.gitlab_base, "https://gitlab.com", "keys.gitlab_base")?;
-
-    let m = f.metrics.clone().unwrap_or_default();
-    let metrics_listen = if m.enabled.unwrap_or(true) {
-        let text = m
-            .listen
-            .clone()
-            .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
-        let addr: SocketAddr = text.parse().map_err(|_| {
-            invalid(
-                "metrics.listen",
-                format!("{text:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9101)"),
-            )
-        })?;
-        if !addr.ip().is_loopback() && !m.allow_non_loopback.unwrap_or(false) {
-            return Err(invalid(
-                "metrics.listen",
-                format!(
-                    "{addr} is not a loopback address; metrics have no authentication \
-                     (set metrics.allow_non_loopback: true to expose them anyway)"
-                ),
-            ));
-        }
-        Some(addr)
-    } else {
-        None
-    };
+    let source = validate_source(f.source.clone().unwrap_or_default(), &state_dir, &invalid)?;
+    let verify = validate_verification(f.verification.clone().unwrap_or_default(), &invalid)?;
+    let (interval, jitter_percent) = validate_timing(&f, &invalid)?;
+    let (node_name, ssh_user) = validate_identity(&f, defaults, &invalid)?;
+    let (github_base, gitlab_base) = validate_keys(f.keys.clone().unwrap_or_default(), &invalid)?;
+    let metrics_listen = validate_metrics(f.metrics.clone().unwrap_or_default(), &invalid)?;
     let d = f.drift.clone().unwrap_or_default();
-    let resync_interval = match &d.resync_interval {
-        Some(v) => v
-            .to_duration()
-            .map_err(|m| invalid("drift.resync_interval", m))?,
-        None => DEFAULT_RESYNC,
-    };
-    if resync_interval.is_zero() {
-        return Err(invalid(
-            "drift.resync_interval",
-            "must be greater than zero".into(),
-        ));
-    }
+    let resync_interval = validate_resync(&d, &invalid)?;
     if let Some(u) = &f.upgrade {
-        if let Some(slots) = &u.slots {
-            if slots.a.is_some() != slots.b.is_some() || slots.a == slots.b {
-                return Err(invalid(
-                    "upgrade.slots",
-                    "needs two different devices a and b".into(),
-                ));
-            }
-        }
-        if u.bootloader == Some(BootloaderKind::Gpt)
-            && (u.gpt_disk.is_none() || u.gpt_partitions.as_ref().is_none_or(|p| p.len() != 2))
-        {
-            return Err(invalid(
-                "upgrade.gpt_partitions",
-                "bootloader: gpt needs gpt_disk and two partition numbers [a, b]".into(),
-            ));
-        }
-        if u.bootloader == Some(BootloaderKind::Uboot) && u.uboot_env_config.is_none() {
-            return Err(invalid(
-                "upgrade.uboot_env_config",
-                "is required with bootloader: uboot".into(),
-            ));
-        }
-        if u.reboot_command.as_ref().is_some_and(|c| c.is_empty()) {
-            return Err(invalid(
-                "upgrade.reboot_command",
-                "must name a program".into(),
-            ));
-        }
-        if u.bootloader == Some(BootloaderKind::Grub) && u.grubenv.is_none() {
-            return Err(invalid(
-                "upgrade.grubenv",
-                "is required with bootloader: grub".into(),
-            ));
-        }
+        validate_upgrade(u, &invalid)?;
     }
     Ok(AgentConfig {
         source,
@@ -633,6 +475,215 @@ fn validate(
         upgrade: f.upgrade,
         files,
     })
+}
+
+/// `source`: `url` is required and must be a Git URL; `ref` defaults to `main`; `subdir` is
+/// relative without `..`; `depth` is at least 1. The Git cache lives under `state_dir`.
+fn validate_source(
+    src: SourceSection,
+    state_dir: &Path,
+    invalid: &Invalid,
+) -> Result<SourceConfig, AgentConfigError> {
+    let url = src
+        .url
+        .clone()
+        .ok_or_else(|| invalid.at("source.url", "is required (the config repo to follow)"))?;
+    check_url(&url).map_err(|m| invalid.at("source.url", m))?;
+    let reference = src.reference.clone().unwrap_or_else(|| "main".into());
+    if let Some(sub) = &src.subdir {
+        if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
+            return Err(invalid.at(
+                "source.subdir",
+                format!("{sub:?} must be a relative path without `..`"),
+            ));
+        }
+    }
+    if src.depth == Some(0) {
+        return Err(invalid.at(
+            "source.depth",
+            "must be at least 1 (omit it for full history)",
+        ));
+    }
+    Ok(SourceConfig {
+        url,
+        reference,
+        subdir: src.subdir,
+        depth: src.depth,
+        ssh_key_file: src.ssh_key_file,
+        ssh_known_hosts: src.ssh_known_hosts,
+        token_file: src.token_file,
+        token_username: src.token_username,
+        ca_file: src.ca_file,
+        cache_dir: state_dir.join("git-cache"),
+    })
+}
+
+/// `verification`: mode `head` needs a trust root (allowed_signers or OpenPGP keys). Reads
+/// each OpenPGP key file now: trust roots are read once at start-up, and a missing key file is
+/// a config error.
+fn validate_verification(
+    v: VerificationSection,
+    invalid: &Invalid,
+) -> Result<VerifyConfig, AgentConfigError> {
+    let mode = match v.mode.unwrap_or(ModeValue::Off) {
+        ModeValue::Off => VerifyMode::Off,
+        ModeValue::Head => VerifyMode::Head,
+    };
+    if mode == VerifyMode::Head
+        && v.allowed_signers.is_none()
+        && v.openpgp_keys.as_ref().is_none_or(Vec::is_empty)
+    {
+        return Err(invalid.at(
+            "verification",
+            "mode is head but neither allowed_signers nor openpgp_keys is set",
+        ));
+    }
+    let mut openpgp_keys = Vec::new();
+    for p in v.openpgp_keys.unwrap_or_default() {
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            invalid.at("verification.openpgp_keys", format!("{}: {e}", p.display()))
+        })?;
+        openpgp_keys.push(text);
+    }
+    Ok(VerifyConfig {
+        mode,
+        allowed_signers: v.allowed_signers.map(SignersSource::Path),
+        openpgp_keys,
+        allow_history_rewrite: v.allow_history_rewrite.unwrap_or(false),
+    })
+}
+
+/// `interval` (greater than zero, default [`DEFAULT_INTERVAL`]) and `jitter_percent` (at most
+/// 50, default 10).
+fn validate_timing(f: &AgentFile, invalid: &Invalid) -> Result<(Duration, u32), AgentConfigError> {
+    let interval = match &f.interval {
+        Some(d) => d.to_duration().map_err(|m| invalid.at("interval", m))?,
+        None => DEFAULT_INTERVAL,
+    };
+    if interval.is_zero() {
+        return Err(invalid.at("interval", "must be greater than zero"));
+    }
+    let jitter_percent = f.jitter_percent.unwrap_or(10);
+    if jitter_percent > 50 {
+        return Err(invalid.at("jitter_percent", format!("{jitter_percent} is over 50")));
+    }
+    Ok((interval, jitter_percent))
+}
+
+/// `node_name` (default: the hostname) and `ssh_user` (default `rancher`; never root).
+fn validate_identity(
+    f: &AgentFile,
+    defaults: &Defaults,
+    invalid: &Invalid,
+) -> Result<(String, String), AgentConfigError> {
+    let node_name = f
+        .node_name
+        .clone()
+        .unwrap_or_else(|| defaults.hostname.clone());
+    if node_name.is_empty() || node_name.contains('/') {
+        return Err(invalid.at("node_name", format!("{node_name:?} is not a host name")));
+    }
+    let ssh_user = f.ssh_user.clone().unwrap_or_else(|| "rancher".into());
+    if ssh_user == "root" || ssh_user.is_empty() {
+        return Err(invalid.at(
+            "ssh_user",
+            format!("{ssh_user:?}: bosun never manages root's keys"),
+        ));
+    }
+    Ok((node_name, ssh_user))
+}
+
+/// `keys`: the GitHub and GitLab base URLs (http(s), trailing `/` dropped).
+fn validate_keys(
+    keys: KeysSection,
+    invalid: &Invalid,
+) -> Result<(String, String), AgentConfigError> {
+    let base = |v: Option<String>, d: &str, field| -> Result<String, AgentConfigError> {
+        let s = v.unwrap_or_else(|| d.to_string());
+        if !(s.starts_with("https://") || s.starts_with("http://")) {
+            return Err(invalid.at(field, format!("{s:?} is not an http(s) URL")));
+        }
+        Ok(s.trim_end_matches('/').to_string())
+    };
+    let github_base = base(keys.github_base, "https://github.com", "keys.github_base")?;
+    let gitlab_base = base(keys.gitlab_base, "https://gitlab.com", "keys.gitlab_base")?;
+    Ok((github_base, gitlab_base))
+}
+
+/// `metrics`: the listen address when enabled (`None` when disabled); loopback only unless
+/// `allow_non_loopback`, since metrics have no authentication.
+fn validate_metrics(
+    m: MetricsSection,
+    invalid: &Invalid,
+) -> Result<Option<SocketAddr>, AgentConfigError> {
+    if !m.enabled.unwrap_or(true) {
+        return Ok(None);
+    }
+    let text = m
+        .listen
+        .clone()
+        .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        invalid.at(
+            "metrics.listen",
+            format!("{text:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9101)"),
+        )
+    })?;
+    if !addr.ip().is_loopback() && !m.allow_non_loopback.unwrap_or(false) {
+        return Err(invalid.at(
+            "metrics.listen",
+            format!(
+                "{addr} is not a loopback address; metrics have no authentication \
+                 (set metrics.allow_non_loopback: true to expose them anyway)"
+            ),
+        ));
+    }
+    Ok(Some(addr))
+}
+
+/// `drift.resync_interval`: greater than zero, default [`DEFAULT_RESYNC`].
+fn validate_resync(d: &DriftSection, invalid: &Invalid) -> Result<Duration, AgentConfigError> {
+    let resync_interval = match &d.resync_interval {
+        Some(v) => v
+            .to_duration()
+            .map_err(|m| invalid.at("drift.resync_interval", m))?,
+        None => DEFAULT_RESYNC,
+    };
+    if resync_interval.is_zero() {
+        return Err(invalid.at("drift.resync_interval", "must be greater than zero"));
+    }
+    Ok(resync_interval)
+}
+
+/// `upgrade`: two different slot devices; each bootloader's required settings; a reboot
+/// command that names a program. The section is kept as written.
+fn validate_upgrade(u: &UpgradeSection, invalid: &Invalid) -> Result<(), AgentConfigError> {
+    if let Some(slots) = &u.slots {
+        if slots.a.is_some() != slots.b.is_some() || slots.a == slots.b {
+            return Err(invalid.at("upgrade.slots", "needs two different devices a and b"));
+        }
+    }
+    if u.bootloader == Some(BootloaderKind::Gpt)
+        && (u.gpt_disk.is_none() || u.gpt_partitions.as_ref().is_none_or(|p| p.len() != 2))
+    {
+        return Err(invalid.at(
+            "upgrade.gpt_partitions",
+            "bootloader: gpt needs gpt_disk and two partition numbers [a, b]",
+        ));
+    }
+    if u.bootloader == Some(BootloaderKind::Uboot) && u.uboot_env_config.is_none() {
+        return Err(invalid.at(
+            "upgrade.uboot_env_config",
+            "is required with bootloader: uboot",
+        ));
+    }
+    if u.reboot_command.as_ref().is_some_and(|c| c.is_empty()) {
+        return Err(invalid.at("upgrade.reboot_command", "must name a program"));
+    }
+    if u.bootloader == Some(BootloaderKind::Grub) && u.grubenv.is_none() {
+        return Err(invalid.at("upgrade.grubenv", "is required with bootloader: grub"));
+    }
+    Ok(())
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -799,6 +850,86 @@ mod tests {
         for (text, field) in cases {
             let err = parse(&[("agent.yaml", text)]).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
+        }
+    }
+
+    /// Every rejection of stage 3, one case per rule, with the field and the message it gives.
+    #[test]
+    fn each_section_rejection_names_field_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing_key = dir.path().join("missing.asc");
+        let missing_key_case = format!(
+            "source: {{url: git://h/f}}\nverification: {{mode: head, openpgp_keys: [{}]}}\n",
+            missing_key.display()
+        );
+        let src = "source: {url: git://h/f}\n";
+        let cases: Vec<(String, &str)> = vec![
+            (format!("root: etc\n{src}"), "root: etc is not absolute"),
+            (
+                "source: {url: git://h/f, subdir: a/../b}\n".into(),
+                "source.subdir: \"a/../b\" must be a relative path without `..`",
+            ),
+            (
+                "source: {url: git://h/f, depth: 0}\n".into(),
+                "source.depth: must be at least 1",
+            ),
+            (missing_key_case, "verification.openpgp_keys: "),
+            (
+                format!("{src}interval: 0\n"),
+                "interval: must be greater than zero",
+            ),
+            (
+                format!("{src}node_name: a/b\n"),
+                "node_name: \"a/b\" is not a host name",
+            ),
+            (
+                format!("{src}keys: {{github_base: ftp://g}}\n"),
+                "keys.github_base: \"ftp://g\" is not an http(s) URL",
+            ),
+            (
+                format!("{src}keys: {{gitlab_base: gitlab.example}}\n"),
+                "keys.gitlab_base: \"gitlab.example\" is not an http(s) URL",
+            ),
+            (
+                format!("{src}metrics: {{listen: localhost}}\n"),
+                "metrics.listen: \"localhost\" is not ADDRESS:PORT",
+            ),
+            (
+                format!("{src}drift: {{resync_interval: 0}}\n"),
+                "drift.resync_interval: must be greater than zero",
+            ),
+            (
+                format!("{src}drift: {{resync_interval: 5x}}\n"),
+                "drift.resync_interval: ",
+            ),
+            (
+                format!("{src}upgrade: {{slots: {{a: /dev/x, b: /dev/x}}}}\n"),
+                "upgrade.slots: needs two different devices a and b",
+            ),
+            (
+                format!("{src}upgrade: {{bootloader: gpt, gpt_disk: /dev/sda}}\n"),
+                "upgrade.gpt_partitions: bootloader: gpt needs gpt_disk",
+            ),
+            (
+                format!("{src}upgrade: {{bootloader: uboot}}\n"),
+                "upgrade.uboot_env_config: is required with bootloader: uboot",
+            ),
+            (
+                format!("{src}upgrade: {{reboot_command: []}}\n"),
+                "upgrade.reboot_command: must name a program",
+            ),
+            (
+                format!("{src}upgrade: {{bootloader: grub}}\n"),
+                "upgrade.grubenv: is required with bootloader: grub",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&[("agent.yaml", &text)]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("agent config (agent.yaml): "),
+                "{text}: {err}"
+            );
+            assert!(err.contains(expected), "{text}: {err}");
         }
     }
 

@@ -1,6 +1,9 @@
 //! The typed, validated node configuration: what one node should look like after all layers
 //! are merged. Values here are already decoded and checked; nothing downstream re-validates
 //! syntax. Produced by [`crate::config::load`], consumed by rendering.
+//!
+//! [`K3sRole`] and its rule ([`K3os::k3s_role`]) live here, below both rendering and health, so
+//! the two cannot choose different roles for the same config.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -156,6 +159,94 @@ pub struct K3os {
     pub install_present: bool,
 }
 
+/// Whether this node runs the K3s server (control plane) or only the agent. Rendering writes
+/// the role's unit drop-in; health checks the role's unit (and the apiserver on servers).
+/// Chosen by [`K3os::k3s_role`], the one rule both use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum K3sRole {
+    Server,
+    Agent,
+}
+
+impl K3sRole {
+    /// The k3s subcommand (`server` or `agent`).
+    pub fn command(self) -> &'static str {
+        match self {
+            K3sRole::Server => "server",
+            K3sRole::Agent => "agent",
+        }
+    }
+
+    /// The systemd unit name (without `.service`), as the k3s install script names it:
+    /// `k3s` or `k3s-agent`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            K3sRole::Server => "k3s",
+            K3sRole::Agent => "k3s-agent",
+        }
+    }
+
+    /// Path of bosun's drop-in for this role's unit.
+    pub fn dropin_path(self) -> String {
+        format!(
+            "/etc/systemd/system/{}.service.d/90-bosun.conf",
+            self.unit()
+        )
+    }
+
+    /// The role for health checks: [`K3os::k3s_role`]. Health only runs on a config that
+    /// loaded and rendered, and both refuse an unknown first `k3s_args` command, so the
+    /// fallback for that case (the role without a command: agent when `server_url` is set,
+    /// else server, which is what health chose before the rule was shared) is never reached
+    /// on a node.
+    pub fn from_k3os(k3os: &K3os) -> K3sRole {
+        k3os.k3s_role()
+            .unwrap_or_else(|_| k3os.role_without_command())
+    }
+}
+
+impl fmt::Display for K3sRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.command())
+    }
+}
+
+/// `k3s_args` starts with a command other than `server` or `agent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownK3sCommand {
+    /// The first element of `k3s_args`.
+    pub first: String,
+}
+
+impl K3os {
+    /// The role k3s runs in. The one rule, used by rendering and by health:
+    /// - `k3s_args[0]` when it is `server` or `agent`;
+    /// - an error when it is any other word (k3os would have run `k3s <word>`);
+    /// - otherwise (no args, or the args start with a flag) agent when `server_url` is set,
+    ///   else server, as the k3s install script chooses.
+    pub fn k3s_role(&self) -> Result<K3sRole, UnknownK3sCommand> {
+        match self.k3s_args.first().map(String::as_str) {
+            Some("server") => Ok(K3sRole::Server),
+            Some("agent") => Ok(K3sRole::Agent),
+            Some(first) if !first.starts_with('-') => Err(UnknownK3sCommand {
+                first: first.to_string(),
+            }),
+            _ => Ok(self.role_without_command()),
+        }
+    }
+
+    /// The role when `k3s_args` names none: agent when `server_url` is set (and not empty),
+    /// else server.
+    fn role_without_command(&self) -> K3sRole {
+        if self.server_url.as_deref().is_some_and(|u| !u.is_empty()) {
+            K3sRole::Agent
+        } else {
+            K3sRole::Server
+        }
+    }
+}
+
 /// Compression of an upgrade image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -248,4 +339,67 @@ pub enum HealthCheck {
     },
     /// Run argv; exit status 0 passes.
     Command { argv: Vec<String> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k3os(args: &[&str], server_url: Option<&str>) -> K3os {
+        K3os {
+            k3s_args: args.iter().map(|s| s.to_string()).collect(),
+            server_url: server_url.map(str::to_string),
+            ..K3os::default()
+        }
+    }
+
+    /// The one role rule, case by case; health's [`K3sRole::from_k3os`] gives the same role
+    /// for every config the rule accepts.
+    #[test]
+    fn k3s_role_rule_and_health_agree() {
+        let url = Some("https://s:6443");
+        let cases = [
+            (k3os(&[], None), K3sRole::Server),
+            (k3os(&[], url), K3sRole::Agent),
+            (k3os(&[], Some("")), K3sRole::Server),
+            (k3os(&["server"], url), K3sRole::Server),
+            (k3os(&["agent"], None), K3sRole::Agent),
+            (k3os(&["--disable", "traefik"], None), K3sRole::Server),
+            (k3os(&["--node-ip", "10.0.0.3"], url), K3sRole::Agent),
+        ];
+        for (k, role) in cases {
+            assert_eq!(k.k3s_role(), Ok(role), "{:?}", k.k3s_args);
+            assert_eq!(K3sRole::from_k3os(&k), role, "{:?}", k.k3s_args);
+        }
+    }
+
+    /// An unknown first command is an error for the rule (so rendering refuses it); health,
+    /// which never sees such a config on a node, falls back to the role without a command.
+    #[test]
+    fn unknown_k3s_command_is_refused_and_health_falls_back() {
+        let k = k3os(&["etcd-snapshot", "save"], Some("https://s:6443"));
+        assert_eq!(
+            k.k3s_role(),
+            Err(UnknownK3sCommand {
+                first: "etcd-snapshot".into()
+            })
+        );
+        assert_eq!(K3sRole::from_k3os(&k), K3sRole::Agent);
+        assert_eq!(
+            K3sRole::from_k3os(&k3os(&["etcd-snapshot"], None)),
+            K3sRole::Server
+        );
+    }
+
+    #[test]
+    fn k3s_role_names() {
+        assert_eq!(K3sRole::Server.to_string(), "server");
+        assert_eq!(K3sRole::Agent.to_string(), "agent");
+        assert_eq!(K3sRole::Agent.unit(), "k3s-agent");
+        assert_eq!(
+            K3sRole::Server.dropin_path(),
+            "/etc/systemd/system/k3s.service.d/90-bosun.conf"
+        );
+        assert_eq!(serde_json::to_string(&K3sRole::Agent).unwrap(), "\"agent\"");
+    }
 }

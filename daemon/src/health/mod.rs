@@ -2,7 +2,8 @@
 //! commit an A/B upgrade.
 //!
 //! Owns:
-//! - [`K3sRole`] and the default check set per role ([`default_checks`]);
+//! - the default check set per [`K3sRole`] ([`default_checks`]); the role itself is chosen by
+//!   [`crate::config::K3os::k3s_role`], the rule rendering uses too;
 //! - the checks themselves ([`checks`]): kubelet healthz, apiserver readyz, node Ready,
 //!   plain HTTP(S), commands and systemd units, each producing a [`CheckOutcome`];
 //! - kubeconfig reading ([`kubeconfig`]);
@@ -28,9 +29,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{HealthCheck, HealthConfig, K3os};
+use crate::config::{HealthCheck, HealthConfig};
 use crate::runner::{display_argv, CommandRunner};
 
+pub use crate::config::K3sRole;
 pub use checks::{run_check, run_checks, CheckOutcome};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use gate::{Gate, Verdict};
@@ -41,44 +43,6 @@ pub use wait::{wait_healthy, CheckStatus, HealthReport};
 pub const KUBELET_HEALTHZ: &str = "http://127.0.0.1:10248/healthz";
 /// Kubeconfig K3s writes on servers.
 pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
-
-/// Whether this node runs the K3s server (control plane) or only the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum K3sRole {
-    Server,
-    Agent,
-}
-
-impl K3sRole {
-    /// The role k3os would start: `k3s_args[0]` when it is `server` or `agent`, else agent when
-    /// `server_url` is set, else server.
-    pub fn from_k3os(k3os: &K3os) -> K3sRole {
-        match k3os.k3s_args.first().map(String::as_str) {
-            Some("server") => K3sRole::Server,
-            Some("agent") => K3sRole::Agent,
-            _ if k3os.server_url.as_deref().is_some_and(|u| !u.is_empty()) => K3sRole::Agent,
-            _ => K3sRole::Server,
-        }
-    }
-
-    /// The systemd unit K3s runs as for this role (`k3s` or `k3s-agent`).
-    pub fn unit(self) -> &'static str {
-        match self {
-            K3sRole::Server => "k3s",
-            K3sRole::Agent => "k3s-agent",
-        }
-    }
-}
-
-impl fmt::Display for K3sRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            K3sRole::Server => "server",
-            K3sRole::Agent => "agent",
-        })
-    }
-}
 
 /// The checks used when `health.checks` is empty: the role's unit is active, the kubelet
 /// answers healthz, and on servers the apiserver answers readyz (via K3s's kubeconfig).
@@ -309,6 +273,7 @@ pub fn report_summary(report: &HealthReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::K3os;
     use crate::runner::{CommandOutput, RecordingRunner};
 
     #[test]

@@ -1,6 +1,7 @@
 //! k3s: `k3os.server_url`, `token`, `labels`, `taints`, `k3s_args` and `environment` become the
 //! exact k3s command line and environment k3os produced, rendered as a systemd drop-in for the
-//! role's unit plus a secret environment file.
+//! role's unit plus a secret environment file. The role is [`crate::config::K3os::k3s_role`],
+//! the rule health checks use too; an unknown first `k3s_args` command is a render error.
 //!
 //! What k3os did (`pkg/cc/funcs.go`, `ApplyK3S`): it ran the k3s install script with
 //! - args = `k3s_args` as given (exec-style); if empty, `server` when `server_url` is empty, else
@@ -35,7 +36,7 @@ use std::fmt;
 
 use super::system::{check_env, quote_env_value};
 use super::{root_file, Builder, RenderError, RenderSettings};
-use crate::config::NodeConfig;
+use crate::config::{K3sRole, NodeConfig};
 use crate::desired::{Effect, EffectRule, Trigger};
 
 pub const K3S_ENV_FILE: &str = "/etc/rancher/k3s/bosun.env";
@@ -43,38 +44,6 @@ pub const K3S_ENV_FILE: &str = "/etc/rancher/k3s/bosun.env";
 /// k3s's configuration directory: `config.yaml`, `config.yaml.d/`, `registries.yaml` are read
 /// at start, so a change there (from `write_files`) restarts k3s like a change of the drop-in.
 pub const K3S_CONFIG_DIR: &str = "/etc/rancher/k3s";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum K3sRole {
-    Server,
-    Agent,
-}
-
-impl K3sRole {
-    /// The k3s subcommand.
-    pub fn command(self) -> &'static str {
-        match self {
-            K3sRole::Server => "server",
-            K3sRole::Agent => "agent",
-        }
-    }
-
-    /// The systemd unit name (without `.service`), as the k3s install script names it.
-    pub fn unit(self) -> &'static str {
-        match self {
-            K3sRole::Server => "k3s",
-            K3sRole::Agent => "k3s-agent",
-        }
-    }
-
-    /// Path of bosun's drop-in for this role's unit.
-    pub fn dropin_path(self) -> String {
-        format!(
-            "/etc/systemd/system/{}.service.d/90-bosun.conf",
-            self.unit()
-        )
-    }
-}
 
 /// How k3os read `k3os.token`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,25 +84,12 @@ impl fmt::Debug for K3sInvocation {
     }
 }
 
-/// The role k3s runs in: the first element of `k3s_args` when it is a command, else `agent`
-/// when `server_url` is set, else `server`.
+/// The role k3s runs in ([`crate::config::K3os::k3s_role`]); an unknown first `k3s_args`
+/// command is a render error.
 pub fn k3s_role(cfg: &NodeConfig) -> Result<K3sRole, RenderError> {
-    match cfg.k3os.k3s_args.first().map(String::as_str) {
-        Some("server") => Ok(K3sRole::Server),
-        Some("agent") => Ok(K3sRole::Agent),
-        Some(first) if !first.starts_with('-') => Err(RenderError::K3sCommand {
-            first: first.to_string(),
-        }),
-        _ if has_server_url(cfg) => Ok(K3sRole::Agent),
-        _ => Ok(K3sRole::Server),
-    }
-}
-
-fn has_server_url(cfg: &NodeConfig) -> bool {
     cfg.k3os
-        .server_url
-        .as_deref()
-        .is_some_and(|u| !u.is_empty())
+        .k3s_role()
+        .map_err(|e| RenderError::K3sCommand { first: e.first })
 }
 
 /// The effective command line and environment k3os would have given k3s. Pure.

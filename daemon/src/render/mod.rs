@@ -37,7 +37,8 @@ use std::collections::BTreeMap;
 use crate::config::{NodeConfig, Origin};
 use crate::desired::{DesiredFile, DesiredState, EffectRule, FileSource};
 
-pub use k3s::{k3s_invocation, k3s_role, K3sInvocation, K3sRole, TokenKind, K3S_CONFIG_DIR};
+pub use crate::config::K3sRole;
+pub use k3s::{k3s_invocation, k3s_role, K3sInvocation, TokenKind, K3S_CONFIG_DIR};
 
 /// Files bosun edits in place. Their current content comes in through [`RenderEnv`].
 pub const PASSWD: &str = "/etc/passwd";

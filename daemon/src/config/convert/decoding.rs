@@ -1,0 +1,150 @@
+//! The content of a `write_files` entry: its `encoding` (base64, gzip, both, or a `!!binary`
+//! scalar) and the decoding itself, capped at [`ConvertOptions::max_file_size`] so a gzip bomb is
+//! refused while it is read, before anything could be written.
+//!
+//! [`ConvertOptions::max_file_size`]: super::ConvertOptions::max_file_size
+
+use std::io::Read;
+
+use base64::Engine;
+
+use super::tree::{join, scalar, text};
+use super::{Cx, Reported};
+use crate::config::model::Encoding;
+use crate::config::yaml::{Node, Pos, BINARY_TAG};
+
+/// The decoded content of one entry.
+pub(super) struct Content {
+    pub(super) bytes: Vec<u8>,
+    pub(super) encoding: Encoding,
+    /// Where content problems are reported: the `content` value, else the entry.
+    pub(super) pos: Pos,
+}
+
+/// The layers an `encoding` value names, outermost (base64) first.
+struct Layers {
+    base64: bool,
+    gzip: bool,
+}
+
+/// Decodes the `content` of entry `item` (field name `field`) as its `encoding` says. Every
+/// failure is reported at the content (or encoding) and stops the entry. The size cap is
+/// enforced inside gunzip only; the caller checks the decoded size against the limit.
+pub(super) fn decode_content(cx: &mut Cx, item: &Node, field: &str) -> Result<Content, Reported> {
+    let encoding_text = item.get("encoding").and_then(text).unwrap_or_default();
+    let layers = layers(cx, item, field, &encoding_text)?;
+    let cnode = item.get("content");
+    let (mut bytes, binary) = raw_content(cx, cnode, field)?;
+    let pos = cnode.map(|n| n.pos.clone()).unwrap_or(item.pos.clone());
+    let content_field = join(field, "content");
+    if layers.base64 {
+        match std::str::from_utf8(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(decode_b64)
+        {
+            Ok(b) => bytes = b,
+            Err(e) => {
+                let msg = format!("invalid base64 (encoding {encoding_text:?}): {e}");
+                cx.err(&pos, &content_field, msg);
+                return Err(Reported);
+            }
+        }
+    }
+    if layers.gzip {
+        match gunzip(&bytes, cx.opts.max_file_size) {
+            Ok(b) => bytes = b,
+            Err(e) => {
+                let msg = format!("invalid gzip (encoding {encoding_text:?}): {e}");
+                cx.err(&pos, &content_field, msg);
+                return Err(Reported);
+            }
+        }
+    }
+    let encoding = match (binary, layers.base64, layers.gzip) {
+        (true, _, _) => Encoding::YamlBinary,
+        (false, true, true) => Encoding::GzipBase64,
+        (false, true, false) => Encoding::Base64,
+        (false, false, true) => Encoding::Gzip,
+        (false, false, false) => Encoding::Plain,
+    };
+    Ok(Content {
+        bytes,
+        encoding,
+        pos,
+    })
+}
+
+/// The layers named by `encoding_text` (case-insensitive, k3os's spellings).
+fn layers(cx: &mut Cx, item: &Node, field: &str, encoding_text: &str) -> Result<Layers, Reported> {
+    let (base64, gzip) = match encoding_text.trim().to_ascii_lowercase().as_str() {
+        "" => (false, false),
+        "b64" | "base64" => (true, false),
+        "gz" | "gzip" => (false, true),
+        "gz+base64" | "gzip+base64" | "gz+b64" | "gzip+b64" => (true, true),
+        other => {
+            let pos = &item.get("encoding").unwrap_or(item).pos;
+            cx.err(pos, &join(field, "encoding"), format!("unsupported encoding {other:?}; expected one of \"\", b64, base64, gz, gzip, gz+base64, gzip+base64, gz+b64, gzip+b64"));
+            return Err(Reported);
+        }
+    };
+    Ok(Layers { base64, gzip })
+}
+
+/// The bytes of the `content` scalar (empty when absent) and whether it was a `!!binary`
+/// scalar, which is decoded here.
+fn raw_content(
+    cx: &mut Cx,
+    cnode: Option<&Node>,
+    field: &str,
+) -> Result<(Vec<u8>, bool), Reported> {
+    let Some((node, s)) = cnode.and_then(|n| scalar(n).map(|s| (n, s))) else {
+        return Ok((Vec::new(), false));
+    };
+    if s.tag.as_deref() != Some(BINARY_TAG) {
+        return Ok((s.value.clone().into_bytes(), false));
+    }
+    match decode_b64(&s.value) {
+        Ok(b) => Ok((b, true)),
+        Err(e) => {
+            let msg = format!("invalid !!binary base64: {e}");
+            cx.err(&node.pos, &join(field, "content"), msg);
+            Err(Reported)
+        }
+    }
+}
+
+/// Standard base64, ignoring ASCII whitespace (line-wrapped blocks).
+fn decode_b64(s: &str) -> Result<Vec<u8>, String> {
+    let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| e.to_string())
+}
+
+/// Gunzips `data`, reading at most `cap + 1` bytes so a bomb stops at the cap.
+fn gunzip(data: &[u8], cap: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut dec = flate2::read::GzDecoder::new(data).take(cap + 1);
+    dec.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    if out.len() as u64 > cap {
+        return Err(format!(
+            "decompresses to more than the {cap} byte limit per file (a gzip bomb?)"
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_bomb_is_capped() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 2 << 20]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert!(gunzip(&gz, 1 << 20).unwrap_err().contains("limit"));
+        assert_eq!(gunzip(&gz, 4 << 20).unwrap().len(), 2 << 20);
+    }
+}

@@ -1,0 +1,128 @@
+//! Turns a merged, canonical config tree into a typed [`NodeConfig`], validating every value.
+//!
+//! All problems are collected (not just the first), each naming the file, line, column and field
+//! of the offending value and saying what was expected. Nothing here does I/O; decoding (base64,
+//! gzip, `!!binary`) happens here, with a size cap, so a bad or hostile file is refused before
+//! anything could be written.
+//!
+//! One file per section of the config, plus the pieces they share:
+//! - this module: the entry point [`convert`], the top-level keys (`hostname`, the command
+//!   lists) and the collecting context;
+//! - `tree`: reading scalars, lists and mappings (with their positions) out of the YAML tree;
+//! - `syntax`: value syntaxes used by several sections (host names, URLs, paths, durations);
+//! - `authorized_keys`: `ssh_authorized_keys`;
+//! - `write_files` and `decoding`: `write_files` entries and their content encodings;
+//! - `k3os`: the `k3os:` block;
+//! - `upgrade`: the `upgrade:` block;
+//! - `health` and `checks`: the `health:` block and its `checks` entries.
+//!
+//! Invariant: a value is kept only when it is valid; a bad one is reported as an error naming its
+//! field and is left out (or its default kept), and the caller rejects a config with any error.
+
+mod authorized_keys;
+mod checks;
+mod decoding;
+mod health;
+mod k3os;
+mod syntax;
+mod tree;
+mod upgrade;
+mod write_files;
+
+pub use syntax::{check_path, parse_duration, valid_hostname};
+pub use write_files::{parse_mode, parse_owner};
+
+use super::diag::Diagnostic;
+use super::model::*;
+use super::yaml::{Node, Pos};
+use tree::{list, text};
+
+/// Limits and switches for validation.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Largest decoded write_files content accepted, in bytes. Default 64 MiB.
+    pub max_file_size: u64,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            max_file_size: 64 << 20,
+        }
+    }
+}
+
+/// The collecting context every section converter writes its diagnostics to.
+struct Cx<'a> {
+    diags: &'a mut Vec<Diagnostic>,
+    opts: &'a ConvertOptions,
+}
+
+impl Cx<'_> {
+    /// Records an error at `pos` for `field`.
+    fn err(&mut self, pos: &Pos, field: &str, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::error(pos.clone(), field, msg));
+    }
+
+    /// Records a warning at `pos` for `field`.
+    fn warn(&mut self, pos: &Pos, field: &str, msg: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::warning(pos.clone(), field, msg));
+    }
+}
+
+/// The value was bad, and the problem is already recorded in the diagnostics.
+struct Reported;
+
+/// Converts the merged tree. `hostname` is the node name (default for node_ready checks).
+pub fn convert(root: &Node, opts: &ConvertOptions, diags: &mut Vec<Diagnostic>) -> NodeConfig {
+    let mut cx = Cx { diags, opts };
+    let mut cfg = NodeConfig::default();
+
+    if let Some(n) = root.get("hostname") {
+        cfg.hostname = hostname(&mut cx, n);
+    }
+    cfg.ssh_authorized_keys = authorized_keys::authorized_keys(&mut cx, root);
+    cfg.write_files = write_files::write_files(&mut cx, root);
+    cfg.init_cmd = commands(&mut cx, root.get("init_cmd"), "init_cmd");
+    cfg.boot_cmd = commands(&mut cx, root.get("boot_cmd"), "boot_cmd");
+    cfg.run_cmd = commands(&mut cx, root.get("run_cmd"), "run_cmd");
+    if let Some(k) = root.get("k3os") {
+        cfg.k3os = k3os::k3os(&mut cx, k);
+    }
+    if let Some(u) = root.get("upgrade") {
+        cfg.upgrade = upgrade::upgrade(&mut cx, u);
+    }
+    if let Some(h) = root.get("health") {
+        cfg.health = health::health(&mut cx, h);
+    }
+    cfg
+}
+
+/// `hostname`: a valid host name, or `None` (reported) when it is not. A non-scalar value gives
+/// `None` without a diagnostic here: the layer parser already reported its shape.
+fn hostname(cx: &mut Cx, n: &Node) -> Option<String> {
+    let h = text(n)?;
+    if valid_hostname(&h) {
+        return Some(h);
+    }
+    cx.err(&n.pos, "hostname", format!("{h:?} is not a valid hostname; expected letters, digits and '-' in dot-separated labels of at most 63 characters"));
+    None
+}
+
+/// `init_cmd`, `boot_cmd`, `run_cmd`: shell command lines; an empty one is an error.
+fn commands(cx: &mut Cx, n: Option<&Node>, field: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, (c, pos)) in list(n).into_iter().enumerate() {
+        if c.trim().is_empty() {
+            cx.err(
+                &pos,
+                &format!("{field}[{i}]"),
+                "empty command; expected a shell command line",
+            );
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

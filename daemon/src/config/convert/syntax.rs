@@ -1,0 +1,125 @@
+//! Value syntaxes shared by several sections: host names, URLs, absolute file paths and
+//! durations. Pure functions of a string; the error text says what was expected, and the
+//! caller adds the position and field.
+
+use std::time::Duration;
+
+/// Whether `h` is a DNS host name: dot-separated labels of letters, digits and `-`, each at
+/// most 63 characters and not starting or ending with `-`; at most 253 characters in all.
+pub fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Checks a URL: https anywhere, http only to loopback (test servers). Returns an error text.
+pub(super) fn check_url(s: &str) -> Result<(), String> {
+    let u = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a valid URL ({e})"))?;
+    match u.scheme() {
+        "https" if u.host().is_some() => Ok(()),
+        "http" if crate::netpolicy::is_loopback_host(&u) => Ok(()),
+        "http" => Err(format!(
+            "{s:?} uses plain http; expected https (http is allowed only to loopback)"
+        )),
+        other => Err(format!("{s:?} has scheme {other:?}; expected https")),
+    }
+}
+
+/// Normalises an absolute path: rejects relative paths, `..`, `.`, empty components, NUL and
+/// the kernel's virtual filesystems.
+pub fn check_path(p: &str) -> Result<String, String> {
+    if !p.starts_with('/') {
+        return Err(format!(
+            "{p:?} is not absolute; expected a path starting with /"
+        ));
+    }
+    if p.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    let parts: Vec<&str> = p[1..].split('/').collect();
+    if parts.iter().any(|c| *c == ".." || *c == ".") {
+        return Err(format!(
+            "{p:?} contains `.` or `..`; expected a normalised absolute path"
+        ));
+    }
+    if parts.iter().any(|c| c.is_empty()) {
+        return Err(format!(
+            "{p:?} has an empty component or trailing /; expected a normalised file path"
+        ));
+    }
+    for bad in ["proc", "sys", "dev"] {
+        if parts.first() == Some(&bad) {
+            return Err(format!(
+                "{p:?} is under /{bad}, a kernel filesystem; bosun writes only regular files"
+            ));
+        }
+    }
+    Ok(p.to_string())
+}
+
+/// `300`, `90s`, `5m`, `1h30m`, `250ms` → Duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let bad =
+        || format!("{t:?} is not a duration; expected seconds or a value like 90s, 5m, 1h30m");
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return Err(bad());
+        };
+        total += unit * u32::try_from(n).map_err(|_| bad())?;
+        rest = &rest[len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn paths() {
+        assert!(check_path("/etc/x").is_ok());
+        assert!(check_path("etc/x").is_err());
+        assert!(check_path("/etc/../x").is_err());
+        assert!(check_path("/etc//x").is_err());
+        assert!(check_path("/proc/sys/x").is_err());
+        assert!(check_path("/etc/").is_err());
+    }
+}
