@@ -12,6 +12,8 @@
 //! refused with little memory spent (the refusal costs at most the budget, never the expansion).
 
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use super::diag::Diagnostic;
@@ -27,8 +29,9 @@ pub const BINARY_TAG: &str = "tag:yaml.org,2002:binary";
 /// 64 MiB a refused document may cost the process (the daemon's unit allows 256 MiB in all).
 pub const MAX_EXPANDED_BYTES: usize = 32 << 20;
 /// Charged per node: the size of a mapping entry (key, positions and value), the largest
-/// place a node is stored, plus an allocator's per-allocation overhead for its strings.
-const NODE_COST: usize = std::mem::size_of::<Entry>() + 16;
+/// place a node is stored, plus an allocator's per-allocation overhead for its strings and a
+/// key's slot in its mapping's duplicate index.
+const NODE_COST: usize = std::mem::size_of::<Entry>() + 32;
 /// Deepest nesting accepted.
 const MAX_DEPTH: usize = 64;
 
@@ -129,6 +132,7 @@ pub fn parse(file: &str, text: &str) -> Result<Node, Diagnostic> {
         expanded: 0,
         kept: 0,
         documents: 0,
+        key_hasher: RandomState::new(),
     };
     for ev in Parser::new_from_str(text) {
         let (event, span) = ev.map_err(|e| {
@@ -168,6 +172,9 @@ enum Frame {
         anchor: usize,
         start: usize,
         pending_key: Option<(String, Pos)>,
+        /// Hashes of the keys so far: a duplicate check costs O(1), not a scan of every
+        /// earlier key (a scan made a 60,000-key mapping take minutes to parse).
+        key_hashes: HashSet<u64>,
     },
 }
 
@@ -189,6 +196,8 @@ struct Builder {
     /// node's size (and so each alias's cost) is its own tree, not the copies kept inside it.
     kept: usize,
     documents: usize,
+    /// Randomly keyed, so a crafted document cannot make its keys' hashes collide.
+    key_hasher: RandomState,
 }
 
 impl Builder {
@@ -255,6 +264,7 @@ impl Builder {
                     anchor,
                     start: self.expanded - NODE_COST,
                     pending_key: None,
+                    key_hashes: HashSet::new(),
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
@@ -359,6 +369,7 @@ impl Builder {
             Some(Frame::Map {
                 node: map,
                 pending_key,
+                key_hashes,
                 ..
             }) => match pending_key.take() {
                 None => {
@@ -373,7 +384,8 @@ impl Builder {
                             ))
                         }
                     };
-                    if let Kind::Map(entries) = &map.kind {
+                    let first = key_hashes.insert(self.key_hasher.hash_one(&key));
+                    if let (false, Kind::Map(entries)) = (first, &map.kind) {
                         if let Some(prev) = entries.iter().find(|e| e.key == key) {
                             return Err(Diagnostic::error(
                                 node.pos,
@@ -420,6 +432,15 @@ mod tests {
         let e = parse("f.yaml", "a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(e.pos.line, 3);
         assert!(e.message.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_among_many() {
+        let mut text: String = (0..5000).map(|i| format!("k{i}: v\n")).collect();
+        text.push_str("k1234: again\n");
+        let e = parse("f.yaml", &text).unwrap_err();
+        assert_eq!((e.pos.line, e.field.as_str()), (5001, "k1234"), "{e}");
+        assert!(e.message.contains("line 1235"), "{e}");
     }
 
     #[test]
