@@ -226,3 +226,123 @@ fn plan_output_never_contains_secrets() {
     assert!(all.contains("content changed (secret, sha256"), "{all}");
     assert!(!all.contains("TOKENSECRET"), "{all}");
 }
+
+/// A Debian-like root whose installer already gave uid and gid 1000 to its first user.
+fn debian_root(root: &Path) {
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\ndebian:x:1000:1000:Debian:/home/debian:/bin/bash\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nshadow:x:42:\ndebian:x:1000:\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/shadow"),
+        "root:*:19000:0:99999:7:::\ndebian:!:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+}
+
+fn apply_config(config: &str, root: &Path, extra: &[&str]) -> std::process::Output {
+    let repo = root.parent().unwrap().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("config.yaml"), config).unwrap();
+    let out = bosun()
+        .args(["apply", "--hostname", "n1"])
+        .args(extra)
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--root")
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7Hc7aPnRu7mZGnTj0JYkLSP3JIe2ZjFvdRvyAa3xyz ops@example";
+
+/// Regression (issue 12, item 11): on an installed Debian uid/gid 1000 belong to the first user.
+/// A config that needs no account (only `/etc/motd`) leaves the account files alone; one with
+/// ssh keys and a password creates the ssh user with the next free ids (same number for both);
+/// an existing user named by `--ssh-user` is used as it is.
+#[test]
+fn apply_on_a_root_whose_uid_and_gid_1000_are_taken() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    debian_root(&root);
+    let accounts = || {
+        ["passwd", "group", "shadow"]
+            .map(|f| std::fs::read_to_string(root.join("etc").join(f)).unwrap())
+    };
+    let before = accounts();
+
+    apply_config(
+        "write_files:\n- path: /etc/motd\n  content: hello\n",
+        &root,
+        &[],
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/motd")).unwrap(),
+        "hello"
+    );
+    assert_eq!(
+        accounts(),
+        before,
+        "a config needing no account touched the account files"
+    );
+
+    // uid 1001 is free but gid 1001 is not: the first number free as both is 1002.
+    std::fs::write(
+        root.join("etc/group"),
+        format!("{}docker:x:1001:\n", before[1]),
+    )
+    .unwrap();
+    let config = format!(
+        "ssh_authorized_keys:\n- {KEY}\nk3os:\n  password: '$6$salt$hash'\nwrite_files:\n- path: /etc/motd\n  content: hello\n"
+    );
+    apply_config(&config, &root, &[]);
+    let [passwd, group, shadow] = accounts();
+    assert_eq!(
+        passwd,
+        format!("{}rancher:x:1002:1002::/home/rancher:/bin/sh\n", before[0])
+    );
+    assert_eq!(
+        group,
+        format!("{}docker:x:1001:\nrancher:x:1002:\n", before[1])
+    );
+    assert_eq!(
+        shadow,
+        format!("{}rancher:$6$salt$hash:::::::\n", before[2])
+    );
+    let keys = root.join("home/rancher/.ssh/authorized_keys");
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), format!("{KEY}\n"));
+    let m = std::fs::metadata(&keys).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1002, 1002));
+
+    // The installer's user, named as the ssh user, is used as it is.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    debian_root(&root);
+    apply_config(&config, &root, &["--ssh-user", "debian"]);
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(!passwd.contains("rancher"), "{passwd}");
+    let keys = root.join("home/debian/.ssh/authorized_keys");
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), format!("{KEY}\n"));
+    let m = std::fs::metadata(&keys).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1000, 1000));
+    assert!(std::fs::read_to_string(root.join("etc/shadow"))
+        .unwrap()
+        .contains("debian:$6$salt$hash:19000:0:99999:7:::\n"));
+}
