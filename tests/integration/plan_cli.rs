@@ -346,3 +346,69 @@ fn apply_on_a_root_whose_uid_and_gid_1000_are_taken() {
         .unwrap()
         .contains("debian:$6$salt$hash:19000:0:99999:7:::\n"));
 }
+
+/// Regression (issue 12, item 12): absolute symlinks in parent directories are common on real
+/// roots (Debian's `/var/lock → /run/lock`, `/var/lib/rancher → /data/rancher` on edge nodes)
+/// and resolve inside the root, as if the root were `/` (openat2 `RESOLVE_IN_ROOT`): `bosun
+/// apply --root` writes through them instead of refusing. One pointing at a host directory
+/// outside the root, and one climbing out with `..`, still resolve inside the root: the host
+/// directory is never written.
+#[test]
+fn apply_resolves_absolute_symlinks_in_parents_inside_the_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("keep"), "host file\n").unwrap();
+    // The same host path, recreated inside the root: where the "outside" symlink must land.
+    let outside_in_root = root.join(outside.strip_prefix("/").unwrap());
+    for d in ["data/rancher", "run/lock", "var/lib", "opt", "outside"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::create_dir_all(&outside_in_root).unwrap();
+    std::os::unix::fs::symlink("/data/rancher", root.join("var/lib/rancher")).unwrap();
+    std::os::unix::fs::symlink("/run/lock", root.join("var/lock")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("opt/site")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../outside", root.join("opt/up")).unwrap();
+    let out = apply_config(
+        "write_files:\n\
+         - path: /var/lib/rancher/k3s/server/manifests/app.yaml\n  content: app\n\
+         - path: /var/lock/bosun.lock\n  content: lock\n\
+         - path: /opt/site/site.conf\n  content: site\n\
+         - path: /opt/up/up.conf\n  content: up\n",
+        &root,
+        &[],
+    );
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+    assert_eq!(
+        read(&root.join("data/rancher/k3s/server/manifests/app.yaml")),
+        "app"
+    );
+    assert_eq!(read(&root.join("run/lock/bosun.lock")), "lock");
+    assert_eq!(read(&outside_in_root.join("site.conf")), "site");
+    assert_eq!(read(&root.join("outside/up.conf")), "up");
+    let host: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        host,
+        ["keep"],
+        "the host directory outside the root was written"
+    );
+    // Nothing changes on a second run: the observation resolves the same way.
+    let plan = bosun()
+        .args(["plan", "--hostname", "n1", "--repo"])
+        .arg(tmp.path().join("repo"))
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&plan.stdout)
+    );
+}
