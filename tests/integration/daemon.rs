@@ -944,3 +944,98 @@ fn daemon_rolls_back_a_config_change_that_breaks_health() {
     assert_eq!(k3s_restarts_logged(&agent), 4, "{}", agent.log());
     assert!(agent.terminate().success());
 }
+
+/// Commits everything signed with the SSH key `key`, with author and committer dates set to
+/// `unix` seconds (what any signer can choose); returns the commit id.
+fn commit_ssh_signed_dated(repo: &WorkRepo, key: &SshKey, unix: i64, msg: &str) -> String {
+    gitfx::git(&repo.dir, &["add", "-A"]);
+    let date = format!("@{unix} +0000");
+    let signingkey = format!("user.signingkey={}", key.private.display());
+    gitfx::run(
+        gitfx::git_cmd(&repo.dir)
+            .env("GIT_COMMITTER_DATE", &date)
+            .env("GIT_AUTHOR_DATE", &date)
+            .args(["-c", "gpg.format=ssh", "-c", &signingkey])
+            .args(["commit", "-q", "--allow-empty", "-S", "-m", msg]),
+    );
+    repo.head()
+}
+
+/// Regression (issue 12, item 6): `valid-before` in allowed_signers acts as revocation. git
+/// compares it with the committer date, which the signer writes; a daemon that applies
+/// automatically compares it with its own clock, so a key that expired cannot sign a commit
+/// backdated into its validity window. A commit dated implausibly far ahead of the node's
+/// clock is refused too; a current commit by a current key still applies after both.
+#[test]
+fn daemon_checks_key_validity_against_its_clock_not_the_commit_date() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let current = SshKey::generate(&keys, "current");
+    let expired = SshKey::generate(&keys, "expired");
+    let signers = tmp.path().join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!(
+            "{}\n{}\n",
+            current.allowed_signers_line("ops@example.invalid"),
+            expired.allowed_signers_line(
+                "old@example.invalid valid-after=\"20180101Z\",valid-before=\"20200101Z\""
+            )
+        ),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    repo.write("config.yaml", &app_config("v1"));
+    let good = repo.commit_ssh_signed(&current.private, "v1");
+    let node = Node::new(
+        &repo.file_url(),
+        &format!(
+            "verification:\n  mode: head\n  allowed_signers: {}\n",
+            signers.display()
+        ),
+    );
+    let mut agent = node.start();
+    agent.wait_log(
+        &[&format!(
+            "applied commit {good} signed by ops@example.invalid"
+        )],
+        Duration::from_secs(20),
+    );
+
+    // Signed with the expired key, dated 2019-06-01: inside the window by the commit's date.
+    repo.write("config.yaml", &app_config("backdated"));
+    let backdated = commit_ssh_signed_dated(&repo, &expired, 1_559_347_200, "backdated");
+    agent.wait_log(
+        &[
+            &format!("refused commit {backdated}: signed by SSH key"),
+            "old@example.invalid but expired at 2020-01-01 00:00:00 UTC",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+
+    // Signed with the current key, dated 30 days ahead.
+    repo.write("config.yaml", &app_config("future"));
+    let future = commit_ssh_signed_dated(&repo, &current, now + 30 * 86_400, "future");
+    agent.wait_log(
+        &[
+            &format!("refused commit {future}: "),
+            "ahead of this node's clock",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+
+    // A current commit by the current key, on top of both: applied.
+    repo.write("config.yaml", &app_config("v2"));
+    let v2 = repo.commit_ssh_signed(&current.private, "v2");
+    agent.wait_log(&[&format!("applied commit {v2}")], Duration::from_secs(10));
+    assert_eq!(node.read(APP).as_deref(), Some("v2\n"));
+    assert!(agent.terminate().success());
+}
