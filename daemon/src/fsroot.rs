@@ -4,10 +4,14 @@
 //!
 //! Invariants:
 //! - Every lookup starts from the root's directory file descriptor and never leaves it: with
-//!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` when the kernel has it, otherwise
-//!   ([`Resolver::Walk`], kernels before 5.6) component by component with `O_NOFOLLOW`, where a
-//!   symlink in a parent is followed by hand only if it stays beneath the root (absolute targets
-//!   and `..` above the root are refused, like `RESOLVE_BENEATH` does).
+//!   `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` when the kernel has it, otherwise
+//!   ([`Resolver::Walk`], kernels before 5.6) component by component with `O_NOFOLLOW`, following
+//!   symlinks in parents by hand with the same rules. The root acts as `/` (a chroot): an
+//!   absolute symlink target starts again at the root, and `..` at the root stays at the root.
+//!   So a node's own absolute links (Debian's `/var/lock → /run/lock`, `/var/lib/rancher →
+//!   /data/rancher`) resolve as they do when the node boots, with `--root /` and with any other
+//!   root, and a link aimed at the host's `/etc` from an image under `--root ./img` lands in
+//!   `./img/etc`, never in the host's.
 //! - The final component of a managed path is never followed: a symlink, directory or device at
 //!   a managed path is reported as such ([`EntryKind`]), not read through.
 //! - Directories created for missing parents get mode 0755 and owner root:root (the chown is
@@ -38,7 +42,9 @@ pub enum FsError {
     },
     #[error("invalid managed path {path:?}: {reason} (expected an absolute, normalised path such as /etc/hostname)")]
     InvalidPath { path: String, reason: &'static str },
-    #[error("{path}: resolving it would leave the root {root} (a symlink or `..` points outside); refusing")]
+    /// The kernel refused the lookup as crossing out of the root (`EXDEV`); `RESOLVE_IN_ROOT`
+    /// keeps symlinks and `..` inside, so this is not expected from them.
+    #[error("{path}: the kernel refused to resolve it inside the root {root} (EXDEV); refusing")]
     Escape { path: String, root: PathBuf },
     #[error("{path}: too many levels of symbolic links under root {root}")]
     SymlinkLoop { path: String, root: PathBuf },
@@ -62,10 +68,10 @@ pub enum FsError {
 /// How paths are resolved beneath the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolver {
-    /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` (Linux ≥ 5.6).
+    /// `openat2` with `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS` (Linux ≥ 5.6).
     Openat2,
-    /// Component-by-component `openat(O_NOFOLLOW)` with symlinks resolved by hand, refusing any
-    /// that would leave the root. Used when `openat2` is `ENOSYS`.
+    /// Component-by-component `openat(O_NOFOLLOW)` with symlinks resolved by hand inside the
+    /// root, as `RESOLVE_IN_ROOT` does. Used when `openat2` is `ENOSYS`.
     Walk,
 }
 
@@ -228,7 +234,7 @@ impl Root {
             ".",
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
         ) {
             Ok(_) => {}
             Err(Errno::NOSYS) | Err(Errno::PERM) => root.resolver = Resolver::Walk,
@@ -329,7 +335,7 @@ impl Root {
                 rel,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
             ) {
                 // openat2 returns EAGAIN when a concurrent rename races the lookup.
                 Err(Errno::AGAIN) if tries < 16 => tries += 1,
@@ -470,12 +476,8 @@ impl Root {
                 continue;
             }
             if c == ".." {
-                if stack.pop().is_none() {
-                    return Err(FsError::Escape {
-                        path: display.to_string(),
-                        root: self.path.clone(),
-                    });
-                }
+                // At the root, `..` is the root (as in a chroot and `RESOLVE_IN_ROOT`).
+                stack.pop();
                 walked.pop();
                 continue;
             }
@@ -523,10 +525,9 @@ impl Root {
                             .map_err(|e| self.io_err(display, "readlink", e))?;
                         let target = target.to_string_lossy().into_owned();
                         if target.starts_with('/') {
-                            return Err(FsError::Escape {
-                                path: display.to_string(),
-                                root: self.path.clone(),
-                            });
+                            // An absolute target starts again at the root, not the host's `/`.
+                            stack.clear();
+                            walked.clear();
                         }
                         for t in target.split('/').rev() {
                             queue.push_front(t.to_string());

@@ -2,13 +2,38 @@
 //! the text exposition format, served at `/metrics` on a loopback address (axum).
 //!
 //! Rendering ([`Metrics::render`]) is pure given the counters; [`serve`] is the only I/O.
+//!
+//! Invariants of the server (it shares the process, and its descriptors, with the poll loop):
+//! - At most [`connection_cap`] connections are open at once: [`MAX_CONNECTIONS`], and never
+//!   more than a sixteenth of the soft `RLIMIT_NOFILE`, so a flood can never take the
+//!   descriptors the loop needs for git, the apply and its state files. Beyond the cap nothing
+//!   is accepted: further clients wait in the kernel's listen queue, costing the process no
+//!   descriptor and no memory.
+//! - Every connection is closed [`CONNECTION_DEADLINE`] after it was accepted, whatever it is
+//!   doing: a client that sends its request header slowly, never finishes it, idles on a
+//!   keep-alive connection or reads the response slowly cannot hold its slot longer. A scrape
+//!   takes milliseconds; a scraper that keeps connections alive simply reconnects.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::source::TransferCounters;
+
+/// Most metrics connections open at once. A Prometheus server uses one; the rest is room for a
+/// few `curl`s.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Longest a metrics connection stays open after it was accepted.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Outcome label of `bosun_reconcile_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,13 +206,28 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves. Network I/O only.
+/// How many metrics connections may be open at once given the soft `RLIMIT_NOFILE`
+/// (`None`: unlimited): [`MAX_CONNECTIONS`], at most a sixteenth of the limit, at least 1. Pure.
+pub fn connection_cap(soft_nofile: Option<u64>) -> usize {
+    let share = soft_nofile.map_or(u64::MAX, |n| n / 16);
+    usize::try_from(share).map_or(MAX_CONNECTIONS, |s| s.clamp(1, MAX_CONNECTIONS))
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves, with the connection cap and
+/// deadline of the module docs (the cap is computed once, from the soft `RLIMIT_NOFILE` now).
+/// Network I/O only.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::routing::get;
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let listener = BoundedListener {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(connection_cap(soft))),
+        deadline: CONNECTION_DEADLINE,
+    };
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
@@ -208,9 +248,178 @@ pub async fn serve(
         .await
 }
 
+/// A listener that accepts only while a connection slot is free; each accepted connection
+/// carries its slot and its deadline.
+struct BoundedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+    /// [`CONNECTION_DEADLINE`] (shorter in tests).
+    deadline: Duration,
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = BoundedConnection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            // Wait for a free slot before accepting: queued clients hold no descriptor here.
+            let Ok(slot) = self.permits.clone().acquire_owned().await else {
+                unreachable!("the semaphore is never closed");
+            };
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let deadline = Box::pin(tokio::time::sleep(self.deadline));
+                    return (
+                        BoundedConnection {
+                            stream,
+                            deadline,
+                            _slot: slot,
+                        },
+                        addr,
+                    );
+                }
+                // The client gave up between connect and accept.
+                Err(e) if is_connection_error(&e) => {}
+                Err(e) => {
+                    // Out of descriptors or memory: the cap should prevent it; wait, do not spin.
+                    tracing::warn!("metrics: accept failed: {e}");
+                    drop(slot);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+/// An accepted metrics connection: fails every read and write once its deadline has passed
+/// (hyper then closes it), and frees its slot when dropped.
+struct BoundedConnection {
+    stream: TcpStream,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl BoundedConnection {
+    /// `Err(TimedOut)` once the deadline has passed; otherwise registers the waker for it, so
+    /// a connection waiting on a silent client is woken and closed at the deadline.
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "metrics connection deadline passed",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for BoundedConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check_deadline(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BoundedConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check_deadline(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check_deadline(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_cap_stays_well_below_the_descriptor_limit() {
+        assert_eq!(connection_cap(None), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(Some(65_536)), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(Some(1024)), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(Some(256)), 16);
+        assert_eq!(connection_cap(Some(8)), 1);
+    }
+
+    /// A client that connects and says nothing is closed at the deadline, and a second client
+    /// beyond a cap of one waits unaccepted until the first slot frees.
+    #[tokio::test]
+    async fn silent_connections_are_closed_at_the_deadline_and_slots_are_capped() {
+        use tokio::io::AsyncReadExt;
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let deadline = Duration::from_millis(100);
+        let mut listener = BoundedListener {
+            inner,
+            permits: Arc::new(Semaphore::new(1)),
+            deadline,
+        };
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let (mut conn, _) = axum::serve::Listener::accept(&mut listener).await;
+        let _second = TcpStream::connect(addr).await.unwrap();
+        let second_accept =
+            tokio::time::timeout(deadline * 3, axum::serve::Listener::accept(&mut listener));
+        // The only slot is taken: nothing more is accepted however long we wait.
+        let (second_accept, read) = tokio::join!(second_accept, async {
+            let mut buf = [0u8; 1];
+            tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await
+        });
+        assert!(second_accept.is_err(), "accepted beyond the cap");
+        let e = read.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        drop(conn);
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            first.read(&mut buf).await.unwrap(),
+            0,
+            "closed by the server"
+        );
+        // With the slot free, the waiting client is accepted.
+        let accepted = tokio::time::timeout(
+            Duration::from_secs(10),
+            axum::serve::Listener::accept(&mut listener),
+        )
+        .await;
+        assert!(accepted.is_ok(), "the queued client was never accepted");
+    }
 
     #[test]
     fn exposition_has_every_metric_with_labels() {

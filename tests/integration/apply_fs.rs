@@ -204,8 +204,11 @@ fn prune_deletes_removed_file_but_never_one_bosun_did_not_create() {
     no_leftovers(&rootp, &state);
 }
 
+/// Symlinks in parents resolve inside the root, never out of it (`RESOLVE_IN_ROOT`): an
+/// absolute target starts again at the root and `..` at the root stays there. (Until issue 12
+/// item 12 both were refused as escapes; they now resolve to the root's own copy of the path.)
 #[test]
-fn observation_refuses_symlinked_parent_out_of_root() {
+fn symlinked_parents_pointing_out_of_root_resolve_inside_it() {
     for resolver in [Resolver::Openat2, Resolver::Walk] {
         let t = tempfile::tempdir().unwrap();
         let (rootp, outside) = (t.path().join("root"), t.path().join("outside"));
@@ -213,6 +216,12 @@ fn observation_refuses_symlinked_parent_out_of_root() {
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("passwd"), "outside secret\n").unwrap();
         std::fs::write(rootp.join("real/passwd"), "inside\n").unwrap();
+        // The host path of `outside`, and `/outside`, recreated inside the root.
+        let abs_in_root = rootp.join(outside.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&abs_in_root).unwrap();
+        std::fs::write(abs_in_root.join("passwd"), "absolute, inside\n").unwrap();
+        std::fs::create_dir_all(rootp.join("outside")).unwrap();
+        std::fs::write(rootp.join("outside/passwd"), "climbed, inside\n").unwrap();
         // Absolute symlink, relative symlink climbing out, and one that stays inside.
         std::os::unix::fs::symlink(&outside, rootp.join("etc")).unwrap();
         std::os::unix::fs::symlink("../outside", rootp.join("rel")).unwrap();
@@ -221,28 +230,24 @@ fn observation_refuses_symlinked_parent_out_of_root() {
         std::os::unix::fs::symlink("../real", rootp.join("nested/back")).unwrap();
         let root = Root::open_with_resolver(&rootp, resolver).unwrap();
 
-        for path in ["/etc/passwd", "/rel/passwd"] {
-            let e = root.observe_one(path).unwrap_err();
-            assert!(
-                matches!(e, FsError::Escape { .. }),
-                "{resolver:?} {path}: {e:?}"
-            );
-            assert!(e.to_string().contains(path), "{e}");
-        }
-        for path in ["/inside/passwd", "/nested/back/passwd"] {
-            let inside = root.observe_one(path).unwrap().unwrap();
-            assert_eq!(inside.content, b"inside\n", "{resolver:?} {path}");
+        for (path, want) in [
+            ("/etc/passwd", "absolute, inside\n"),
+            ("/rel/passwd", "climbed, inside\n"),
+            ("/inside/passwd", "inside\n"),
+            ("/nested/back/passwd", "inside\n"),
+        ] {
+            let seen = root.observe_one(path).unwrap().unwrap();
+            assert_eq!(seen.content, want.as_bytes(), "{resolver:?} {path}");
         }
 
-        // Apply refuses to write through the escaping parent; nothing outside changes.
+        // Apply writes through the absolute symlink inside the root; nothing outside changes.
         let state = t.path().join("state");
         let d = desired([file("/etc/passwd", "pwned\n", 0o644, 0, 0)]);
-        let managed = apply::load_managed(&state).unwrap();
-        let mut obs = bosun::fsroot::Observation::new();
-        obs.insert("/etc/passwd", None); // pretend a buggy caller skipped observation
-        let p = plan::plan(&d, &obs, &managed).unwrap();
-        let e = apply::apply(&root, &state, &p).unwrap_err();
-        assert!(e.to_string().contains("/etc/passwd"), "{e}");
+        converge(&root, &state, &d, Default::default());
+        assert_eq!(
+            std::fs::read_to_string(abs_in_root.join("passwd")).unwrap(),
+            "pwned\n"
+        );
         assert_eq!(
             std::fs::read_to_string(outside.join("passwd")).unwrap(),
             "outside secret\n"

@@ -214,3 +214,47 @@ fn schema_accepts_every_example_repo_key() {
         assert!(k3os.get(key).is_some(), "schema lacks k3os.{key}");
     }
 }
+
+/// Regression (issue 12, item 5): YAML whose tree would expand far beyond its text (a "billion
+/// laughs" alias bomb, one large scalar aliased a thousand times, a file of millions of tiny
+/// values) is refused while the tree is built, before it takes memory: `bosun validate` exits 1
+/// naming the expansion, with a peak RSS under 64 MiB. The peak includes the binary itself
+/// (about 13 MiB for the debug build these tests run, less for release) and the file text, so
+/// the limit holds for both builds. Before the fix the three peaked at 144 MiB, 1 GiB and 866 MiB.
+#[test]
+fn yaml_expansion_bombs_are_refused_with_a_peak_rss_under_64mib() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let prev = format!("*a{}", i - 1);
+        laughs.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+    }
+    let big_scalar = format!(
+        "a: &a \"{}\"\nb: [{}]\n",
+        "x".repeat(1 << 20),
+        vec!["*a"; 1000].join(", ")
+    );
+    // 14 MiB of text (under the 16 MiB file limit), 7 million one-letter values, no aliases.
+    let tiny_values = format!("a: [{}x]\n", "x,".repeat(7 << 20));
+    for (name, text) in [
+        ("laughs", laughs),
+        ("big-scalar", big_scalar),
+        ("tiny-values", tiny_values),
+    ] {
+        let f = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(&f, text).unwrap();
+        let mut cmd = bosun();
+        cmd.arg("validate").arg(&f);
+        let (out, kib) = crate::support::peak_rss_kib(&cmd, tmp.path());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stdout}");
+        assert!(
+            stdout.contains(&format!("{name}.yaml:")) && stdout.contains("expands to more than"),
+            "{name}: {stdout}"
+        );
+        assert!(
+            kib < 64 * 1024,
+            "{name}: peak RSS of bosun validate {kib} KiB (limit 64 MiB)"
+        );
+    }
+}

@@ -313,6 +313,270 @@ fn daemon_applies_new_commits_reports_them_and_idle_polls_fetch_nothing() {
     assert!(agent.terminate().success());
 }
 
+/// Descriptors the daemon gets in [`daemon_keeps_working_while_its_metrics_port_is_flooded`]:
+/// systemd's default soft `LimitNOFILE`, with the hard limit lowered to match so the daemon
+/// cannot raise it: the metrics server's own limits must keep the loop's descriptors free.
+const FLOOD_DAEMON_NOFILE: u64 = 1024;
+/// Idle connections and clients that send their request header one line per second, never
+/// ending it.
+const FLOOD_CONNECTIONS: usize = 2000;
+const FLOOD_SLOW_CLIENTS: usize = 200;
+
+/// `VmRSS` and `RssFile` of a process, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("RssFile:"))
+}
+
+/// What the flood saw: idle connections established, and slow clients the server closed (with
+/// the shortest time one of them stayed open).
+#[derive(Debug, Default)]
+struct FloodReport {
+    established: usize,
+    slow_closed: usize,
+    slow_shortest_open: Option<Duration>,
+}
+
+/// Floods 127.0.0.1:`port` until `stop` is set: first [`FLOOD_SLOW_CLIENTS`] slow clients (so
+/// the server accepts them first), then [`FLOOD_CONNECTIONS`] idle connections. `up` counts
+/// the connections established. Returns what the flood saw.
+fn flood(port: u16, up: Arc<AtomicUsize>, stop: Arc<std::sync::atomic::AtomicBool>) -> FloodReport {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let connect = move || {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                tokio::net::TcpStream::connect(("127.0.0.1", port)),
+            )
+        };
+        let mut slow = tokio::task::JoinSet::new();
+        for _ in 0..FLOOD_SLOW_CLIENTS {
+            let (up, stop) = (up.clone(), stop.clone());
+            slow.spawn(async move {
+                let Ok(Ok(s)) = connect().await else {
+                    return None;
+                };
+                up.fetch_add(1, Ordering::SeqCst);
+                let opened = Instant::now();
+                let (mut rx, mut tx) = s.into_split();
+                let writer = async move {
+                    let mut line = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_vec();
+                    while tx.write_all(&line).await.is_ok() {
+                        line = b"X-Slow: 1\r\n".to_vec();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                };
+                let closed = async move {
+                    // Never a response: the header never ends. EOF or reset = closed by the server.
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = rx.read(&mut buf).await {
+                        let _ = n;
+                    }
+                };
+                let stopped = async {
+                    while !stop.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = closed => Some(opened.elapsed()),
+                    _ = writer => Some(opened.elapsed()),
+                    _ = stopped => None,
+                }
+            });
+        }
+        while up.load(Ordering::SeqCst) < FLOOD_SLOW_CLIENTS {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut idle = tokio::task::JoinSet::new();
+        for _ in 0..FLOOD_CONNECTIONS {
+            let (up, stop) = (up.clone(), stop.clone());
+            idle.spawn(async move {
+                let Ok(Ok(mut s)) = connect().await else {
+                    return false;
+                };
+                up.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::SeqCst) {
+                    // Hold it; a server close just ends the wait early.
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+                }
+                true
+            });
+        }
+        let mut report = FloodReport::default();
+        while let Some(held) = idle.join_next().await {
+            report.established += usize::from(held.unwrap());
+        }
+        while let Some(closed) = slow.join_next().await {
+            if let Some(open) = closed.unwrap() {
+                report.slow_closed += 1;
+                report.slow_shortest_open =
+                    Some(report.slow_shortest_open.map_or(open, |s| s.min(open)));
+            }
+        }
+        report
+    })
+}
+
+/// Regression (issue 12, item 4): a flood of connections to the metrics port must not stall the
+/// daemon. Before the fix each accepted connection held a descriptor with no limit and no
+/// timeout: polls failed with "Too many open files" and a commit waited until the flood ended.
+///
+/// The daemon runs with 1,024 descriptors (systemd's default soft limit, hard limit lowered to
+/// match). The test process raises its own soft limit to its hard limit, so the flood's size does
+/// not depend on the machine's ulimit (it needs about 2,300 descriptors).
+///
+/// RSS: the 12 MiB goal is for the release build, whose idle RSS is 6.9 MiB of which 6.0 MiB is
+/// file-backed (bench/daemon/README.md). These tests run the debug build, whose file-backed part
+/// (its unoptimised code pages) is several MiB larger and says nothing about the flood; the
+/// existing daemon tests check no RSS for that reason. So the test bounds what the flood can
+/// grow, the anonymous part: VmRSS − RssFile stays under 12 MiB − 6 MiB, the same budget the
+/// release build has. In a release build (`cargo test --release`) it bounds VmRSS itself.
+#[test]
+fn daemon_keeps_working_while_its_metrics_port_is_flooded() {
+    use rustix::process::{getrlimit, prlimit, setrlimit, Pid, Resource, Rlimit};
+    let need = (FLOOD_CONNECTIONS + FLOOD_SLOW_CLIENTS + 256) as u64;
+    let mine = getrlimit(Resource::Nofile);
+    let hard = mine.maximum.unwrap_or(u64::MAX);
+    assert!(
+        hard >= need,
+        "this test needs {need} descriptors; the hard RLIMIT_NOFILE is {hard}"
+    );
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard.min(need.max(mine.current.unwrap_or(0)))),
+            maximum: mine.maximum,
+        },
+    )
+    .unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    repo.write("config.yaml", &app_config("v1"));
+    let first = repo.commit("v1");
+    let node = Node::new(&repo.file_url(), "");
+    let mut agent = node.start();
+    let pid = agent.child.id();
+    let limit = Some(FLOOD_DAEMON_NOFILE);
+    let nofile = Rlimit {
+        current: limit,
+        maximum: limit,
+    };
+    prlimit(Pid::from_raw(pid as i32), Resource::Nofile, nofile).unwrap();
+    agent.wait_log(
+        &[&format!("applied commit {first}")],
+        Duration::from_secs(20),
+    );
+    // Metrics answer before the flood.
+    assert!(agent.metric("bosun_polls_total").is_some());
+
+    let before = rss_kib(pid);
+    let up = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let (up, stop, port) = (up.clone(), stop.clone(), node.metrics_port);
+        std::thread::spawn(move || flood(port, up, stop))
+    };
+    // The flood is up before the commit lands: more connections than the daemon has
+    // descriptors (the kernel queues what the daemon does not accept).
+    assert!(
+        wait_until(Duration::from_secs(30), || up.load(Ordering::SeqCst)
+            > FLOOD_DAEMON_NOFILE as usize),
+        "only {} flood connections established",
+        up.load(Ordering::SeqCst)
+    );
+    let anon_budget_kib = 6 * 1024;
+    // Largest VmRSS and largest anonymous part (VmRSS − RssFile) seen, in KiB.
+    let (mut worst_rss, mut worst_anon) = (0u64, 0u64);
+    let mut sample = || {
+        let (rss, file) = rss_kib(pid);
+        worst_rss = worst_rss.max(rss);
+        worst_anon = worst_anon.max(rss - file);
+    };
+
+    repo.write("config.yaml", &app_config("v2"));
+    let second = repo.commit("v2");
+    let committed = Instant::now();
+    let needle = format!("applied commit {second}");
+    while !agent.log().contains(&needle) && committed.elapsed() < Duration::from_secs(30) {
+        sample();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let latency = committed.elapsed();
+    // Keep the flood going a while longer: slow clients get cut off and RSS is sampled.
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        sample();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let report = flooder.join().unwrap();
+    let log = agent.log();
+    eprintln!(
+        "flood: {report:?}; commit to applied: {latency:?}; before the flood VmRSS {} KiB \
+         (anonymous {} KiB); during it largest VmRSS {worst_rss} KiB, largest anonymous RSS \
+         {worst_anon} KiB",
+        before.0,
+        before.0 - before.1
+    );
+
+    assert!(
+        log.contains(&needle),
+        "v2 never applied during the flood:\n{log}"
+    );
+    assert!(
+        latency <= Duration::from_secs(2),
+        "v2 applied {latency:?} after the commit (interval 1 s + 1 s):\n{log}"
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v2\n"));
+    assert!(!log.contains("Too many open files"), "{log}");
+    // Slow clients, accepted first, are cut off by the server (after its 5 s deadline), long
+    // before the test stops them; more follow as slots free up.
+    assert!(
+        report.slow_closed > 0,
+        "no slow client was closed: {report:?}"
+    );
+    assert!(
+        report.slow_shortest_open < Some(Duration::from_secs(10)),
+        "slow clients stayed open: {report:?}"
+    );
+    if cfg!(debug_assertions) {
+        assert!(
+            worst_anon < anon_budget_kib,
+            "anonymous RSS {worst_anon} KiB during the flood (budget {anon_budget_kib} KiB)"
+        );
+    } else {
+        assert!(
+            worst_rss < 12 * 1024,
+            "VmRSS {worst_rss} KiB during the flood"
+        );
+    }
+    // After the flood the port answers again and the loop kept polling.
+    assert!(
+        wait_until(Duration::from_secs(30), || std::panic::catch_unwind(|| {
+            agent.metric("bosun_polls_total")
+        })
+        .is_ok()),
+        "metrics port did not recover:\n{}",
+        agent.log()
+    );
+    assert!(agent.terminate().success());
+}
+
 #[test]
 fn daemon_applies_only_trusted_signed_commits_and_refuses_rollbacks() {
     let tmp = tempfile::tempdir().unwrap();
@@ -942,5 +1206,100 @@ fn daemon_rolls_back_a_config_change_that_breaks_health() {
     }));
     assert_eq!(agent.metric(rollbacks), Some(1.0));
     assert_eq!(k3s_restarts_logged(&agent), 4, "{}", agent.log());
+    assert!(agent.terminate().success());
+}
+
+/// Commits everything signed with the SSH key `key`, with author and committer dates set to
+/// `unix` seconds (what any signer can choose); returns the commit id.
+fn commit_ssh_signed_dated(repo: &WorkRepo, key: &SshKey, unix: i64, msg: &str) -> String {
+    gitfx::git(&repo.dir, &["add", "-A"]);
+    let date = format!("@{unix} +0000");
+    let signingkey = format!("user.signingkey={}", key.private.display());
+    gitfx::run(
+        gitfx::git_cmd(&repo.dir)
+            .env("GIT_COMMITTER_DATE", &date)
+            .env("GIT_AUTHOR_DATE", &date)
+            .args(["-c", "gpg.format=ssh", "-c", &signingkey])
+            .args(["commit", "-q", "--allow-empty", "-S", "-m", msg]),
+    );
+    repo.head()
+}
+
+/// Regression (issue 12, item 6): `valid-before` in allowed_signers acts as revocation. git
+/// compares it with the committer date, which the signer writes; a daemon that applies
+/// automatically compares it with its own clock, so a key that expired cannot sign a commit
+/// backdated into its validity window. A commit dated implausibly far ahead of the node's
+/// clock is refused too; a current commit by a current key still applies after both.
+#[test]
+fn daemon_checks_key_validity_against_its_clock_not_the_commit_date() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let current = SshKey::generate(&keys, "current");
+    let expired = SshKey::generate(&keys, "expired");
+    let signers = tmp.path().join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!(
+            "{}\n{}\n",
+            current.allowed_signers_line("ops@example.invalid"),
+            expired.allowed_signers_line(
+                "old@example.invalid valid-after=\"20180101Z\",valid-before=\"20200101Z\""
+            )
+        ),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    repo.write("config.yaml", &app_config("v1"));
+    let good = repo.commit_ssh_signed(&current.private, "v1");
+    let node = Node::new(
+        &repo.file_url(),
+        &format!(
+            "verification:\n  mode: head\n  allowed_signers: {}\n",
+            signers.display()
+        ),
+    );
+    let mut agent = node.start();
+    agent.wait_log(
+        &[&format!(
+            "applied commit {good} signed by ops@example.invalid"
+        )],
+        Duration::from_secs(20),
+    );
+
+    // Signed with the expired key, dated 2019-06-01: inside the window by the commit's date.
+    repo.write("config.yaml", &app_config("backdated"));
+    let backdated = commit_ssh_signed_dated(&repo, &expired, 1_559_347_200, "backdated");
+    agent.wait_log(
+        &[
+            &format!("refused commit {backdated}: signed by SSH key"),
+            "old@example.invalid but expired at 2020-01-01 00:00:00 UTC",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+
+    // Signed with the current key, dated 30 days ahead.
+    repo.write("config.yaml", &app_config("future"));
+    let future = commit_ssh_signed_dated(&repo, &current, now + 30 * 86_400, "future");
+    agent.wait_log(
+        &[
+            &format!("refused commit {future}: "),
+            "ahead of this node's clock",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+
+    // A current commit by the current key, on top of both: applied.
+    repo.write("config.yaml", &app_config("v2"));
+    let v2 = repo.commit_ssh_signed(&current.private, "v2");
+    agent.wait_log(&[&format!("applied commit {v2}")], Duration::from_secs(10));
+    assert_eq!(node.read(APP).as_deref(), Some("v2\n"));
     assert!(agent.terminate().success());
 }

@@ -226,3 +226,189 @@ fn plan_output_never_contains_secrets() {
     assert!(all.contains("content changed (secret, sha256"), "{all}");
     assert!(!all.contains("TOKENSECRET"), "{all}");
 }
+
+/// A Debian-like root whose installer already gave uid and gid 1000 to its first user.
+fn debian_root(root: &Path) {
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\ndebian:x:1000:1000:Debian:/home/debian:/bin/bash\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nshadow:x:42:\ndebian:x:1000:\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/shadow"),
+        "root:*:19000:0:99999:7:::\ndebian:!:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+}
+
+fn apply_config(config: &str, root: &Path, extra: &[&str]) -> std::process::Output {
+    let repo = root.parent().unwrap().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("config.yaml"), config).unwrap();
+    let out = bosun()
+        .args(["apply", "--hostname", "n1"])
+        .args(extra)
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--root")
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7Hc7aPnRu7mZGnTj0JYkLSP3JIe2ZjFvdRvyAa3xyz ops@example";
+
+/// Regression (issue 12, item 11): on an installed Debian uid/gid 1000 belong to the first user.
+/// A config that needs no account (only `/etc/motd`) leaves the account files alone; one with
+/// ssh keys and a password creates the ssh user with the next free ids (same number for both);
+/// an existing user named by `--ssh-user` is used as it is.
+#[test]
+fn apply_on_a_root_whose_uid_and_gid_1000_are_taken() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    debian_root(&root);
+    let accounts = || {
+        ["passwd", "group", "shadow"]
+            .map(|f| std::fs::read_to_string(root.join("etc").join(f)).unwrap())
+    };
+    let before = accounts();
+
+    apply_config(
+        "write_files:\n- path: /etc/motd\n  content: hello\n",
+        &root,
+        &[],
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/motd")).unwrap(),
+        "hello"
+    );
+    assert_eq!(
+        accounts(),
+        before,
+        "a config needing no account touched the account files"
+    );
+
+    // uid 1001 is free but gid 1001 is not: the first number free as both is 1002.
+    std::fs::write(
+        root.join("etc/group"),
+        format!("{}docker:x:1001:\n", before[1]),
+    )
+    .unwrap();
+    let config = format!(
+        "ssh_authorized_keys:\n- {KEY}\nk3os:\n  password: '$6$salt$hash'\nwrite_files:\n- path: /etc/motd\n  content: hello\n"
+    );
+    apply_config(&config, &root, &[]);
+    let [passwd, group, shadow] = accounts();
+    assert_eq!(
+        passwd,
+        format!("{}rancher:x:1002:1002::/home/rancher:/bin/sh\n", before[0])
+    );
+    assert_eq!(
+        group,
+        format!("{}docker:x:1001:\nrancher:x:1002:\n", before[1])
+    );
+    assert_eq!(
+        shadow,
+        format!("{}rancher:$6$salt$hash:::::::\n", before[2])
+    );
+    let keys = root.join("home/rancher/.ssh/authorized_keys");
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), format!("{KEY}\n"));
+    let m = std::fs::metadata(&keys).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1002, 1002));
+
+    // The installer's user, named as the ssh user, is used as it is.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    debian_root(&root);
+    apply_config(&config, &root, &["--ssh-user", "debian"]);
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(!passwd.contains("rancher"), "{passwd}");
+    let keys = root.join("home/debian/.ssh/authorized_keys");
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), format!("{KEY}\n"));
+    let m = std::fs::metadata(&keys).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1000, 1000));
+    assert!(std::fs::read_to_string(root.join("etc/shadow"))
+        .unwrap()
+        .contains("debian:$6$salt$hash:19000:0:99999:7:::\n"));
+}
+
+/// Regression (issue 12, item 12): absolute symlinks in parent directories are common on real
+/// roots (Debian's `/var/lock → /run/lock`, `/var/lib/rancher → /data/rancher` on edge nodes)
+/// and resolve inside the root, as if the root were `/` (openat2 `RESOLVE_IN_ROOT`): `bosun
+/// apply --root` writes through them instead of refusing. One pointing at a host directory
+/// outside the root, and one climbing out with `..`, still resolve inside the root: the host
+/// directory is never written.
+#[test]
+fn apply_resolves_absolute_symlinks_in_parents_inside_the_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("keep"), "host file\n").unwrap();
+    // The same host path, recreated inside the root: where the "outside" symlink must land.
+    let outside_in_root = root.join(outside.strip_prefix("/").unwrap());
+    for d in ["data/rancher", "run/lock", "var/lib", "opt", "outside"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::create_dir_all(&outside_in_root).unwrap();
+    std::os::unix::fs::symlink("/data/rancher", root.join("var/lib/rancher")).unwrap();
+    std::os::unix::fs::symlink("/run/lock", root.join("var/lock")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("opt/site")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../outside", root.join("opt/up")).unwrap();
+    let out = apply_config(
+        "write_files:\n\
+         - path: /var/lib/rancher/k3s/server/manifests/app.yaml\n  content: app\n\
+         - path: /var/lock/bosun.lock\n  content: lock\n\
+         - path: /opt/site/site.conf\n  content: site\n\
+         - path: /opt/up/up.conf\n  content: up\n",
+        &root,
+        &[],
+    );
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+    assert_eq!(
+        read(&root.join("data/rancher/k3s/server/manifests/app.yaml")),
+        "app"
+    );
+    assert_eq!(read(&root.join("run/lock/bosun.lock")), "lock");
+    assert_eq!(read(&outside_in_root.join("site.conf")), "site");
+    assert_eq!(read(&root.join("outside/up.conf")), "up");
+    let host: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        host,
+        ["keep"],
+        "the host directory outside the root was written"
+    );
+    // Nothing changes on a second run: the observation resolves the same way.
+    let plan = bosun()
+        .args(["plan", "--hostname", "n1", "--repo"])
+        .arg(tmp.path().join("repo"))
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&plan.stdout)
+    );
+}

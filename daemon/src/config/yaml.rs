@@ -6,9 +6,14 @@
 //! `!!binary` tag, and duplicate keys (rejected here, before any merging).
 //!
 //! Invariants: every [`Node`] carries the file and position it came from; mapping keys are
-//! unique within a mapping; alias expansion is bounded, so a "billion laughs" document is refused.
+//! unique within a mapping; the tree's size is bounded while it is built: every node, string and
+//! alias copy is charged against [`MAX_EXPANDED_BYTES`] *before* it is allocated, so a "billion
+//! laughs" alias bomb, a large scalar aliased many times, or a file of millions of tiny values is
+//! refused with little memory spent (the refusal costs at most the budget, never the expansion).
 
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use super::diag::Diagnostic;
@@ -17,8 +22,16 @@ use super::model::Origin;
 /// The YAML tag of `!!binary` scalars.
 pub const BINARY_TAG: &str = "tag:yaml.org,2002:binary";
 
-/// Most nodes one document may expand to (counting alias expansions).
-const MAX_NODES: usize = 1_000_000;
+/// Largest estimated in-memory size of one document's tree, counting every node (its struct, as
+/// [`NODE_COST`]), every string byte, every alias expansion and the copy kept per anchor.
+/// Twice the largest config file ([`MAX_CONFIG_FILE`](crate::snapshot::MAX_CONFIG_FILE)): any
+/// real file fits with its per-node overhead, while the tree plus the text stays well below the
+/// 64 MiB a refused document may cost the process (the daemon's unit allows 256 MiB in all).
+pub const MAX_EXPANDED_BYTES: usize = 32 << 20;
+/// Charged per node: the size of a mapping entry (key, positions and value), the largest
+/// place a node is stored, plus an allocator's per-allocation overhead for its strings and a
+/// key's slot in its mapping's duplicate index.
+const NODE_COST: usize = std::mem::size_of::<Entry>() + 32;
 /// Deepest nesting accepted.
 const MAX_DEPTH: usize = 64;
 
@@ -116,8 +129,10 @@ pub fn parse(file: &str, text: &str) -> Result<Node, Diagnostic> {
         anchors: Vec::new(),
         stack: Vec::new(),
         root: None,
-        nodes: 0,
+        expanded: 0,
+        kept: 0,
         documents: 0,
+        key_hasher: RandomState::new(),
     };
     for ev in Parser::new_from_str(text) {
         let (event, span) = ev.map_err(|e| {
@@ -144,33 +159,45 @@ pub fn parse(file: &str, text: &str) -> Result<Node, Diagnostic> {
     }))
 }
 
+/// A collection being built; `start` is [`Builder::expanded`] when it opened, so its own
+/// expanded size is known in O(1) when it closes.
 enum Frame {
     Seq {
         node: Node,
         anchor: usize,
+        start: usize,
     },
     Map {
         node: Node,
         anchor: usize,
+        start: usize,
         pending_key: Option<(String, Pos)>,
+        /// Hashes of the keys so far: a duplicate check costs O(1), not a scan of every
+        /// earlier key (a scan made a 60,000-key mapping take minutes to parse).
+        key_hashes: HashSet<u64>,
     },
+}
+
+/// An anchored node, kept to copy at each alias, with its expanded size.
+struct Anchor {
+    id: usize,
+    node: Node,
+    size: usize,
 }
 
 struct Builder {
     file: Arc<str>,
-    anchors: Vec<(usize, Node)>,
+    anchors: Vec<Anchor>,
     stack: Vec<Frame>,
     root: Option<Node>,
-    nodes: usize,
+    /// Estimated bytes of the tree built so far (see [`MAX_EXPANDED_BYTES`]).
+    expanded: usize,
+    /// Estimated bytes of the copies kept in `anchors`; counted apart from `expanded` so a
+    /// node's size (and so each alias's cost) is its own tree, not the copies kept inside it.
+    kept: usize,
     documents: usize,
-}
-
-fn count(node: &Node) -> usize {
-    match &node.kind {
-        Kind::Seq(v) => 1 + v.iter().map(count).sum::<usize>(),
-        Kind::Map(m) => 1 + m.iter().map(|e| count(&e.value)).sum::<usize>(),
-        _ => 1,
-    }
+    /// Randomly keyed, so a crafted document cannot make its keys' hashes collide.
+    key_hasher: RandomState,
 }
 
 impl Builder {
@@ -199,6 +226,8 @@ impl Builder {
             }
             Event::Scalar(value, style, anchor, tag) => {
                 let tag = tag.map(|t| format!("{}{}", t.handle(), t.suffix()));
+                let size = NODE_COST + value.len() + tag.as_ref().map_or(0, String::len);
+                self.charge(size, &pos)?;
                 let plain = matches!(style, ScalarStyle::Plain);
                 let explicit_null = tag.as_deref() == Some("tag:yaml.org,2002:null");
                 let kind = if explicit_null || (plain && tag.is_none() && is_null_plain(&value)) {
@@ -210,57 +239,53 @@ impl Builder {
                         tag,
                     })
                 };
-                self.push(Node { kind, pos }, anchor)?;
+                self.push(Node { kind, pos }, anchor, size)?;
             }
             Event::SequenceStart(_, anchor, _) => {
                 self.depth_check(&pos)?;
+                self.charge(NODE_COST, &pos)?;
                 self.stack.push(Frame::Seq {
                     node: Node {
                         kind: Kind::Seq(Vec::new()),
                         pos,
                     },
                     anchor,
+                    start: self.expanded - NODE_COST,
                 });
             }
             Event::MappingStart(_, anchor, _) => {
                 self.depth_check(&pos)?;
+                self.charge(NODE_COST, &pos)?;
                 self.stack.push(Frame::Map {
                     node: Node {
                         kind: Kind::Map(Vec::new()),
                         pos,
                     },
                     anchor,
+                    start: self.expanded - NODE_COST,
                     pending_key: None,
+                    key_hashes: HashSet::new(),
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { node, anchor }) => (node, anchor),
-                    Some(Frame::Map { node, anchor, .. }) => (node, anchor),
+                let (node, anchor, start) = match self.stack.pop() {
+                    Some(Frame::Seq {
+                        node,
+                        anchor,
+                        start,
+                    }) => (node, anchor, start),
+                    Some(Frame::Map {
+                        node,
+                        anchor,
+                        start,
+                        ..
+                    }) => (node, anchor, start),
                     None => return Ok(()),
                 };
-                self.push(node, anchor)?;
+                let size = self.expanded - start;
+                self.push(node, anchor, size)?;
             }
-            Event::Alias(id) => {
-                let Some((_, target)) = self.anchors.iter().rev().find(|(a, _)| *a == id) else {
-                    return Err(Diagnostic::error(
-                        pos,
-                        "",
-                        "alias refers to an unknown anchor",
-                    ));
-                };
-                let mut node = target.clone();
-                self.nodes += count(&node);
-                if self.nodes > MAX_NODES {
-                    return Err(Diagnostic::error(
-                        pos,
-                        "",
-                        format!("document expands to more than {MAX_NODES} nodes through aliases; refusing it"),
-                    ));
-                }
-                node.pos = pos;
-                self.push(node, 0)?;
-            }
+            Event::Alias(id) => self.alias(id, pos)?,
             Event::UnresolvedAlias(name) => {
                 return Err(Diagnostic::error(
                     pos,
@@ -271,6 +296,23 @@ impl Builder {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Attaches a copy of the node anchored as `id`, charged before it is made: a refused
+    /// expansion is never allocated.
+    fn alias(&mut self, id: usize, pos: Pos) -> Result<(), Diagnostic> {
+        let Some(i) = self.anchors.iter().rposition(|a| a.id == id) else {
+            return Err(Diagnostic::error(
+                pos,
+                "",
+                "alias refers to an unknown anchor",
+            ));
+        };
+        let size = self.anchors[i].size;
+        self.charge(size, &pos)?;
+        let mut node = self.anchors[i].node.clone();
+        node.pos = pos;
+        self.push(node, 0, size)
     }
 
     fn depth_check(&self, pos: &Pos) -> Result<(), Diagnostic> {
@@ -284,10 +326,38 @@ impl Builder {
         Ok(())
     }
 
-    fn push(&mut self, node: Node, anchor: usize) -> Result<(), Diagnostic> {
-        self.nodes += 1;
+    /// Adds `bytes` to the document's expanded size; refuses the document (at `pos`, where the
+    /// budget ran out) when that passes [`MAX_EXPANDED_BYTES`].
+    fn charge(&mut self, bytes: usize, pos: &Pos) -> Result<(), Diagnostic> {
+        self.expanded = self.expanded.saturating_add(bytes);
+        self.check_budget(pos)
+    }
+
+    fn check_budget(&self, pos: &Pos) -> Result<(), Diagnostic> {
+        if self.expanded.saturating_add(self.kept) > MAX_EXPANDED_BYTES {
+            return Err(Diagnostic::error(
+                pos.clone(),
+                "",
+                format!(
+                    "document expands to more than {} MiB in memory (through aliases or a great many values); refusing it",
+                    MAX_EXPANDED_BYTES >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Attaches a finished node (whose expanded size is `size`) to its parent; an anchored
+    /// node's kept copy is charged too.
+    fn push(&mut self, node: Node, anchor: usize, size: usize) -> Result<(), Diagnostic> {
         if anchor != 0 {
-            self.anchors.push((anchor, node.clone()));
+            self.kept = self.kept.saturating_add(size);
+            self.check_budget(&node.pos)?;
+            self.anchors.push(Anchor {
+                id: anchor,
+                node: node.clone(),
+                size,
+            });
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
@@ -299,6 +369,7 @@ impl Builder {
             Some(Frame::Map {
                 node: map,
                 pending_key,
+                key_hashes,
                 ..
             }) => match pending_key.take() {
                 None => {
@@ -313,7 +384,8 @@ impl Builder {
                             ))
                         }
                     };
-                    if let Kind::Map(entries) = &map.kind {
+                    let first = key_hashes.insert(self.key_hasher.hash_one(&key));
+                    if let (false, Kind::Map(entries)) = (first, &map.kind) {
                         if let Some(prev) = entries.iter().find(|e| e.key == key) {
                             return Err(Diagnostic::error(
                                 node.pos,
@@ -363,6 +435,15 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_keys_are_found_among_many() {
+        let mut text: String = (0..5000).map(|i| format!("k{i}: v\n")).collect();
+        text.push_str("k1234: again\n");
+        let e = parse("f.yaml", &text).unwrap_err();
+        assert_eq!((e.pos.line, e.field.as_str()), (5001, "k1234"), "{e}");
+        assert!(e.message.contains("line 1235"), "{e}");
+    }
+
+    #[test]
     fn null_spellings_and_quoted_null() {
         let n = parse("f.yaml", "a: ~\nb:\nc: 'null'\nd: null\n").unwrap();
         assert_eq!(n.get("a").unwrap().kind, Kind::Null);
@@ -391,6 +472,25 @@ mod tests {
         }
         let e = parse("f.yaml", &bomb).unwrap_err();
         assert!(e.message.contains("aliases"), "{e}");
+    }
+
+    #[test]
+    fn expansion_is_charged_before_it_is_built() {
+        // One 1 MiB scalar aliased 40 times: few nodes, but 40 MiB of copies.
+        let big = format!(
+            "a: &a \"{}\"\nb: [{}]\n",
+            "x".repeat(1 << 20),
+            vec!["*a"; 40].join(", ")
+        );
+        let e = parse("f.yaml", &big).unwrap_err();
+        assert!(e.message.contains("expands to more than 32 MiB"), "{e}");
+        assert_eq!(e.pos.line, 2, "{e}");
+        // A scalar nearly as large as a config file may be (16 MiB) is not an expansion.
+        let large = format!("a: \"{}\"\n", "x".repeat((16 << 20) - 16));
+        assert!(parse("f.yaml", &large).is_ok());
+        // Nor is the same scalar once anchored and used again.
+        let twice = format!("a: &a \"{}\"\nb: *a\n", "x".repeat(8 << 20));
+        assert!(parse("f.yaml", &twice).is_ok());
     }
 
     #[test]

@@ -2,9 +2,16 @@
 //! `k3os.password` as that user's shadow hash.
 //!
 //! Invariants:
+//! - Accounts are touched only when something needs the ssh user ([`ssh_user_needed`]):
+//!   `ssh_authorized_keys`, `k3os.password`, or a `write_files` owner naming it. A config
+//!   without those never reads, creates or rewrites an account, so it cannot fail on one.
 //! - Every existing line is kept byte for byte; bosun only appends the user's lines when they are
 //!   missing and only rewrites the password field of the user's shadow line.
 //! - An existing user keeps its uid, gid and home; settings apply only when creating it.
+//! - A new user gets ids as `useradd` gives them: the lowest number at or above the first id
+//!   (1000, Debian's `UID_MIN`/`GID_MIN`) that is free as both uid and gid, so an installed
+//!   system's first user (who holds 1000) never blocks it; a group already named like the user
+//!   is reused as its primary group (with the lowest free uid). `/etc/login.defs` is not read.
 //! - `root` is never touched: k3os kept root locked and never gave it a password or keys. If the
 //!   root's shadow gives root a usable password, bosun leaves it (it does not own that line) and
 //!   warns.
@@ -15,7 +22,7 @@
 
 use super::{lines_with_ends, push_line, root_file, Builder, RenderError, RenderSettings};
 use super::{GROUP, PASSWD, SHADOW};
-use crate::config::Secret;
+use crate::config::{IdOrName, NodeConfig, Secret};
 
 /// One parsed `/etc/passwd` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +104,23 @@ impl AccountDb {
     pub fn group_names(&self) -> Vec<String> {
         self.groups.iter().map(|g| g.name.clone()).collect()
     }
+}
+
+/// Highest uid or gid given to a new ssh user: `useradd`'s default `UID_MAX`/`GID_MAX`
+/// (above it Debian reserves ids, e.g. 65534 for `nobody`).
+pub const LAST_ID: u32 = 60000;
+
+/// Whether rendering must ensure the ssh user `name`: keys go to its home, a password to its
+/// shadow line, or a `write_files` owner names it (k3os always had `rancher`, and configs
+/// written for it say `owner: rancher`). Pure.
+pub fn ssh_user_needed(cfg: &NodeConfig, name: &str) -> bool {
+    let names_user = |o: &IdOrName| matches!(o, IdOrName::Name(n) if n == name);
+    !cfg.ssh_authorized_keys.is_empty()
+        || cfg.k3os.password.is_some()
+        || cfg
+            .write_files
+            .iter()
+            .any(|w| names_user(&w.owner.user) || w.owner.group.as_ref().is_some_and(names_user))
 }
 
 /// The account files after the ssh user is ensured.
@@ -182,32 +206,15 @@ pub fn ensure_user(
 
     let db = AccountDb::parse(&passwd, &group);
     if db.user(name).is_none() {
-        let gid = match db.group(name) {
-            Some(g) => g.gid,
-            None => {
-                if let Some(other) = db.group_by_gid(settings.ssh_gid) {
-                    return Err(RenderError::GidTaken {
-                        group: name.into(),
-                        gid: settings.ssh_gid,
-                        taken_by: other.name.clone(),
-                    });
-                }
-                push_line(&mut group, &format!("{name}:x:{}:", settings.ssh_gid));
-                settings.ssh_gid
-            }
-        };
-        if let Some(other) = db.user_by_uid(settings.ssh_uid) {
-            return Err(RenderError::UidTaken {
-                user: name.into(),
-                uid: settings.ssh_uid,
-                taken_by: other.name.clone(),
-            });
+        let (uid, gid) = new_user_ids(&db, name, settings.ssh_uid, settings.ssh_gid)?;
+        if db.group(name).is_none() {
+            push_line(&mut group, &format!("{name}:x:{gid}:"));
         }
         push_line(
             &mut passwd,
             &format!(
-                "{name}:x:{}:{gid}::{}:{}",
-                settings.ssh_uid, settings.ssh_home, settings.ssh_shell
+                "{name}:x:{uid}:{gid}::{}:{}",
+                settings.ssh_home, settings.ssh_shell
             ),
         );
     }
@@ -237,6 +244,41 @@ pub fn ensure_user(
         shadow_gid,
         db,
     })
+}
+
+/// The uid and primary gid for a new user `name` (pure): with a group named `name`, its gid and
+/// the lowest free uid from `first_uid` (`useradd -g`); otherwise the lowest number from
+/// `first_uid`/`first_gid` up to [`LAST_ID`] free as both (`useradd -U`); failing that, the
+/// lowest free uid and the lowest free gid apart.
+fn new_user_ids(
+    db: &AccountDb,
+    name: &str,
+    first_uid: u32,
+    first_gid: u32,
+) -> Result<(u32, u32), RenderError> {
+    let uid_free = |id: u32| db.user_by_uid(id).is_none();
+    let gid_free = |id: u32| db.group_by_gid(id).is_none();
+    let lowest = |first: u32, free: &dyn Fn(u32) -> bool, kind: &'static str| {
+        (first..=LAST_ID)
+            .find(|&id| free(id))
+            .ok_or(RenderError::NoFreeId {
+                user: name.into(),
+                kind,
+                first,
+                last: LAST_ID,
+            })
+    };
+    if let Some(g) = db.group(name) {
+        return Ok((lowest(first_uid, &uid_free, "uid")?, g.gid));
+    }
+    let both = (first_uid.max(first_gid)..=LAST_ID).find(|&id| uid_free(id) && gid_free(id));
+    match both {
+        Some(id) => Ok((id, id)),
+        None => Ok((
+            lowest(first_uid, &uid_free, "uid")?,
+            lowest(first_gid, &gid_free, "gid")?,
+        )),
+    }
 }
 
 /// Rewrites the password field of `user`'s shadow line (adding the line if missing); every other
@@ -372,7 +414,22 @@ pub fn sha512_hash(password: &str, salt: &str) -> Result<String, RenderError> {
 mod tests {
     use super::super::test_support::*;
     use super::super::{render, RenderError};
-    use crate::config::{NodeConfig, Secret};
+    use crate::config::{AuthorizedKey, KeySource, NodeConfig, Origin, Secret};
+
+    /// A config that needs the ssh user (it has a key), and nothing else.
+    fn keyed() -> NodeConfig {
+        NodeConfig {
+            ssh_authorized_keys: vec![AuthorizedKey {
+                source: KeySource::Literal("ssh-ed25519 AAAA k".into()),
+                origin: Origin {
+                    file: "config.yaml".into(),
+                    line: 1,
+                    col: 1,
+                },
+            }],
+            ..Default::default()
+        }
+    }
 
     fn shadow_field(shadow: &str, user: &str) -> String {
         shadow
@@ -387,7 +444,7 @@ mod tests {
 
     #[test]
     fn creates_rancher_and_preserves_existing_lines() {
-        let r = render(&NodeConfig::default(), &env()).unwrap();
+        let r = render(&keyed(), &env()).unwrap();
         let passwd = text(&r, "/etc/passwd");
         assert_eq!(
             passwd,
@@ -416,7 +473,7 @@ mod tests {
         e.passwd = Some(passwd.into());
         e.group = Some(group.into());
         e.shadow = Some(shadow.into());
-        let r = render(&NodeConfig::default(), &e).unwrap();
+        let r = render(&keyed(), &e).unwrap();
         assert_eq!(text(&r, "/etc/passwd"), passwd);
         assert_eq!(text(&r, "/etc/group"), group);
         assert_eq!(text(&r, "/etc/shadow"), shadow);
@@ -500,33 +557,122 @@ mod tests {
         let mut e = env();
         e.settings.ssh_user = "root".into();
         assert_eq!(
-            render(&NodeConfig::default(), &e).unwrap_err(),
+            render(&keyed(), &e).unwrap_err(),
             RenderError::SshUserIsRoot
         );
     }
 
     #[test]
-    fn uid_taken_by_another_user_is_an_error_naming_it() {
+    fn ids_taken_by_another_user_move_to_the_next_number_free_as_both() {
         let mut e = env();
-        e.passwd = Some(format!("{PASSWD_TXT}pi:x:1000:1000::/home/pi:/bin/bash\n"));
-        e.group = Some(format!("{GROUP_TXT}rancher:x:1005:\n"));
-        let err = render(&NodeConfig::default(), &e).unwrap_err();
+        e.passwd = Some(format!(
+            "{PASSWD_TXT}pi:x:1000:1000::/home/pi:/bin/bash\nsvc:x:1002:1002::/:/bin/false\n"
+        ));
+        e.group = Some(format!("{GROUP_TXT}pi:x:1000:\ndocker:x:1001:\n"));
+        let r = render(&keyed(), &e).unwrap();
+        // 1001 is a free uid but a taken gid; 1002 a taken uid; 1003 is free as both.
+        assert!(text(&r, "/etc/passwd").ends_with("rancher:x:1003:1003::/home/rancher:/bin/sh\n"));
+        assert!(text(&r, "/etc/group").ends_with("docker:x:1001:\nrancher:x:1003:\n"));
+    }
+
+    #[test]
+    fn without_a_number_free_as_both_uid_and_gid_are_the_lowest_free_apart() {
+        let mut e = env();
+        let gids: String = (1000..=super::LAST_ID)
+            .step_by(2)
+            .map(|g| format!("g{g}:x:{g}:\n"))
+            .collect();
+        let uids: String = (1001..=super::LAST_ID)
+            .step_by(2)
+            .map(|u| format!("u{u}:x:{u}:0::/:/bin/false\n"))
+            .collect();
+        e.passwd = Some(format!("{PASSWD_TXT}{uids}"));
+        e.group = Some(format!("{GROUP_TXT}{gids}"));
+        let r = render(&keyed(), &e).unwrap();
+        assert!(text(&r, "/etc/passwd").ends_with("rancher:x:1000:1001::/home/rancher:/bin/sh\n"));
+    }
+
+    #[test]
+    fn every_id_taken_is_an_error_naming_the_range() {
+        let mut e = env();
+        let uids: String = (1000..=super::LAST_ID)
+            .map(|u| format!("u{u}:x:{u}:0::/:/bin/false\n"))
+            .collect();
+        e.passwd = Some(format!("{PASSWD_TXT}{uids}"));
+        let err = render(&keyed(), &e).unwrap_err();
         assert_eq!(
             err,
-            RenderError::UidTaken {
+            RenderError::NoFreeId {
                 user: "rancher".into(),
-                uid: 1000,
-                taken_by: "pi".into()
+                kind: "uid",
+                first: 1000,
+                last: super::LAST_ID
             }
         );
-        assert!(err.to_string().contains("'pi'"));
+        assert!(
+            err.to_string().contains("every uid from 1000 to 60000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn accounts_are_untouched_unless_the_ssh_user_is_needed() {
+        use crate::config::{Encoding, IdOrName, OwnerSpec, WriteFile};
+        let motd = |owner: &str| WriteFile {
+            path: "/etc/motd".into(),
+            content: b"hi\n".to_vec(),
+            mode: 0o644,
+            owner: OwnerSpec {
+                user: IdOrName::Name(owner.into()),
+                group: None,
+            },
+            encoding: Encoding::Plain,
+            origin: Origin {
+                file: "config.yaml".into(),
+                line: 2,
+                col: 3,
+            },
+        };
+        let mut e = env();
+        e.passwd = None;
+        e.group = None;
+        e.shadow = None;
+        let cfg = NodeConfig {
+            write_files: vec![motd("root")],
+            ..Default::default()
+        };
+        let r = render(&cfg, &e).unwrap();
+        for f in ["/etc/passwd", "/etc/group", "/etc/shadow"] {
+            assert!(!r.state.files.contains_key(f), "{f} rendered");
+        }
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        // An owner naming the ssh user needs it (k3os configs say `owner: rancher`).
+        let e = env();
+        let cfg = NodeConfig {
+            write_files: vec![motd("rancher")],
+            ..Default::default()
+        };
+        let r = render(&cfg, &e).unwrap();
+        assert_eq!(
+            (file(&r, "/etc/motd").uid, file(&r, "/etc/motd").gid),
+            (1000, 1000)
+        );
+        assert!(text(&r, "/etc/passwd").contains("rancher:x:1000:1000:"));
+        // So does a password.
+        let mut cfg = NodeConfig::default();
+        cfg.k3os.password = Some(Secret("pw".into()));
+        assert!(render(&cfg, &e)
+            .unwrap()
+            .state
+            .files
+            .contains_key("/etc/shadow"));
     }
 
     #[test]
     fn existing_group_is_reused_as_primary_group() {
         let mut e = env();
         e.group = Some(format!("{GROUP_TXT}rancher:x:1005:\n"));
-        let r = render(&NodeConfig::default(), &e).unwrap();
+        let r = render(&keyed(), &e).unwrap();
         assert!(text(&r, "/etc/passwd").ends_with("rancher:x:1000:1005::/home/rancher:/bin/sh\n"));
         assert_eq!(
             text(&r, "/etc/group"),
@@ -540,7 +686,8 @@ mod tests {
         e.passwd = None;
         e.group = None;
         e.shadow = None;
-        let r = render(&NodeConfig::default(), &e).unwrap();
+        e.ssh_keys = Some(Vec::new());
+        let r = render(&keyed(), &e).unwrap();
         assert_eq!(
             text(&r, "/etc/passwd"),
             "root:x:0:0:root:/root:/bin/sh\nrancher:x:1000:1000::/home/rancher:/bin/sh\n"
@@ -553,7 +700,7 @@ mod tests {
     fn existing_user_without_absolute_home_is_an_error() {
         let mut e = env();
         e.passwd = Some(format!("{PASSWD_TXT}rancher:x:1000:1000:::/bin/sh\n"));
-        let err = render(&NodeConfig::default(), &e).unwrap_err();
+        let err = render(&keyed(), &e).unwrap_err();
         assert!(
             err.to_string().contains("expected an absolute path"),
             "{err}"

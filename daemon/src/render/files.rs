@@ -168,7 +168,8 @@ mod tests {
         );
         assert!(msg.contains("unknown user 'nobody2'"), "{msg}");
         assert!(
-            msg.contains("known users: root, daemon, messagebus, sshd, rancher"),
+            // No key, password or owner needs the ssh user, so it was not added.
+            msg.contains("known users: root, daemon, messagebus, sshd"),
             "{msg}"
         );
     }
@@ -182,7 +183,7 @@ mod tests {
                 assert_eq!(u.table, "/etc/group");
                 assert_eq!(
                     u.known,
-                    &["root", "daemon", "shadow", "messagebus", "wheel", "rancher"]
+                    &["root", "daemon", "shadow", "messagebus", "wheel"]
                 );
             }
             other => panic!("unexpected {other:?}"),
@@ -199,6 +200,8 @@ mod tests {
     #[test]
     fn write_files_owner_can_name_a_user_added_by_a_write_files_passwd() {
         let mut cfg = NodeConfig::default();
+        // A password needs the ssh user, so accounts edit the write_files passwd.
+        cfg.k3os.password = Some(crate::config::Secret("pw".into()));
         let mut p = wf("/etc/passwd", name("root"), None, 0o644);
         p.content = format!("{PASSWD_TXT}svc:x:2000:2000::/srv:/bin/false\n").into_bytes();
         cfg.write_files.push(p);

@@ -52,9 +52,9 @@ pub const ENVIRONMENT: &str = "/etc/environment";
 pub struct RenderSettings {
     /// The login user that receives `ssh_authorized_keys` and `k3os.password`. Never `root`.
     pub ssh_user: String,
-    /// uid used when the user has to be created.
+    /// Lowest uid given when the user has to be created (the lowest free one from here up).
     pub ssh_uid: u32,
-    /// gid of the user's primary group when it has to be created.
+    /// Lowest gid for the user's primary group when it has to be created.
     pub ssh_gid: u32,
     /// Home directory used when the user has to be created.
     pub ssh_home: String,
@@ -128,22 +128,14 @@ pub enum RenderError {
     #[error("{0}")]
     UnknownOwner(Box<UnknownOwner>),
     #[error(
-        "cannot create ssh user '{user}' with uid {uid}: the root's /etc/passwd already gives \
-         that uid to '{taken_by}'; configure another ssh user or uid"
+        "cannot create ssh user '{user}': every {kind} from {first} to {last} is taken in the \
+         root's account files; configure an existing user as ssh_user"
     )]
-    UidTaken {
+    NoFreeId {
         user: String,
-        uid: u32,
-        taken_by: String,
-    },
-    #[error(
-        "cannot create group '{group}' with gid {gid}: the root's /etc/group already gives that \
-         gid to '{taken_by}'; configure another gid"
-    )]
-    GidTaken {
-        group: String,
-        gid: u32,
-        taken_by: String,
+        kind: &'static str,
+        first: u32,
+        last: u32,
     },
     #[error("the ssh user must not be root (k3os never gave root keys or a password)")]
     SshUserIsRoot,
@@ -251,26 +243,39 @@ pub fn render(cfg: &NodeConfig, env: &RenderEnv) -> Result<Rendered, RenderError
         warnings: Vec::new(),
     };
 
-    // 1. Accounts first (owners of write_files may name the ssh user bosun creates).
+    // 1. Accounts first (owners of write_files may name the ssh user bosun creates), and only
+    //    when something needs the ssh user.
     let passwd_base = base_of(cfg, PASSWD, &env.passwd);
     let group_base = base_of(cfg, GROUP, &env.group);
-    let shadow_base = base_of(cfg, SHADOW, &env.shadow);
-    let accounts = accounts::ensure_user(
-        passwd_base.as_deref(),
-        group_base.as_deref(),
-        shadow_base.as_deref(),
-        &env.settings,
-        cfg.k3os.password.as_ref(),
-        &env.password_salt,
-        &mut b.warnings,
-    )?;
+    let accounts = if accounts::ssh_user_needed(cfg, &env.settings.ssh_user) {
+        Some(accounts::ensure_user(
+            passwd_base.as_deref(),
+            group_base.as_deref(),
+            base_of(cfg, SHADOW, &env.shadow).as_deref(),
+            &env.settings,
+            cfg.k3os.password.as_ref(),
+            &env.password_salt,
+            &mut b.warnings,
+        )?)
+    } else {
+        None
+    };
+    let db = match &accounts {
+        Some(a) => a.db.clone(),
+        None => accounts::AccountDb::parse(
+            passwd_base.as_deref().unwrap_or_default(),
+            group_base.as_deref().unwrap_or_default(),
+        ),
+    };
 
     // 2. write_files (k3os laid them down before everything else).
-    files::render_write_files(cfg, &accounts.db, &mut b)?;
+    files::render_write_files(cfg, &db, &mut b)?;
 
     // 3. Everything k3os applied after write_files.
-    accounts.emit(&mut b);
-    ssh::render_authorized_keys(cfg, env, &accounts, &mut b);
+    if let Some(accounts) = &accounts {
+        accounts.emit(&mut b);
+        ssh::render_authorized_keys(cfg, env, accounts, &mut b);
+    }
     system::render_hostname(cfg, env, &mut b)?;
     system::render_sysctl(cfg, &mut b)?;
     system::render_modules(cfg, &mut b)?;
@@ -361,17 +366,13 @@ mod tests {
     use crate::desired::{CommandPhase, Effect, Trigger};
 
     #[test]
-    fn empty_config_renders_accounts_and_k3s_server_only() {
+    fn empty_config_renders_k3s_server_only() {
+        // No keys, password or owner need the ssh user: accounts are not touched.
         let r = render(&NodeConfig::default(), &env()).unwrap();
         let paths: Vec<&str> = r.state.files.keys().map(String::as_str).collect();
         assert_eq!(
             paths,
-            vec![
-                "/etc/group",
-                "/etc/passwd",
-                "/etc/shadow",
-                "/etc/systemd/system/k3s.service.d/90-bosun.conf",
-            ]
+            vec!["/etc/systemd/system/k3s.service.d/90-bosun.conf"]
         );
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     }

@@ -9,8 +9,15 @@
 //! - `cert-authority` lines and unknown options are parse errors: bosun verifies plain keys only
 //!   and never silently ignores a restriction it does not understand.
 //! - Times in `valid-after`/`valid-before` are read as UTC (ssh-keygen reads them as local
-//!   time unless suffixed `Z`; nodes run in UTC). They are compared, as git does, with the
-//!   commit's committer time.
+//!   time unless suffixed `Z`; nodes run in UTC).
+//! - They are compared with the **verifier's current time** (a parameter, so this stays pure),
+//!   not with the commit's date. git (`git verify-commit`, `log --show-signature`) compares
+//!   them with the committer date, which answers "was this key valid when the signer says they
+//!   signed?"; but the signer writes that date, so a key past its `valid-before` could still
+//!   sign commits backdated into its window. An agent that applies commits automatically needs
+//!   expiry to act as revocation: once the node's clock passes `valid-before`, the key signs
+//!   nothing more, whatever date its commits carry. (Commits dated far ahead of the node's
+//!   clock are refused separately, see `verify::MAX_COMMIT_AHEAD_SECS`.)
 //! - A key listed with `namespaces=` that does not include `git` does not authorize commits.
 
 use ssh_key::public::KeyData;
@@ -73,7 +80,8 @@ impl AllowedSigners {
         self.entries.is_empty()
     }
 
-    fn lookup(&self, key: &KeyData, namespace: &str, at_unix: i64) -> Lookup<'_> {
+    /// The entry authorizing `key` for `namespace` at `now` (unix seconds). Pure.
+    fn lookup(&self, key: &KeyData, namespace: &str, now: i64) -> Lookup<'_> {
         let mut restricted = None;
         for e in self.entries.iter().filter(|e| e.key.key_data() == key) {
             if let Some(ns) = &e.namespaces {
@@ -86,17 +94,21 @@ impl AllowedSigners {
                     continue;
                 }
             }
-            if e.valid_after.is_some_and(|t| at_unix < t) {
+            if let Some(t) = e.valid_after.filter(|&t| now < t) {
                 restricted = Some(format!(
-                    "listed for {} but only valid after the commit time",
-                    e.principals
+                    "listed for {} but not valid before {} (valid-after; checked against this \
+                     node's clock)",
+                    e.principals,
+                    format_utc(t)
                 ));
                 continue;
             }
-            if e.valid_before.is_some_and(|t| at_unix > t) {
+            if let Some(t) = e.valid_before.filter(|&t| now > t) {
                 restricted = Some(format!(
-                    "listed for {} but expired before the commit time",
-                    e.principals
+                    "listed for {} but expired at {} (valid-before; checked against this node's \
+                     clock, not the commit's date)",
+                    e.principals,
+                    format_utc(t)
                 ));
                 continue;
             }
@@ -109,12 +121,13 @@ impl AllowedSigners {
     }
 
     /// Verifies an armored SSH signature (`-----BEGIN SSH SIGNATURE-----`) over `signed_data`
-    /// made at `commit_time` (unix seconds). Returns the signer's principals. Pure.
+    /// with the keys valid at `now` (the verifier's clock, unix seconds; see the module docs for
+    /// why not the commit's date). Returns the signer's principals. Pure.
     pub(crate) fn verify(
         &self,
         armored: &str,
         signed_data: &[u8],
-        commit_time: i64,
+        now: i64,
     ) -> Result<String, Refusal> {
         let sig = SshSig::from_pem(armored.trim()).map_err(|e| Refusal::BadSignature {
             detail: format!("unreadable SSH signature: {e}"),
@@ -126,7 +139,7 @@ impl AllowedSigners {
         }
         let key = PublicKey::from(sig.public_key().clone());
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        let signer = match self.lookup(sig.public_key(), GIT_NAMESPACE, commit_time) {
+        let signer = match self.lookup(sig.public_key(), GIT_NAMESPACE, now) {
             Lookup::Allowed(e) => e,
             Lookup::Restricted(why) => {
                 return Err(Refusal::UnknownKey {
@@ -296,6 +309,27 @@ fn parse_time(s: &str) -> Result<i64, String> {
     Ok(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec)
 }
 
+/// Unix seconds → `YYYY-MM-DD HH:MM:SS UTC`, for messages. Pure.
+pub(crate) fn format_utc(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    // Inverse of `days_from_civil` (H. Hinnant's civil_from_days).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -380,6 +414,52 @@ mod tests {
             Lookup::Allowed(e) => assert_eq!(e.principals, "ns"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn validity_is_judged_at_the_given_time_and_named_in_the_refusal() {
+        let text = format!("old valid-after=\"20180101Z\",valid-before=\"20200101Z\" {KEY}\n");
+        let s = AllowedSigners::parse(&text, "t").unwrap();
+        let key = s.entries()[0].key.key_data().clone();
+        assert!(matches!(
+            s.lookup(&key, "git", 1_559_347_200),
+            Lookup::Allowed(_)
+        ));
+        match s.lookup(&key, "git", 1_750_000_000) {
+            Lookup::Restricted(why) => assert!(
+                why.contains("expired at 2020-01-01 00:00:00 UTC") && why.contains("node's clock"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match s.lookup(&key, "git", 1_500_000_000) {
+            Lookup::Restricted(why) => {
+                assert!(
+                    why.contains("not valid before 2018-01-01 00:00:00 UTC"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn utc_formatting_inverts_time_parsing() {
+        for t in [
+            "19700101",
+            "20000229235959Z",
+            "202401011230",
+            "20991231235959",
+        ] {
+            let unix = parse_time(t).unwrap();
+            let digits: String = format_utc(unix)
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            let want = format!("{:0<14}", t.trim_end_matches('Z'));
+            assert_eq!(digits, want, "{t}");
+        }
+        assert_eq!(format_utc(-1), "1969-12-31 23:59:59 UTC");
     }
 
     #[test]

@@ -45,8 +45,8 @@ pub use openpgp::OpenPgpKeyring;
 pub use transport::SshTarget;
 pub use tree::snapshot;
 pub use verify::{
-    check_descends, check_descends_or_deepen, verify_commit, Ancestry, Refusal, SignersSource,
-    Verdict, VerifyConfig, VerifyMode,
+    check_descends, check_descends_or_deepen, verify_commit, verify_commit_at, Ancestry, Refusal,
+    SignersSource, Verdict, VerifyConfig, VerifyMode, MAX_COMMIT_AHEAD_SECS,
 };
 
 pub use git2::Oid;

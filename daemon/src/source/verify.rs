@@ -6,6 +6,12 @@
 //!   head), not every commit in between; a trusted signer vouches for the whole tree it signs.
 //! - Trust roots come only from the agent config ([`VerifyConfig`]), never from the repo.
 //! - Refusals are typed ([`Refusal`]) so the daemon can report and keep the last applied state.
+//! - Time is the verifier's: SSH keys' `valid-after`/`valid-before` are checked against the
+//!   node's clock, not the commit's date (which the signer writes; git itself compares with the
+//!   commit's date, see `allowed_signers`), so an expired key cannot sign backdated commits. A
+//!   signed commit dated more than [`MAX_COMMIT_AHEAD_SECS`] ahead of the node's clock is
+//!   refused. [`verify_commit_at`] takes the time as a parameter; [`verify_commit`] reads the
+//!   system clock.
 //! - Ancestry in a shallow cache is never guessed: [`check_descends`] answers
 //!   [`SourceError::ShallowAncestry`] when the history needed is cut off, and
 //!   [`check_descends_or_deepen`] then unshallows the ref and asks again.
@@ -133,15 +139,40 @@ impl TrustRoots {
     }
 }
 
+/// How far ahead of the node's clock a signed commit's committer date may be. A commit's date
+/// comes from the signer's machine, so some skew is honest: a day covers clocks set to local
+/// time instead of UTC (up to 14 h off) and a node whose clock is still catching up after boot.
+/// Beyond it, a date can only be a mistake or a signer placing a commit where tools that judge
+/// keys by the commit's date (git) and the rollout wave clock (which starts at the commit's
+/// date) would misread it. Refusal is not final: the same commit is accepted once the node's
+/// clock reaches its date minus this tolerance.
+pub const MAX_COMMIT_AHEAD_SECS: i64 = 24 * 3600;
+
 const SSH_ARMOR: &str = "-----BEGIN SSH SIGNATURE-----";
 const PGP_ARMOR: &str = "-----BEGIN PGP SIGNATURE-----";
 
-/// Checks `commit`'s signature as `cfg` asks. Reads the cache (and the allowed signers file
-/// when configured by path). A refusal is `Err(SourceError::Refused { .. })`.
+/// [`verify_commit_at`] the system clock's current time. Reads the clock, the cache (and the
+/// allowed signers file when configured by path).
 pub fn verify_commit(
     cache: &Cache,
     commit: Oid,
     cfg: &VerifyConfig,
+) -> Result<Verdict, SourceError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    verify_commit_at(cache, commit, cfg, now)
+}
+
+/// Checks `commit`'s signature as `cfg` asks, at time `now` (unix seconds): keys must be valid
+/// at `now`, and the commit may not be dated more than [`MAX_COMMIT_AHEAD_SECS`] after it.
+/// Reads the cache (and the allowed signers file when configured by path). A refusal is
+/// `Err(SourceError::Refused { .. })`.
+pub fn verify_commit_at(
+    cache: &Cache,
+    commit: Oid,
+    cfg: &VerifyConfig,
+    now: i64,
 ) -> Result<Verdict, SourceError> {
     if cfg.mode == VerifyMode::Off {
         return Ok(Verdict::NotChecked);
@@ -165,7 +196,7 @@ pub fn verify_commit(
     };
     let armored = armored.trim();
     let result = if armored.starts_with(SSH_ARMOR) {
-        roots.ssh.verify(armored, &signed_data, commit_time)
+        roots.ssh.verify(armored, &signed_data, now)
     } else if armored.starts_with(PGP_ARMOR) {
         roots.openpgp.verify(armored, &signed_data)
     } else {
@@ -174,10 +205,31 @@ pub fn verify_commit(
             detail: format!("unsupported signature format {first:?} (expected SSH or OpenPGP)"),
         })
     };
-    match result {
+    match result.and_then(|signer| check_commit_date(commit_time, now).map(|()| signer)) {
         Ok(signer) => Ok(Verdict::Verified { signer }),
         Err(reason) => Err(refused(reason)),
     }
+}
+
+/// Refuses a commit dated more than [`MAX_COMMIT_AHEAD_SECS`] after `now`. Pure.
+///
+/// The refusal is a [`Refusal::BadSignature`]: the signed date is not believable. (A variant of
+/// its own would need a new `reason` label in the daemon's metrics.)
+fn check_commit_date(commit_time: i64, now: i64) -> Result<(), Refusal> {
+    let ahead = commit_time.saturating_sub(now);
+    if ahead <= MAX_COMMIT_AHEAD_SECS {
+        return Ok(());
+    }
+    Err(Refusal::BadSignature {
+        detail: format!(
+            "the commit is dated {}, {} h ahead of this node's clock ({}); more than {} h ahead \
+             is refused (if the node's clock is wrong, fix its time sync)",
+            super::allowed_signers::format_utc(commit_time),
+            ahead / 3600,
+            super::allowed_signers::format_utc(now),
+            MAX_COMMIT_AHEAD_SECS / 3600
+        ),
+    })
 }
 
 /// Anti-rollback: `new` must equal or descend from `last_applied`, unless
@@ -260,5 +312,23 @@ mod tests {
             Refusal::UnknownKey { key: "k".into() }.label(),
             "unknown_key"
         );
+    }
+
+    #[test]
+    fn commits_dated_past_the_tolerance_are_refused() {
+        let now = 1_750_000_000;
+        assert_eq!(check_commit_date(now - 86_400 * 365, now), Ok(()));
+        assert_eq!(check_commit_date(now + MAX_COMMIT_AHEAD_SECS, now), Ok(()));
+        let Err(Refusal::BadSignature { detail }) =
+            check_commit_date(now + MAX_COMMIT_AHEAD_SECS + 1, now)
+        else {
+            panic!("accepted a commit dated past the tolerance");
+        };
+        assert!(
+            detail.contains("24 h ahead of this node's clock"),
+            "{detail}"
+        );
+        assert!(detail.contains("2025-06-16 "), "{detail}");
+        assert!(check_commit_date(i64::MAX, i64::MIN).is_err());
     }
 }

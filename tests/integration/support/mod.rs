@@ -67,3 +67,26 @@ pub fn run_qemu(mut qemu: std::process::Command, serial: &Path, what: &str) -> S
     );
     log
 }
+
+/// Runs `cmd` under GNU time (`/usr/bin/time -f %M`); returns its output and its peak RSS in
+/// KiB. The time report goes to a file in `dir` so it cannot mix with the command's stderr.
+pub fn peak_rss_kib(cmd: &std::process::Command, dir: &Path) -> (std::process::Output, u64) {
+    let report = dir.join("time.out");
+    let out = std::process::Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&report)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .output()
+        .expect("/usr/bin/time (Debian package `time`) must be installed");
+    let text = std::fs::read_to_string(&report).unwrap();
+    let kib = text
+        .trim()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected /usr/bin/time output {text:?}"));
+    (out, kib)
+}
