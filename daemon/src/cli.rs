@@ -123,6 +123,9 @@ pub enum Command {
     },
     /// Print the JSON Schema of the agent config (/etc/bosun/agent.yaml).
     AgentSchema,
+    /// Build A/B slot images and first-install disk images.
+    #[command(subcommand)]
+    Image(crate::image::ImageCommand),
 }
 
 /// Where `bosun health` takes its config from.
@@ -343,6 +346,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Health(args) => health(&args),
         Command::Upgrade(cmd) => crate::upgrade::commands::run(cmd),
+        Command::Image(cmd) => crate::image::run(cmd),
         Command::AgentSchema => {
             println!("{}", crate::agent::schema_text());
             Ok(ExitCode::SUCCESS)

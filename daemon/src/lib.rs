@@ -16,6 +16,7 @@ pub mod drift;
 pub mod fsroot;
 pub mod guarded_apply;
 pub mod health;
+pub mod image;
 pub mod keys;
 pub mod memory;
 pub mod metrics;
