@@ -126,6 +126,9 @@ pub enum Command {
     /// Build A/B slot images and first-install disk images.
     #[command(subcommand)]
     Image(crate::image::ImageCommand),
+    /// Write the agent config (/etc/bosun/agent.yaml) from flags; with --check, fetch and
+    /// verify once and print the plan first. Refuses to replace a config without --force.
+    Init(crate::init::InitArgs),
 }
 
 /// Where `bosun health` takes its config from.
@@ -347,6 +350,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Health(args) => health(&args),
         Command::Upgrade(cmd) => crate::upgrade::commands::run(cmd),
         Command::Image(cmd) => crate::image::run(cmd),
+        Command::Init(args) => crate::init::run(args),
         Command::AgentSchema => {
             println!("{}", crate::agent::schema_text());
             Ok(ExitCode::SUCCESS)

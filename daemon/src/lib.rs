@@ -17,6 +17,7 @@ pub mod fsroot;
 pub mod guarded_apply;
 pub mod health;
 pub mod image;
+pub mod init;
 pub mod keys;
 pub mod memory;
 pub mod metrics;

@@ -5,7 +5,7 @@
 //! | # | name | content |
 //! |---|---|---|
 //! | 1 | `bios` | BIOS boot partition: GRUB's i386-pc core.img |
-//! | 2 | `esp` | EFI system partition (FAT32): `EFI/BOOT/BOOTX64.EFI` (GRUB x86_64-efi), `grub/grub.cfg`, `grub/bosun.cfg` (the shipped `boot/grub.cfg`), `grub/bosun.env` |
+//! | 2 | `esp` | EFI system partition (FAT, 4 KiB clusters): `EFI/BOOT/BOOTX64.EFI` (GRUB x86_64-efi), `grub/grub.cfg`, `grub/bosun.cfg` (the shipped `boot/grub.cfg`), `grub/bosun.env` |
 //! | 3 | `root-a` | slot a: the slot image |
 //! | 4 | `root-b` | slot b: empty, same size |
 //! | 5 | `data` | ext4 `bosun-data` (state dir, k3s data; optionally filled from `--data-dir`) |
@@ -60,7 +60,7 @@ pub struct DiskArgs {
     /// Size of each slot partition. Default: twice the slot image, at least 64 MiB more.
     #[arg(long, value_parser = parse_size)]
     pub slot_size: Option<u64>,
-    /// Size of the EFI system partition (FAT32 needs at least 34 MiB).
+    /// Size of the EFI system partition (FAT, at least 32 MiB).
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub esp_size: u64,
     /// Size of the data partition.
@@ -314,9 +314,9 @@ fn slot_raw_size(slot: &Path) -> Result<u64, ImageError> {
 /// Checks the arguments and computes the layout (reads the slot image's header).
 fn plan(args: &DiskArgs) -> Result<(Layout, u64), ImageError> {
     check_cmdline(&args.cmdline).map_err(ImageError::Invalid)?;
-    if args.esp_size < 34 * MIB {
+    if args.esp_size < 32 * MIB {
         return Err(ImageError::Invalid(format!(
-            "--esp-size {}: a FAT32 ESP needs at least 34 MiB",
+            "--esp-size {}: the ESP needs at least 32 MiB",
             args.esp_size
         )));
     }
@@ -502,8 +502,10 @@ fn build_esp(
         runner,
         &argv(&[
             "mkfs.vfat".to_string(),
-            "-F".into(),
-            "32".into(),
+            // 4 KiB clusters: grub/bosun.env (1 KiB) is always one contiguous cluster, which
+            // GRUB's save_env needs. mkfs.vfat picks FAT16 or FAT32 by size.
+            "-s".into(),
+            "8".into(),
             "-n".into(),
             "BOSUN-ESP".into(),
             "-i".into(),
