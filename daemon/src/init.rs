@@ -50,6 +50,9 @@ pub struct InitArgs {
     /// Poll interval (30s, 5m, 1h).
     #[arg(long)]
     pub interval: Option<String>,
+    /// The node's root (every managed path is resolved under it). Default: /.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
     /// bosun's state dir; on an A/B node it must be on the shared data partition.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -62,7 +65,8 @@ pub struct InitArgs {
     /// A/B upgrades: the GRUB environment block (bootloader grub).
     #[arg(long, requires = "slot_a")]
     pub grubenv: Option<PathBuf>,
-    /// Replace an existing config.
+    /// Replace an existing config (one that holds only comments, like the packaged example,
+    /// is replaced without it).
     #[arg(long)]
     pub force: bool,
     /// Before writing: fetch the repo once, verify the head commit's signature, and print
@@ -86,6 +90,7 @@ pub fn agent_file(a: &InitArgs) -> AgentFile {
         interval: a.interval.clone().map(DurationValue::Text),
         node_name: a.node_name.clone(),
         state_dir: a.state_dir.clone(),
+        root: a.root.clone(),
         verification: verify.then(|| VerificationSection {
             mode: Some(ModeValue::Head),
             allowed_signers: a.allowed_signers.clone(),
@@ -116,7 +121,8 @@ pub fn render(file: &AgentFile) -> Result<String> {
 
 /// Runs `bosun init`. Writes only `--config` (and, with `--check`, temporary files).
 pub fn run(args: InitArgs) -> Result<ExitCode> {
-    if args.config.exists() && !args.force {
+    let existing = std::fs::read_to_string(&args.config).ok();
+    if existing.as_deref().is_some_and(|t| !only_comments(t)) && !args.force {
         bail!(
             "{} exists; pass --force to replace it (nothing was changed)",
             args.config.display()
@@ -141,6 +147,14 @@ pub fn run(args: InitArgs) -> Result<ExitCode> {
     write(&args.config, &text)?;
     println!("wrote {}", args.config.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a config file holds nothing but comments and blank lines (the packaged example),
+/// so that replacing it loses nothing (pure).
+pub fn only_comments(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#'))
 }
 
 /// Writes the config atomically (creating its directory). Writes to disk.
@@ -292,6 +306,13 @@ mod tests {
         let u = c.upgrade.unwrap();
         assert_eq!(u.bootloader, Some(BootloaderKind::Grub));
         assert_eq!(u.slots.unwrap().b, Some(PathBuf::from("/dev/vda4")));
+    }
+
+    #[test]
+    fn the_packaged_example_counts_as_no_config() {
+        assert!(only_comments(include_str!("../../systemd/agent.yaml")));
+        assert!(only_comments(""));
+        assert!(!only_comments("# header\nsource:\n  url: git://h/f\n"));
     }
 
     #[test]

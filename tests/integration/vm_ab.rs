@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Scenarios run in one script invocation so the images are built once.
-const SCENARIOS: &[&str] = &["good", "bad", "panic"];
+const SCENARIOS: &[&str] = &["good", "bad", "panic", "readme"];
 
 fn target_dir() -> PathBuf {
     // <target>/debug/bosun

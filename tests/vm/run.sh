@@ -462,9 +462,8 @@ scenario_panic() {
 # (a shell function): TCG, the serial console to a file instead of the terminal, in the
 # background under `timeout`, so the test can push the upgrade once the node is up.
 scenario_readme() {
-  local d="$WORK/readme" port
+  local d="$WORK/readme"
   rm -rf "$d" && mkdir -p "$d/tmp"
-  port="$(free_port)"
   readme_block build >"$d/build.sh"
   readme_block push >"$d/push.sh"
   [ -s "$d/build.sh" ] && [ -s "$d/push.sh" ] || die "README.md has no marked zero-to-node blocks"
@@ -473,9 +472,9 @@ scenario_readme() {
   (
     set -e
     # Whatever happens, no git daemon or qemu outlives the scenario.
-    trap 'for f in "$d"/tmp/*/git-daemon.pid "$d/qemu.pid"; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done; true' EXIT
+    trap '[ -f "$d/qemu.pid" ] && kill "$(cat "$d/qemu.pid")" 2>/dev/null; true' EXIT
     cd "$REPO_ROOT"
-    export PATH="$(dirname "$BOSUN"):$PATH" TMPDIR="$d/tmp" GIT_PORT="$port"
+    export PATH="$(dirname "$BOSUN"):$PATH" TMPDIR="$d/tmp"
     export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 GIT_AUTHOR_NAME=vm GIT_AUTHOR_EMAIL=vm@localhost \
       GIT_COMMITTER_NAME=vm GIT_COMMITTER_EMAIL=vm@localhost
     qemu-system-x86_64() {
@@ -493,6 +492,7 @@ scenario_readme() {
     source "$d/push.sh"
     rc=0
     wait "$(cat "$d/qemu.pid")" || rc=$?
+    rm -f "$d/qemu.pid"
     [ $rc -eq 0 ] || { cat "$d/qemu.out" >&2; exit $rc; }
   )
   local rc=$?
@@ -526,15 +526,6 @@ wait_log() {
   done
   echo "vm: no /$2/ in the serial log after $3 s" >&2
   return 1
-}
-
-# A TCP port on 127.0.0.1 that nothing listens on right now.
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 40000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
 }
 
 # --- main -----------------------------------------------------------------------------------

@@ -467,9 +467,9 @@ pub fn missing_parts(lookup: &dyn Fn(&str) -> Option<(NodeKind, Meta)>) -> Vec<S
             ));
         }
     }
-    if !is_exec("usr/bin/bosun") && !is_exec("usr/local/bin/bosun") {
+    if !is_exec("usr/bin/bosun") {
         missing.push(
-            "no executable /usr/bin/bosun (or /usr/local/bin/bosun): install the bosun .deb"
+            "no executable /usr/bin/bosun (where bosun.service runs it): install the bosun .deb"
                 .into(),
         );
     }
@@ -730,8 +730,7 @@ mod tests {
         assert!(missing_parts(&debian)[0].contains("link_in_boot"));
         let complete = |p: &str| {
             let mode = if p.ends_with("bin/bosun") { 0o755 } else { 0o644 };
-            (p != "usr/local/bin/bosun")
-                .then(|| (NodeKind::File { size: 1 }, Meta::root_owned(mode, 0)))
+            Some((NodeKind::File { size: 1 }, Meta::root_owned(mode, 0)))
         };
         assert!(missing_parts(&complete).is_empty());
     }
