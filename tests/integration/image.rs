@@ -263,7 +263,8 @@ fn tree(image: &Path) -> BTreeMap<String, (u32, u32, u32)> {
             let f: Vec<&str> = line.split('/').collect();
             // /ino/mode/uid/gid/name/size/
             let name = f[5];
-            if name == "." || name == ".." {
+            // (lost+found's preallocated blocks list as entries without a name)
+            if name.is_empty() || name == "." || name == ".." {
                 continue;
             }
             let mode = u32::from_str_radix(f[2], 8).unwrap();
