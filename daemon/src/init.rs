@@ -292,9 +292,22 @@ mod tests {
     #[test]
     fn flags_render_a_config_the_daemon_parses_back() {
         let a = args(&[
-            "--ref", "stable", "--node-name", "edge-07", "--interval", "30s",
-            "--allowed-signers", "/etc/bosun/allowed_signers", "--state-dir", "/data/bosun",
-            "--slot-a", "/dev/vda3", "--slot-b", "/dev/vda4", "--grubenv", "/boot/efi/grub/bosun.env",
+            "--ref",
+            "stable",
+            "--node-name",
+            "edge-07",
+            "--interval",
+            "30s",
+            "--allowed-signers",
+            "/etc/bosun/allowed_signers",
+            "--state-dir",
+            "/data/bosun",
+            "--slot-a",
+            "/dev/vda3",
+            "--slot-b",
+            "/dev/vda4",
+            "--grubenv",
+            "/boot/efi/grub/bosun.env",
         ]);
         let text = render(&agent_file(&a)).unwrap();
         let c = parse(&text).unwrap();
@@ -337,7 +350,9 @@ mod tests {
         }
         let mut bad = args(&[]);
         bad.url = "ftp://example.invalid/x".into();
-        let err = parse(&render(&agent_file(&bad)).unwrap()).unwrap_err().to_string();
+        let err = parse(&render(&agent_file(&bad)).unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("source.url"), "{err}");
     }
 }

@@ -154,7 +154,9 @@ fn oci_layout(dir: &Path, layers: &[(Vec<u8>, bool)]) -> Vec<String> {
             (tar.clone(), "application/vnd.oci.image.layer.v1.tar")
         };
         let (d, n) = put(&blob);
-        descs.push(format!(r#"{{"mediaType":"{mt}","digest":"{d}","size":{n}}}"#));
+        descs.push(format!(
+            r#"{{"mediaType":"{mt}","digest":"{d}","size":{n}}}"#
+        ));
         digests.push(d);
     }
     let config = format!(
@@ -214,17 +216,35 @@ fn bootable_base() -> Vec<E<'static>> {
 fn test_layers() -> Vec<(Vec<u8>, bool)> {
     let mut base = bootable_base();
     base.extend([
-        E::File("etc/os-release", 0o644, 0, 0, b"NAME=\"test OS\"\nIMAGE_VERSION=old\n"),
+        E::File(
+            "etc/os-release",
+            0o644,
+            0,
+            0,
+            b"NAME=\"test OS\"\nIMAGE_VERSION=old\n",
+        ),
         E::File("etc/motd", 0o644, 0, 0, b"whited out by layer 2"),
         E::Dir("home/", 0o755, 0, 0),
         E::Dir("home/alice/", 0o750, 1000, 1000),
         E::File("home/alice/notes", 0o600, 1000, 1000, b"mine"),
         E::File("usr/bin/passwd", 0o4755, 0, 0, b"setuid"),
-        E::XattrFile("usr/bin/ping", 0o755, b"ping", "security.capability", b"\x01\x00\x00\x02"),
+        E::XattrFile(
+            "usr/bin/ping",
+            0o755,
+            b"ping",
+            "security.capability",
+            b"\x01\x00\x00\x02",
+        ),
         E::Dir("var/", 0o755, 0, 0),
         E::Dir("var/cache/", 0o755, 0, 0),
         E::Dir("var/cache/apt/", 0o755, 0, 0),
-        E::File("var/cache/apt/old.bin", 0o644, 0, 0, b"hidden by the opaque dir"),
+        E::File(
+            "var/cache/apt/old.bin",
+            0o644,
+            0,
+            0,
+            b"hidden by the opaque dir",
+        ),
         E::Dir("dev/", 0o755, 0, 0),
         E::Char("dev/null", 1, 3),
     ]);
@@ -288,7 +308,12 @@ fn tree(image: &Path) -> BTreeMap<String, (u32, u32, u32)> {
 fn links(image: &Path, path: &str) -> u32 {
     let stat = debugfs(image, &format!("stat \"/{path}\""));
     let at = stat.find("Links: ").expect("Links in stat output") + 7;
-    stat[at..].split_whitespace().next().unwrap().parse().unwrap()
+    stat[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn unzstd(src: &Path, dst: &Path) {
@@ -308,8 +333,16 @@ fn image_slot_from_an_oci_archive_keeps_the_tree_owners_modes_and_links_and_is_r
 
     let out1 = t.path().join("os-1.img.zst");
     let printed = ok(bosun(&[
-        "image", "slot", "--oci", archive.to_str().unwrap(), "--version", "2026.1",
-        "--out", out1.to_str().unwrap(), "--image-url", "https://img.example.org/{file}",
+        "image",
+        "slot",
+        "--oci",
+        archive.to_str().unwrap(),
+        "--version",
+        "2026.1",
+        "--out",
+        out1.to_str().unwrap(),
+        "--image-url",
+        "https://img.example.org/{file}",
     ]));
     let sha1 = sha256(&out1);
     let size1 = std::fs::metadata(&out1).unwrap().len();
@@ -347,7 +380,10 @@ fn image_slot_from_an_oci_archive_keeps_the_tree_owners_modes_and_links_and_is_r
         ("etc/systemd", d(0o755)),
         ("etc/systemd/system", d(0o755)),
         ("etc/systemd/system/multi-user.target.wants", d(0o755)),
-        ("etc/systemd/system/multi-user.target.wants/bosun.service", (0o120777, 0, 0)),
+        (
+            "etc/systemd/system/multi-user.target.wants/bosun.service",
+            (0o120777, 0, 0),
+        ),
         ("home", d(0o755)),
         ("home/alice", (0o040750, 1000, 1000)),
         ("home/alice/notes", (0o100600, 1000, 1000)),
@@ -377,15 +413,25 @@ fn image_slot_from_an_oci_archive_keeps_the_tree_owners_modes_and_links_and_is_r
     );
     assert_eq!(debugfs(&raw, "cat /usr/bin/vi"), "");
     assert_eq!(debugfs(&raw, "cat /usr/bin/view"), "vim");
-    let fsck = Command::new("e2fsck").arg("-fn").arg(&raw).output().unwrap();
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&raw)
+        .output()
+        .unwrap();
     assert!(fsck.status.success(), "e2fsck: {}", text(&fsck));
 
     // The same input again: the same bytes.
     let out2 = t.path().join("again").join("os-1.img.zst");
     std::fs::create_dir(out2.parent().unwrap()).unwrap();
     ok(bosun(&[
-        "image", "slot", "--oci", archive.to_str().unwrap(), "--version", "2026.1",
-        "--out", out2.to_str().unwrap(),
+        "image",
+        "slot",
+        "--oci",
+        archive.to_str().unwrap(),
+        "--version",
+        "2026.1",
+        "--out",
+        out2.to_str().unwrap(),
     ]));
     assert_eq!(sha256(&out2), sha1, "two runs gave different images");
     // Only the outputs are left next to them (no work dirs, no temporaries).
@@ -404,12 +450,22 @@ fn slot_fails(input_flag: &str, input: &Path, extra: &[&str]) -> String {
     let outdir = tempfile::tempdir().unwrap();
     let out = outdir.path().join("os.img.zst");
     let mut args = vec![
-        "image", "slot", input_flag, input.to_str().unwrap(), "--version", "1",
-        "--out", out.to_str().unwrap(),
+        "image",
+        "slot",
+        input_flag,
+        input.to_str().unwrap(),
+        "--version",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     let res = bosun(&args);
-    assert!(!res.status.success(), "bosun accepted bad input: {}", text(&res));
+    assert!(
+        !res.status.success(),
+        "bosun accepted bad input: {}",
+        text(&res)
+    );
     let left: Vec<_> = std::fs::read_dir(outdir.path()).unwrap().collect();
     assert!(left.is_empty(), "files left behind: {left:?}");
     String::from_utf8_lossy(&res.stderr).into_owned()
@@ -428,7 +484,10 @@ fn image_slot_refuses_a_layer_path_escaping_the_root_naming_layer_and_entry() {
         let digests = oci_layout(&t.path().join("l"), &[(layer(&entries), true)]);
         let err = slot_fails("--oci", &t.path().join("l"), &[]);
         assert!(err.contains(&digests[0]), "{err}");
-        assert!(err.contains(&String::from_utf8_lossy(name).to_string()), "{err}");
+        assert!(
+            err.contains(&String::from_utf8_lossy(name).to_string()),
+            "{err}"
+        );
         assert!(err.contains(why), "{err}");
         assert!(!t.path().join("escape").exists());
     }
@@ -447,12 +506,18 @@ fn image_slot_refuses_blobs_whose_digest_or_size_does_not_match() {
     data[last] ^= 0xff;
     std::fs::write(&blob, &data).unwrap();
     let err = slot_fails("--oci", &layout, &[]);
-    assert!(err.contains(&digests[1]) && err.contains("sha256 mismatch"), "{err}");
+    assert!(
+        err.contains(&digests[1]) && err.contains("sha256 mismatch"),
+        "{err}"
+    );
 
     data.push(0);
     std::fs::write(&blob, &data).unwrap();
     let err = slot_fails("--oci", &layout, &[]);
-    assert!(err.contains(&digests[1]) && err.contains("size mismatch"), "{err}");
+    assert!(
+        err.contains(&digests[1]) && err.contains("size mismatch"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -481,7 +546,10 @@ fn image_slot_refuses_a_tree_bigger_than_size() {
     entries.push(E::File("big", 0o644, 0, 0, &big));
     oci_layout(&layout, &[(layer(&entries), true)]);
     let err = slot_fails("--oci", &layout, &["--size", "2M"]);
-    assert!(err.contains("needs at least") && err.contains("--size"), "{err}");
+    assert!(
+        err.contains("needs at least") && err.contains("--size"),
+        "{err}"
+    );
 }
 
 // --- bosun image disk --------------------------------------------------------------------
@@ -493,16 +561,31 @@ fn image_disk_writes_gpt_both_grubs_the_environment_and_slot_a() {
     oci_layout(&layout, &test_layers());
     let slot = t.path().join("os.img.zst");
     ok(bosun(&[
-        "image", "slot", "--oci", layout.to_str().unwrap(), "--version", "1",
-        "--out", slot.to_str().unwrap(),
+        "image",
+        "slot",
+        "--oci",
+        layout.to_str().unwrap(),
+        "--version",
+        "1",
+        "--out",
+        slot.to_str().unwrap(),
     ]));
     let data = t.path().join("data");
     std::fs::create_dir_all(data.join("bosun")).unwrap();
     std::fs::write(data.join("bosun/agent.yaml"), "source: {url: git://h/f}\n").unwrap();
     let disk = t.path().join("node.img");
     let printed = ok(bosun(&[
-        "image", "disk", "--slot", slot.to_str().unwrap(), "--out", disk.to_str().unwrap(),
-        "--data-size", "64M", "--data-dir", data.to_str().unwrap(), "--no-qcow2",
+        "image",
+        "disk",
+        "--slot",
+        slot.to_str().unwrap(),
+        "--out",
+        disk.to_str().unwrap(),
+        "--data-size",
+        "64M",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--no-qcow2",
     ]));
 
     let dump = git::run(Command::new("sfdisk").arg("-d").arg(&disk));
@@ -522,13 +605,34 @@ fn image_disk_writes_gpt_both_grubs_the_environment_and_slot_a() {
         })
         .collect();
     let names: Vec<&str> = parts.iter().map(|p| p.2.as_str()).collect();
-    assert_eq!(names, ["\"bios\"", "\"esp\"", "\"root-a\"", "\"root-b\"", "\"data\""]);
-    assert!(dump.contains("type=21686148-6449-6E6F-744E-656564454649"), "{dump}");
-    assert!(dump.contains("type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), "{dump}");
+    assert_eq!(
+        names,
+        [
+            "\"bios\"",
+            "\"esp\"",
+            "\"root-a\"",
+            "\"root-b\"",
+            "\"data\""
+        ]
+    );
+    assert!(
+        dump.contains("type=21686148-6449-6E6F-744E-656564454649"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        "{dump}"
+    );
     assert_eq!(parts[2].1, parts[3].1, "slots have the same size");
     let raw = zstd::decode_all(std::fs::File::open(&slot).unwrap()).unwrap();
-    assert!(parts[2].1 * 512 >= 2 * raw.len() as u64, "default slot size is twice the image");
-    assert!(printed.contains("grubenv: /boot/efi/grub/bosun.env"), "{printed}");
+    assert!(
+        parts[2].1 * 512 >= 2 * raw.len() as u64,
+        "default slot size is twice the image"
+    );
+    assert!(
+        printed.contains("grubenv: /boot/efi/grub/bosun.env"),
+        "{printed}"
+    );
 
     let bytes = std::fs::read(&disk).unwrap();
     // boot.img points at core.img in the BIOS boot partition; core.img's blocklist follows it.
@@ -541,7 +645,10 @@ fn image_disk_writes_gpt_both_grubs_the_environment_and_slot_a() {
     );
     // Slot a holds the slot image's bytes.
     let a = (parts[2].0 * 512) as usize;
-    assert!(bytes[a..a + raw.len()] == raw[..], "slot a is not the slot image");
+    assert!(
+        bytes[a..a + raw.len()] == raw[..],
+        "slot a is not the slot image"
+    );
 
     // The ESP: both GRUBs' files, the shipped boot/grub.cfg, the environment.
     let esp = format!("{}@@{}", disk.display(), parts[1].0 * 512);
@@ -550,8 +657,16 @@ fn image_disk_writes_gpt_both_grubs_the_environment_and_slot_a() {
             .env("MTOOLS_SKIP_CHECK", "1")
             .args(["-i", &esp, "-b", "-/", "::/"]),
     );
-    for f in ["::/EFI/BOOT/BOOTX64.EFI", "::/grub/grub.cfg", "::/grub/bosun.cfg", "::/grub/bosun.env"] {
-        assert!(mdir.to_uppercase().contains(&f.to_uppercase()), "{f} missing: {mdir}");
+    for f in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/grub/grub.cfg",
+        "::/grub/bosun.cfg",
+        "::/grub/bosun.env",
+    ] {
+        assert!(
+            mdir.to_uppercase().contains(&f.to_uppercase()),
+            "{f} missing: {mdir}"
+        );
     }
     let get = |name: &str| {
         let dst = t.path().join(name);
@@ -567,20 +682,43 @@ fn image_disk_writes_gpt_both_grubs_the_environment_and_slot_a() {
         std::fs::read_to_string(get("bosun.cfg")).unwrap(),
         include_str!("../../boot/grub.cfg")
     );
-    let env = git::run(Command::new("grub-editenv").arg(get("bosun.env")).arg("list"));
-    assert!(env.contains("bosun_primary=a\n") && env.contains("bosun_good_a=1"), "{env}");
+    let env = git::run(
+        Command::new("grub-editenv")
+            .arg(get("bosun.env"))
+            .arg("list"),
+    );
+    assert!(
+        env.contains("bosun_primary=a\n") && env.contains("bosun_good_a=1"),
+        "{env}"
+    );
     let cfg = std::fs::read_to_string(get("grub.cfg")).unwrap();
-    assert!(cfg.contains("gpt3") && cfg.contains("source ${prefix}/bosun.cfg"), "{cfg}");
+    assert!(
+        cfg.contains("gpt3") && cfg.contains("source ${prefix}/bosun.cfg"),
+        "{cfg}"
+    );
 
     // With qemu-img installed (Debian qemu-utils, in .ci/packages.txt): a qcow2 copy with the
     // same contents.
     let qcow2 = t.path().join("node.qcow2");
     ok(bosun(&[
-        "image", "disk", "--slot", slot.to_str().unwrap(), "--out", disk.to_str().unwrap(),
-        "--data-size", "64M", "--data-dir", data.to_str().unwrap(),
+        "image",
+        "disk",
+        "--slot",
+        slot.to_str().unwrap(),
+        "--out",
+        disk.to_str().unwrap(),
+        "--data-size",
+        "64M",
+        "--data-dir",
+        data.to_str().unwrap(),
     ]));
     let back = t.path().join("back.img");
-    git::run(Command::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(&qcow2).arg(&back));
+    git::run(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(&qcow2)
+            .arg(&back),
+    );
     assert!(
         std::fs::read(&back).unwrap() == std::fs::read(&disk).unwrap(),
         "the qcow2 copy differs from the raw disk"
@@ -630,7 +768,11 @@ fn init_check_fetches_verifies_and_plans_then_writes_only_the_agent_config() {
     let commit = repo.commit_ssh_signed(&key.private, "fleet base");
     let daemon = GitDaemon::start(&served);
     let signers = t.path().join("allowed_signers");
-    std::fs::write(&signers, format!("{}\n", key.allowed_signers_line("ops@example.org"))).unwrap();
+    std::fs::write(
+        &signers,
+        format!("{}\n", key.allowed_signers_line("ops@example.org")),
+    )
+    .unwrap();
 
     let node = t.path().join("node");
     let root = node.join("root");
@@ -639,8 +781,17 @@ fn init_check_fetches_verifies_and_plans_then_writes_only_the_agent_config() {
     let url = daemon.url("fleet");
     let init = |extra: &[&str]| {
         let mut args = vec![
-            "init", "--config", config.to_str().unwrap(), "--url", &url, "--node-name", "edge-01",
-            "--root", root.to_str().unwrap(), "--allowed-signers", signers.to_str().unwrap(),
+            "init",
+            "--config",
+            config.to_str().unwrap(),
+            "--url",
+            &url,
+            "--node-name",
+            "edge-01",
+            "--root",
+            root.to_str().unwrap(),
+            "--allowed-signers",
+            signers.to_str().unwrap(),
             "--check",
         ];
         args.extend_from_slice(extra);
@@ -648,12 +799,21 @@ fn init_check_fetches_verifies_and_plans_then_writes_only_the_agent_config() {
     };
     let printed = ok(init(&[]));
     assert!(printed.contains(&format!("commit {commit}")), "{printed}");
-    assert!(printed.contains("verified, signed by ops@example.org"), "{printed}");
-    assert!(printed.contains("/etc/motd"), "the plan names the file: {printed}");
+    assert!(
+        printed.contains("verified, signed by ops@example.org"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("/etc/motd"),
+        "the plan names the file: {printed}"
+    );
     assert_eq!(files_under(&node), [PathBuf::from("etc/bosun/agent.yaml")]);
     assert!(!root.join("etc/motd").exists());
     let written = std::fs::read_to_string(&config).unwrap();
-    assert!(written.contains(&url) && written.contains("mode: head"), "{written}");
+    assert!(
+        written.contains(&url) && written.contains("mode: head"),
+        "{written}"
+    );
 
     // A second init refuses to replace it; --force does.
     let again = init(&[]);
@@ -677,9 +837,21 @@ fn init_writes_a_config_the_daemon_parser_and_the_json_schema_accept() {
     let t = tempfile::tempdir().unwrap();
     let config = t.path().join("agent.yaml");
     ok(bosun(&[
-        "init", "--config", config.to_str().unwrap(), "--url", "https://git.example.org/fleet.git",
-        "--interval", "30s", "--state-dir", "/data/bosun", "--slot-a", "/dev/vda3",
-        "--slot-b", "/dev/vda4", "--grubenv", "/boot/efi/grub/bosun.env",
+        "init",
+        "--config",
+        config.to_str().unwrap(),
+        "--url",
+        "https://git.example.org/fleet.git",
+        "--interval",
+        "30s",
+        "--state-dir",
+        "/data/bosun",
+        "--slot-a",
+        "/dev/vda3",
+        "--slot-b",
+        "/dev/vda4",
+        "--grubenv",
+        "/boot/efi/grub/bosun.env",
     ]));
     // Validated against schemas/agent.schema.json by a JSON Schema implementation that is not
     // bosun's (python3-jsonschema), on the YAML read by python3-yaml.
@@ -695,12 +867,21 @@ fn init_writes_a_config_the_daemon_parser_and_the_json_schema_accept() {
         .arg(&schema)
         .output()
         .expect("python3 with python3-yaml and python3-jsonschema");
-    assert_eq!(String::from_utf8_lossy(&check.stdout), "valid\n", "{}", text(&check));
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout),
+        "valid\n",
+        "{}",
+        text(&check)
+    );
 
     // Bad flags: the daemon's parser refuses them before anything is written.
     let bad = t.path().join("bad.yaml");
     let res = bosun(&[
-        "init", "--config", bad.to_str().unwrap(), "--url", "ftp://example.invalid/x",
+        "init",
+        "--config",
+        bad.to_str().unwrap(),
+        "--url",
+        "ftp://example.invalid/x",
     ]);
     assert!(!res.status.success());
     assert!(text(&res).contains("source.url"), "{}", text(&res));

@@ -44,8 +44,23 @@ const LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
 /// GRUB modules built into both core images (nothing is loaded from disk).
 const GRUB_MODULES: &[&str] = &[
-    "part_gpt", "fat", "ext2", "search", "search_fs_uuid", "search_label", "loadenv", "test",
-    "regexp", "linux", "serial", "terminal", "echo", "sleep", "reboot", "halt", "normal",
+    "part_gpt",
+    "fat",
+    "ext2",
+    "search",
+    "search_fs_uuid",
+    "search_label",
+    "loadenv",
+    "test",
+    "regexp",
+    "linux",
+    "serial",
+    "terminal",
+    "echo",
+    "sleep",
+    "reboot",
+    "halt",
+    "normal",
     "configfile",
 ];
 
@@ -176,7 +191,11 @@ pub fn sfdisk_script(l: &Layout) -> String {
 
 /// GRUB's fs-uuid of the ESP (pure).
 pub fn esp_fs_uuid(l: &Layout) -> String {
-    format!("{:04x}-{:04x}", l.esp_volume_id >> 16, l.esp_volume_id & 0xffff)
+    format!(
+        "{:04x}-{:04x}",
+        l.esp_volume_id >> 16,
+        l.esp_volume_id & 0xffff
+    )
 }
 
 const SERIAL: &str =
@@ -393,7 +412,8 @@ fn on_path(tool: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::env::var_os("PATH").is_some_and(|p| {
         std::env::split_paths(&p).any(|d| {
-            std::fs::metadata(d.join(tool)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            std::fs::metadata(d.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
     })
 }
@@ -488,9 +508,18 @@ fn build_esp(
 ) -> Result<PathBuf, ImageError> {
     let esp = work.join("esp.img");
     let efi = work.join("BOOTX64.EFI");
-    grub_mkimage(runner, "x86_64-efi", &work.join("early.cfg"), &efi, &["efi_gop"])?;
+    grub_mkimage(
+        runner,
+        "x86_64-efi",
+        &work.join("early.cfg"),
+        &efi,
+        &["efi_gop"],
+    )?;
     let files = [
-        ("grub.cfg", grub_cfg(l, &args.cmdline, args.serial).into_bytes()),
+        (
+            "grub.cfg",
+            grub_cfg(l, &args.cmdline, args.serial).into_bytes(),
+        ),
         ("bosun.cfg", BOSUN_GRUB_CFG.as_bytes().to_vec()),
         ("bosun.env", initial_env()),
     ];
@@ -521,7 +550,14 @@ fn build_esp(
         full.extend_from_slice(cmd);
         run_tool(runner, &full)
     };
-    mtools(&argv(&["mmd", "-i", &image, "::/EFI", "::/EFI/BOOT", "::/grub"]))?;
+    mtools(&argv(&[
+        "mmd",
+        "-i",
+        &image,
+        "::/EFI",
+        "::/EFI/BOOT",
+        "::/grub",
+    ]))?;
     mtools(&argv(&[
         "mcopy".to_string(),
         "-i".into(),
@@ -648,7 +684,10 @@ mod tests {
         let cfg = grub_cfg(&l, "console=ttyS0 panic=1", false);
         assert!(cfg.contains("set bosun_dev_a=\"${bosun_disk},gpt3\""));
         assert!(cfg.contains("set bosun_dev_b=\"${bosun_disk},gpt4\""));
-        assert!(cfg.contains(&format!("set bosun_root_b=PARTUUID={}", l.part("root-b").uuid)));
+        assert!(cfg.contains(&format!(
+            "set bosun_root_b=PARTUUID={}",
+            l.part("root-b").uuid
+        )));
         assert!(cfg.contains("set bosun_cmdline=\"console=ttyS0 panic=1\""));
         assert!(cfg.trim_end().ends_with("source ${prefix}/bosun.cfg"));
         assert!(!cfg.contains("serial"));
@@ -681,9 +720,15 @@ mod tests {
         let mut boot = vec![0u8; 512];
         let mut core = vec![0u8; 4096];
         patch_bios_boot(&mut boot, &mut core, 2048).unwrap();
-        assert_eq!(u64::from_le_bytes(boot[0x5c..0x64].try_into().unwrap()), 2048);
+        assert_eq!(
+            u64::from_le_bytes(boot[0x5c..0x64].try_into().unwrap()),
+            2048
+        );
         assert_eq!(&boot[0x66..0x68], &[0x90, 0x90]);
-        assert_eq!(u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()), 2049);
-        assert!(patch_bios_boot(&mut vec![0; 100], &mut core, 1).is_err());
+        assert_eq!(
+            u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()),
+            2049
+        );
+        assert!(patch_bios_boot(&mut [0; 100], &mut core, 1).is_err());
     }
 }

@@ -77,7 +77,12 @@ pub fn estimate(nodes: &[Node]) -> Estimate {
             NodeKind::Symlink { target_len } => u64::from(*target_len >= 60),
             NodeKind::Special(_) => 0,
         };
-        let xattr_bytes: usize = n.meta.xattrs.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+        let xattr_bytes: usize = n
+            .meta
+            .xattrs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum();
         if xattr_bytes > IN_INODE_XATTR {
             data += xattr_bytes.div_ceil(BLOCK as usize) as u64;
         }
@@ -138,7 +143,14 @@ pub fn uuid_from(seed: &str) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let x = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &x[..8], &x[8..12], &x[12..16], &x[16..20], &x[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..]
+    )
 }
 
 /// A path in a debugfs command: absolute, double-quoted (`"` doubled, as its parser wants).
@@ -240,7 +252,9 @@ pub fn build(runner: &dyn CommandRunner, spec: &Ext4Spec, out: &Path) -> Result<
     std::fs::write(&conf, MKE2FS_CONF).map_err(io_err(&conf))?;
     let journal_mib = (journal_blocks(spec.size / BLOCK) * BLOCK) >> 20;
     let mut mke2fs = e2fs_env(spec, &conf);
-    mke2fs.extend(argv(&["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256"]));
+    mke2fs.extend(argv(&[
+        "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256",
+    ]));
     mke2fs.extend(argv(&[
         "-N".to_string(),
         spec.inodes.to_string(),
@@ -278,7 +292,8 @@ pub fn build(runner: &dyn CommandRunner, spec: &Ext4Spec, out: &Path) -> Result<
 
     let xattr_dir = spec.work.join("xattrs");
     std::fs::create_dir_all(&xattr_dir).map_err(io_err(&xattr_dir))?;
-    let (script, values) = debugfs_script(spec.nodes, spec.epoch, &|i| xattr_dir.join(i.to_string()));
+    let (script, values) =
+        debugfs_script(spec.nodes, spec.epoch, &|i| xattr_dir.join(i.to_string()));
     for (path, value) in &values {
         std::fs::write(path, value).map_err(io_err(path))?;
     }
@@ -302,11 +317,20 @@ pub fn build(runner: &dyn CommandRunner, spec: &Ext4Spec, out: &Path) -> Result<
         return Err(ImageError::Tool {
             command: crate::runner::display_argv(&debugfs),
             status: result.status_text(),
-            stderr: errors.iter().take(10).copied().collect::<Vec<_>>().join("\n"),
+            stderr: errors
+                .iter()
+                .take(10)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n"),
         });
     }
     let mut fsck = e2fs_env(spec, &conf);
-    fsck.extend(argv(&["e2fsck".to_string(), "-fn".into(), out.display().to_string()]));
+    fsck.extend(argv(&[
+        "e2fsck".to_string(),
+        "-fn".into(),
+        out.display().to_string(),
+    ]));
     run_tool(runner, &fsck)?;
     Ok(())
 }
@@ -336,7 +360,10 @@ mod tests {
 
     #[test]
     fn estimate_grows_with_content_and_an_explicit_size_below_it_is_refused() {
-        let small = estimate(&[node("", NodeKind::Dir { entries: 1 }), node("a", NodeKind::File { size: 1 })]);
+        let small = estimate(&[
+            node("", NodeKind::Dir { entries: 1 }),
+            node("a", NodeKind::File { size: 1 }),
+        ]);
         let big = estimate(&[
             node("", NodeKind::Dir { entries: 1 }),
             node("a", NodeKind::File { size: 100 << 20 }),
@@ -346,7 +373,10 @@ mod tests {
             choose_size(&big, Some(10 << 20)),
             Err(ImageError::TooBig { .. })
         ));
-        assert_eq!(choose_size(&big, Some(big.min_bytes + 4095)).unwrap(), big.min_bytes);
+        assert_eq!(
+            choose_size(&big, Some(big.min_bytes + 4095)).unwrap(),
+            big.min_bytes
+        );
         let auto = choose_size(&big, None).unwrap();
         assert!(auto > big.min_bytes && auto % (1 << 20) == 0);
     }

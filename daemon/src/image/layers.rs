@@ -88,7 +88,9 @@ pub fn entry_path(raw: &[u8]) -> Result<RelPath, String> {
     for c in text.split('/') {
         match c {
             "" | "." => {}
-            ".." => return Err("the path contains `..` and would escape the root filesystem".into()),
+            ".." => {
+                return Err("the path contains `..` and would escape the root filesystem".into())
+            }
             c => parts.push(c),
         }
     }
@@ -189,8 +191,7 @@ fn typed_entry<R: Read>(entry: &mut tar::Entry<R>, raw: &[u8]) -> Result<Option<
             Kind::Symlink(target)
         }
         T::Link => {
-            let target =
-                entry_path(&link()?).map_err(|e| format!("hard link target: {e}"))?;
+            let target = entry_path(&link()?).map_err(|e| format!("hard link target: {e}"))?;
             Kind::HardLink(target)
         }
         T::Char => {
@@ -232,10 +233,12 @@ pub fn apply_pax(meta: &mut Meta, key: &str, value: &[u8]) -> Result<(), String>
     if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
         meta.xattrs.insert(name.to_string(), value.to_vec());
     } else if key == "uid" || key == "gid" {
-        let n: u32 = number()?
-            .trim()
-            .parse()
-            .map_err(|_| format!("PAX {key} {:?} is not a 32-bit id", String::from_utf8_lossy(value)))?;
+        let n: u32 = number()?.trim().parse().map_err(|_| {
+            format!(
+                "PAX {key} {:?} is not a 32-bit id",
+                String::from_utf8_lossy(value)
+            )
+        })?;
         if key == "uid" {
             meta.uid = n;
         } else {
@@ -279,9 +282,15 @@ mod tests {
 
     #[test]
     fn whiteouts_are_recognised_by_name() {
-        assert_eq!(whiteout("etc/.wh.motd"), Whiteout::Remove("etc/motd".into()));
+        assert_eq!(
+            whiteout("etc/.wh.motd"),
+            Whiteout::Remove("etc/motd".into())
+        );
         assert_eq!(whiteout(".wh.opt"), Whiteout::Remove("opt".into()));
-        assert_eq!(whiteout("var/cache/.wh..wh..opq"), Whiteout::Opaque("var/cache"));
+        assert_eq!(
+            whiteout("var/cache/.wh..wh..opq"),
+            Whiteout::Opaque("var/cache")
+        );
         assert_eq!(whiteout(".wh..wh..opq"), Whiteout::Opaque(""));
         assert_eq!(whiteout("x/.wh..wh.plnk"), Whiteout::Ignored);
         assert_eq!(whiteout("etc/motd.wh.not"), Whiteout::None);

@@ -100,7 +100,11 @@ pub fn sha256_hex(digest: &str) -> Result<&str, String> {
     let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
         format!("digest {digest:?}: only sha256 digests are supported (expected sha256:<64 hex>)")
     })?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(format!(
             "digest {digest:?}: expected sha256: followed by 64 lowercase hex digits"
         ));
@@ -481,9 +485,11 @@ mod tests {
         assert!(check_config(&config("linux", 2), &manifest, "linux/amd64")
             .unwrap_err()
             .contains("2 diff_ids"));
-        assert!(check_config(&config("windows", 1), &manifest, "linux/amd64")
-            .unwrap_err()
-            .contains("windows/amd64"));
+        assert!(
+            check_config(&config("windows", 1), &manifest, "linux/amd64")
+                .unwrap_err()
+                .contains("windows/amd64")
+        );
     }
 
     #[test]

@@ -30,9 +30,15 @@ const MAX_LINKS: usize = 40;
 /// What one inode of the final tree is, for sizing and for the `debugfs` pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeKind {
-    Dir { entries: u64 },
-    File { size: u64 },
-    Symlink { target_len: u64 },
+    Dir {
+        entries: u64,
+    },
+    File {
+        size: u64,
+    },
+    Symlink {
+        target_len: u64,
+    },
     /// Char, block or FIFO: created by `debugfs mknod`.
     Special(Kind),
 }
@@ -266,7 +272,11 @@ impl Staging {
         if !matches!(entry.kind, Kind::Symlink(_)) {
             // The user running bosun must be able to read (and, for directories, fill) it;
             // the real mode goes into the filesystem through debugfs.
-            let plain = if entry.kind == Kind::Dir { 0o755 } else { 0o644 };
+            let plain = if entry.kind == Kind::Dir {
+                0o755
+            } else {
+                0o644
+            };
             fs::set_permissions(&host, fs::Permissions::from_mode(plain)).map_err(io)?;
         }
         let ino = self.ino(&rel)?;
@@ -386,7 +396,11 @@ impl Staging {
                 .collect::<Result<_, _>>()
                 .map_err(io_err(&host))?;
             names.sort();
-            let specials_here = self.specials.keys().filter(|k| split_last(k).0 == rel).count();
+            let specials_here = self
+                .specials
+                .keys()
+                .filter(|k| split_last(k).0 == rel)
+                .count();
             out.push(Node {
                 path: rel.to_string(),
                 kind: NodeKind::Dir {
@@ -445,9 +459,8 @@ pub fn check_version(version: &str) -> Result<(), String> {
 /// resolves to). Returns one message per missing part, empty when all are there.
 pub fn missing_parts(lookup: &dyn Fn(&str) -> Option<(NodeKind, Meta)>) -> Vec<String> {
     let is_file = |p: &str| matches!(lookup(p), Some((NodeKind::File { .. }, _)));
-    let is_exec = |p: &str| {
-        matches!(lookup(p), Some((NodeKind::File { .. }, m)) if m.mode & 0o111 != 0)
-    };
+    let is_exec =
+        |p: &str| matches!(lookup(p), Some((NodeKind::File { .. }, m)) if m.mode & 0o111 != 0);
     let mut missing = Vec::new();
     for (path, what, debian_link) in [
         ("boot/vmlinuz", "kernel", "vmlinuz"),
@@ -652,7 +665,12 @@ mod tests {
         let (_t, mut s) = staging();
         apply(&mut s, "usr/bin", Kind::Dir, b"");
         apply(&mut s, "bin", Kind::Symlink("/usr/bin".into()), b"");
-        apply(&mut s, "escape", Kind::Symlink("../../../../tmp".into()), b"");
+        apply(
+            &mut s,
+            "escape",
+            Kind::Symlink("../../../../tmp".into()),
+            b"",
+        );
         apply(&mut s, "bin/sh", Kind::File, b"#!");
         apply(&mut s, "escape/x", Kind::File, b"x");
         assert!(s.dir().join("usr/bin/sh").is_file());
@@ -729,7 +747,11 @@ mod tests {
         };
         assert!(missing_parts(&debian)[0].contains("link_in_boot"));
         let complete = |p: &str| {
-            let mode = if p.ends_with("bin/bosun") { 0o755 } else { 0o644 };
+            let mode = if p.ends_with("bin/bosun") {
+                0o755
+            } else {
+                0o644
+            };
             Some((NodeKind::File { size: 1 }, Meta::root_owned(mode, 0)))
         };
         assert!(missing_parts(&complete).is_empty());

@@ -196,8 +196,7 @@ fn fill(args: &SlotArgs, staging: &mut Staging, work: &Path) -> Result<i64, Imag
             let path = store.verified(layer)?;
             staging.begin_layer();
             let file = File::open(&path).map_err(io_err(&path))?;
-            let mut reader =
-                DiffIdReader::new(layers::decompressed(file).map_err(io_err(&path))?);
+            let mut reader = DiffIdReader::new(layers::decompressed(file).map_err(io_err(&path))?);
             layers::for_each_entry(&mut reader, &layer.digest, |e, r| {
                 apply(&layer.digest, staging, e, r)
             })?;
@@ -243,7 +242,8 @@ fn write_output(raw: &Path, out: &Path, level: i32) -> Result<(String, u64), Ima
     if out.extension().is_some_and(|e| e == "zst") {
         let mut enc = zstd::stream::Encoder::new(&mut hashing, level).map_err(io_err(out))?;
         enc.include_checksum(true).map_err(io_err(out))?;
-        enc.set_pledged_src_size(Some(raw_len)).map_err(io_err(out))?;
+        enc.set_pledged_src_size(Some(raw_len))
+            .map_err(io_err(out))?;
         std::io::copy(&mut input, &mut enc).map_err(io_err(out))?;
         enc.finish().map_err(io_err(out))?;
     } else {
@@ -289,7 +289,15 @@ mod tests {
     }
 
     fn args(extra: &[&str]) -> SlotArgs {
-        let mut argv = vec!["x", "--rootfs", "/r", "--version", "v1", "--out", "/o/os.img.zst"];
+        let mut argv = vec![
+            "x",
+            "--rootfs",
+            "/r",
+            "--version",
+            "v1",
+            "--out",
+            "/o/os.img.zst",
+        ];
         argv.extend_from_slice(extra);
         Cli::parse_from(argv).args
     }
@@ -317,7 +325,10 @@ mod tests {
     #[test]
     fn bad_arguments_are_refused_before_anything_is_read() {
         for (extra, field) in [
-            (&["--image-url", "http://insecure/{file}"][..], "--image-url"),
+            (
+                &["--image-url", "http://insecure/{file}"][..],
+                "--image-url",
+            ),
             (&["--label", "a-label-longer-than-16"][..], "--label"),
         ] {
             let err = check_args(&args(extra)).unwrap_err().to_string();
@@ -325,6 +336,9 @@ mod tests {
         }
         let mut a = args(&[]);
         a.version = "has space".into();
-        assert!(check_args(&a).unwrap_err().to_string().contains("--version"));
+        assert!(check_args(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("--version"));
     }
 }
