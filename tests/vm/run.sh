@@ -499,13 +499,17 @@ scenario_readme() {
   set -e
   [ $rc -eq 0 ] || { tail_log "$d"; die "the README's commands failed (exit $rc, see above)"; }
   expect_sequence "$d" \
-    'VM-BOOT 1 slot=a version=v1 ' 'VM-NET eth0 up' 'VM-CONFIG applied by bosun daemon: managed by bosun' \
+    'VM-NET eth0 up' 'VM-BOOT 1 slot=a version=v1 ' 'VM-CONFIG applied by bosun daemon: managed by bosun' \
     'bosun: booting slot b' 'VM-BOOT 2 slot=b version=v2 ' 'VM-SETTLED state=committed slot=b version=v2' \
     'VM-FINAL state=committed slot=b version=v2' 'VM-POWEROFF'
-  cp "$(cat "$d/scratch")/node.img" "$d/disk.img"
+  local scratch; scratch="$(cat "$d/scratch")"
+  mv "$scratch/node.img" "$d/disk.img"
   read_back "$d/disk.img" esp /grub/bosun.env "$d/bosun.env" || die "cannot read bosun.env back"
   expect_env "$d" bosun_primary b
   expect_env "$d" bosun_good_b 1
+  expect_env "$d" bosun_trial ""
+  zstd -dqf "$scratch/os-v2.img.zst" -o "$WORK/readme-v2.raw"
+  expect_slot_b "$d" readme-v2
 }
 
 # The shell block of README.md that follows the line `<!-- zero-to-node: $1 -->`.
