@@ -887,3 +887,102 @@ fn init_writes_a_config_the_daemon_parser_and_the_json_schema_accept() {
     assert!(text(&res).contains("source.url"), "{}", text(&res));
     assert!(!bad.exists());
 }
+
+#[test]
+fn image_slot_takes_a_rootfs_directory_or_tarball_with_the_same_result() {
+    let t = tempfile::tempdir().unwrap();
+    // A directory: what the tests' user owns, with a symlink and a hard link.
+    let root = t.path().join("rootfs");
+    for dir in [
+        "boot",
+        "usr/bin",
+        "lib/systemd/system",
+        "etc/systemd/system/multi-user.target.wants",
+    ] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::write(root.join("boot/vmlinuz-6.1"), "kernel").unwrap();
+    std::os::unix::fs::symlink("vmlinuz-6.1", root.join("boot/vmlinuz")).unwrap();
+    std::fs::write(root.join("boot/initrd.img"), "initrd").unwrap();
+    std::fs::write(root.join("usr/bin/bosun"), "#!bosun").unwrap();
+    std::fs::hard_link(root.join("usr/bin/bosun"), root.join("usr/bin/bosun-link")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        root.join("usr/bin/bosun"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(root.join("lib/systemd/system/bosun.service"), "[Unit]\n").unwrap();
+    std::os::unix::fs::symlink(
+        "/lib/systemd/system/bosun.service",
+        root.join("etc/systemd/system/multi-user.target.wants/bosun.service"),
+    )
+    .unwrap();
+    // The same tree as a gzip tarball, by GNU tar (which records the hard link).
+    let tarball = t.path().join("rootfs.tar.gz");
+    git::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-czf")
+            .arg(&tarball)
+            .arg("."),
+    );
+    let mut trees = Vec::new();
+    for (i, input) in [&root, &tarball].into_iter().enumerate() {
+        let out = t.path().join(format!("os-{i}.img"));
+        ok(bosun(&[
+            "image",
+            "slot",
+            "--rootfs",
+            input.to_str().unwrap(),
+            "--version",
+            "v1",
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        assert_eq!(debugfs(&out, "cat /boot/vmlinuz-6.1"), "kernel");
+        assert!(
+            debugfs(&out, "stat /boot/vmlinuz").contains("Fast link dest: \"vmlinuz-6.1\""),
+            "the kernel link is kept"
+        );
+        assert_eq!(links(&out, "usr/bin/bosun"), 2, "hard link kept");
+        assert_eq!(debugfs(&out, "cat /etc/os-release"), "IMAGE_VERSION=v1\n");
+        trees.push(tree(&out));
+    }
+    assert_eq!(
+        trees[0], trees[1],
+        "directory and tarball give the same tree"
+    );
+}
+
+/// Regression: e2fsprogs reads `E2FSPROGS_FAKE_TIME=0` as unset and stamps the clock, so a
+/// tree whose times are all 0 (tar --mtime=@0) gave a different image every second.
+#[test]
+fn image_slot_with_epoch_zero_is_still_reproducible() {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("l");
+    oci_layout(&layout, &[(layer(&bootable_base()), false)]);
+    let mut shas = Vec::new();
+    for i in 0..2 {
+        if i == 1 {
+            // A different second of the clock for the second run.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        let out = t.path().join(format!("os-{i}.img"));
+        ok(bosun(&[
+            "image",
+            "slot",
+            "--oci",
+            layout.to_str().unwrap(),
+            "--version",
+            "v1",
+            "--source-date-epoch",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        shas.push(sha256(&out));
+    }
+    assert_eq!(shas[0], shas[1]);
+}

@@ -32,7 +32,7 @@ for dir in "$@"; do
     --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
     -C "$dir" -cf "$work/layer.tar" .
   diff_id="$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
-  read -r digest size < <(gzip -n -6 <"$work/layer.tar" | blob)
+  read -r digest size < <(gzip -n -1 <"$work/layer.tar" | blob)
   rm -f "$work/layer.tar"
   diff_ids="${diff_ids:+$diff_ids,}\"sha256:$diff_id\""
   layers="${layers:+$layers,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$digest\",\"size\":$size}"

@@ -34,7 +34,8 @@ VM_DRIVER="${VM_DRIVER:-daemon}"
 HEALTH_TIMEOUT=15
 HEALTH_SUCCESSES=2
 # Every scenario's disk has the same slots (every image must fit one) and data partition.
-SLOT_SIZE=160M
+IMAGE_SIZE=64M
+SLOT_SIZE=96M
 DATA_SIZE=256M
 # Extra kernel arguments (bosun_cmdline): serial console, reboot 1 s after a panic.
 CMDLINE="console=ttyS0 loglevel=4 panic=1"
@@ -163,8 +164,9 @@ oci_archive() {
 os_image() {
   local name="$1" health="$2"
   oci_archive "$name" "$WORK/$name.oci.tar" "$health"
+  # 64 MiB: the tree (~48 MiB) plus room; what bosun writes into a slot on every upgrade.
   "$BOSUN" image slot --oci "$WORK/$name.oci.tar" --version "$name" --out "$WORK/$name.img.zst" \
-    --zstd-level 3 >"$WORK/$name.slot.txt" || die "bosun image slot $name failed"
+    --size "$IMAGE_SIZE" --zstd-level 1 >"$WORK/$name.slot.txt" || die "bosun image slot $name failed"
   rm -f "$WORK/$name.oci.tar"
   zstd -dqf "$WORK/$name.img.zst" -o "$WORK/$name.raw"
 }

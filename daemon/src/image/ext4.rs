@@ -265,7 +265,7 @@ pub fn build(runner: &dyn CommandRunner, spec: &Ext4Spec, out: &Path) -> Result<
         "-U".into(),
         spec.uuid.to_string(),
         "-E".into(),
-        format!("hash_seed={},no_copy_xattrs", spec.uuid),
+        format!("hash_seed={},root_owner=0:0,no_copy_xattrs", spec.uuid),
     ]));
     if journal_mib > 0 {
         mke2fs.extend(argv(&["-J".to_string(), format!("size={journal_mib}")]));

@@ -141,7 +141,8 @@ pub fn build(args: &SlotArgs, runner: &dyn CommandRunner) -> Result<SlotReport, 
     let implicit_mtime = args.source_date_epoch.unwrap_or(0);
     let mut staging = Staging::create(&work.path().join("root"), implicit_mtime)?;
     let newest = fill(args, &mut staging, work.path())?;
-    let epoch = args.source_date_epoch.unwrap_or(newest);
+    // At least 1: e2fsprogs reads E2FSPROGS_FAKE_TIME=0 as "not set" and takes the clock.
+    let epoch = args.source_date_epoch.unwrap_or(newest).max(1);
     staging
         .set_image_version(&args.version, epoch)
         .map_err(|m| ImageError::Invalid(format!("writing /etc/os-release: {m}")))?;
