@@ -124,6 +124,12 @@ pub enum Command {
     },
     /// Print the JSON Schema of the agent config (/etc/bosun/agent.yaml).
     AgentSchema,
+    /// Build A/B slot images and first-install disk images.
+    #[command(subcommand)]
+    Image(crate::image::ImageCommand),
+    /// Write the agent config (/etc/bosun/agent.yaml) from flags; with --check, fetch and
+    /// verify once and print the plan first. Refuses to replace a config without --force.
+    Init(crate::init::InitArgs),
 }
 
 /// Where `bosun health` takes its config from.
@@ -254,6 +260,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Health(args) => health(&args),
         Command::Upgrade(cmd) => crate::upgrade::commands::run(cmd),
         Command::AgentSchema => print_schema(&crate::agent::schema_text()),
+        Command::Image(cmd) => crate::image::run(cmd),
+        Command::Init(args) => crate::init::run(args),
         Command::Daemon {
             config,
             root,

@@ -18,6 +18,8 @@ pub mod fsroot;
 pub mod glob;
 pub mod guarded_apply;
 pub mod health;
+pub mod image;
+pub mod init;
 pub mod keys;
 pub mod memory;
 pub mod metrics;

@@ -841,11 +841,11 @@ fn systemd_unit_verifies_and_daemon_speaks_sd_notify() {
 
     // The shipped unit, pointed at the built binary (verify checks that ExecStart exists).
     let unit = std::fs::read_to_string(workspace().join("systemd/bosun.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/bosun daemon\n"));
+    assert!(unit.contains("ExecStart=/usr/bin/bosun daemon\n"));
     let copy = tmp.path().join("bosun.service");
     std::fs::write(
         &copy,
-        unit.replace("/usr/local/bin/bosun", env!("CARGO_BIN_EXE_bosun")),
+        unit.replace("/usr/bin/bosun", env!("CARGO_BIN_EXE_bosun")),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")

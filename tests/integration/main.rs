@@ -20,6 +20,7 @@ mod config_merge;
 mod daemon;
 mod guarded_apply;
 mod health;
+mod image;
 mod keys;
 mod plan_cli;
 mod render_systemd;

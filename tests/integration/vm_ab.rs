@@ -1,29 +1,35 @@
-//! End to end in a real VM: `tests/vm/run.sh` builds a BIOS disk image (GRUB running
-//! `boot/grub.cfg`, slots a and b holding a Debian kernel with a busybox + bosun initramfs, a
-//! data partition with the node's bare config repo and upgrade images) and boots it in qemu
-//! (TCG) with real reboots inside the guest, one qemu per scenario:
+//! End to end in a real VM: `tests/vm/run.sh` builds each OS version (Debian kernel plus a
+//! busybox + bosun initramfs) as an OCI archive, makes slot images with `bosun image slot` and
+//! one disk per scenario with `bosun image disk` (GPT, GRUB for BIOS and UEFI running
+//! `boot/grub.cfg`, slots a and b, a data partition with the node's bare config repo and the
+//! upgrade image), and boots it in qemu (TCG) with real reboots inside the guest, one qemu per
+//! scenario:
 //!
 //! * `good`: v2-good is installed into slot b, trial-booted by GRUB, found healthy (kubelet
 //!   stand-in), committed, and booted again;
 //! * `bad`: v3-bad (no kubelet endpoint) times out on trial, is marked bad, GRUB boots a, and
 //!   bosun reports it rolled back and quarantined without installing it again;
 //! * `panic`: v4-panic never reaches userspace, GRUB's tries run out, and bosun on a detects the
-//!   fallback and quarantines it.
+//!   fallback and quarantines it;
+//! * `readme` (UEFI, OVMF): the README's "From zero to an upgradable node" commands as written;
+//!   the node follows a git:// repo on the host, the test pushes the upgrade, v2 is committed.
 //!
-//! In the guest `bosun daemon` fetches the bare repo, applies the node config and runs the
-//! upgrade (install, trial, health gate, commit or rollback, fallback detection). The script asserts on the guest's serial markers and on the GRUB
-//! environment and bosun state read back from the image; on failure it prints the tail of the
-//! serial log, which this test passes on. See `tests/vm/README.md`.
+//! In the guest `bosun daemon` fetches the repo, applies the node config and runs the
+//! upgrade (install, trial, health gate, commit or rollback, fallback detection). The script
+//! asserts on the guest's serial markers and on the GRUB environment and bosun state read back
+//! from the image; on failure it prints the tail of the serial log, which this test passes on.
+//! See `tests/vm/README.md`.
 //!
-//! Needs qemu-system-x86, seabios, grub-pc-bin, grub-common, busybox-static, e2fsprogs, fdisk,
-//! binutils, git and apt-get access to Debian's `linux-image-amd64` (downloaded once per
-//! kernel version into `<target dir>/vm-cache`). A missing piece fails the test.
+//! Needs qemu-system-x86, seabios, ovmf, grub-pc-bin, grub-efi-amd64-bin, grub-common,
+//! busybox-static, e2fsprogs, fdisk, dosfstools, mtools, zstd, binutils, git and apt-get access
+//! to Debian's `linux-image-amd64` (downloaded once per kernel version into
+//! `<target dir>/vm-cache`). A missing piece fails the test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Scenarios run in one script invocation so the images are built once.
-const SCENARIOS: &[&str] = &["good", "bad", "panic"];
+const SCENARIOS: &[&str] = &["good", "bad", "panic", "readme"];
 
 fn target_dir() -> PathBuf {
     // <target>/debug/bosun

@@ -3,8 +3,9 @@
 # initramfs: busybox, bosun and its shared libraries, kernel modules. Lines starting with VM-
 # are the markers the test asserts on.
 #
-# Disk: /dev/vda1 boot partition (GRUB, bosun.env), /dev/vda2 slot a, /dev/vda3 slot b,
-# /dev/vda4 data partition (config repo, upgrade images, bosun's state, this test's counters).
+# Disk (made by `bosun image disk`): /dev/vda1 BIOS boot partition, /dev/vda2 ESP (GRUB,
+# grub/bosun.env; mounted at /boot), /dev/vda3 slot a, /dev/vda4 slot b, /dev/vda5 data
+# partition (config repo, upgrade images, bosun's agent config and state, this test's counters).
 /bin/busybox --install -s /bin
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin
 mount -t proc proc /proc
@@ -32,10 +33,16 @@ chmod 755 /bin/vm-reboot /bin/vm-poweroff
 fail() { echo "VM-ERROR $*"; /bin/vm-poweroff; }
 
 n=0
-while [ ! -b /dev/vda4 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-mount -t ext4 /dev/vda4 /data || fail "cannot mount the data partition /dev/vda4"
-mount -t ext4 /dev/vda1 /boot || fail "cannot mount the boot partition /dev/vda1"
+while [ ! -b /dev/vda5 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+mount -t ext4 /dev/vda5 /data || fail "cannot mount the data partition /dev/vda5"
+mount -t vfat /dev/vda2 /boot || fail "cannot mount the ESP /dev/vda2"
+mkdir -p /data/vm
 ip link set lo up
+# With a network card (qemu user networking, the README scenario): the guest's only peer is
+# the host's git daemon on 127.0.0.1, forwarded by qemu to 10.0.2.100:9418.
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && echo "VM-NET eth0 up"
+fi
 hostname vm-node
 
 slot="$(sed -n 's/.*bosun\.slot=\([ab]\).*/\1/p' /proc/cmdline)"
@@ -58,12 +65,12 @@ fi
 # rolled_back, failed, …), read through `bosun upgrade status --json`.
 upgrade_state() {
   bosun upgrade status --json --state-dir /data/bosun/state --grub-env /boot/grub/bosun.env \
-      --slot-a /dev/vda2 --slot-b /dev/vda3 >/tmp/status.json 2>/tmp/status.err ||
+      --slot-a /dev/vda3 --slot-b /dev/vda4 >/tmp/status.json 2>/tmp/status.err ||
     { echo "VM-ERROR bosun upgrade status: $(cat /tmp/status.err)"; return; }
   sed -n 's/^ *"state": "\([a-z_]*\)",*$/\1/p' /tmp/status.json | head -n1
 }
 
-BOSUN_NODE="--state-dir /data/bosun/state --grub-env /boot/grub/bosun.env --slot-a /dev/vda2 --slot-b /dev/vda3"
+BOSUN_NODE="--state-dir /data/bosun/state --grub-env /boot/grub/bosun.env --slot-a /dev/vda3 --slot-b /dev/vda4"
 
 # Driver "step": the init plays the daemon's loop with bosun's one-shot commands, once a
 # second: `bosun health` (the config's checks, one round) gives the verdict while the state is
@@ -114,9 +121,15 @@ watch_upgrade() {
   t=0
   while [ $t -lt "${VM_BOOT_BOUND:-150}" ]; do
     st="$(upgrade_state)"
-    if [ -z "$applied" ] && [ -f /etc/vm-config/from-git ]; then
-      applied=1
-      echo "VM-CONFIG applied by bosun daemon: $(cat /etc/vm-config/from-git)"
+    # The node config reached this boot's root: the test scenarios' configs write
+    # /etc/vm-config/from-git, the README's writes /etc/motd.
+    if [ -z "$applied" ]; then
+      for f in /etc/vm-config/from-git /etc/motd; do
+        if [ -z "$applied" ] && [ -f "$f" ]; then
+          applied=1
+          echo "VM-CONFIG applied by bosun daemon: $(head -n1 "$f")"
+        fi
+      done
     fi
     if [ "$st" != "$last" ]; then echo "VM-STATE $st slot=$slot t=${t}s"; last="$st"; fi
     case "$st" in
@@ -147,7 +160,8 @@ watch_upgrade() {
   /bin/vm-poweroff
 }
 
-mode="$(cat /data/vm/mode 2>/dev/null || echo missing)"
+# No mode file (the README scenario's disk): the daemon drives, as on a real node.
+mode="$(cat /data/vm/mode 2>/dev/null || echo daemon)"
 case "$mode" in
 smoke)
   # bosun runs in the guest (its libraries were found) and applies the node config from the

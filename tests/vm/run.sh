@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
-# End-to-end A/B test in a real VM: real SeaBIOS, real GRUB running boot/grub.cfg, a real
-# Debian kernel, real partitions on a virtio disk, real reboots, and bosun inside the guest.
-# See tests/vm/README.md. Driven by tests/integration/vm_ab.rs; runnable alone:
+# End-to-end A/B test in a real VM: real firmware (SeaBIOS, or OVMF for UEFI), real GRUB running
+# boot/grub.cfg, a real Debian kernel, real partitions on a virtio disk, real reboots, and bosun
+# inside the guest. The disks are built by bosun itself: each OS version is packed as an OCI
+# archive (tests/vm/oci-archive.sh), turned into a slot image by `bosun image slot`, and the
+# node's disk is made by `bosun image disk`. See tests/vm/README.md. Driven by
+# tests/integration/vm_ab.rs; runnable alone:
 #
-#   BOSUN=target/debug/bosun tests/vm/run.sh [SCENARIO...]      (default: every scenario)
+#   BOSUN=target/debug/bosun tests/vm/run.sh [SCENARIO...]      (default: good bad panic readme)
+#   BOSUN=target/debug/bosun tests/vm/run.sh oci-archive VERSION OUT.tar   (the test OS as an OCI archive)
 #
 # Environment:
-#   BOSUN      the bosun binary to put into the guest (required)
+#   BOSUN      the bosun binary to put into the guest and to build the images with (required)
 #   VM_CACHE   where kernel .debs are cached, keyed by version (default: ${TMPDIR:-/tmp}/bosun-vm-cache)
 #   VM_WORK    work directory (default: a fresh temp dir, removed on success)
 #   VM_TIMEOUT seconds one qemu run may take (default: 420)
 #   VM_DRIVER  daemon (default) or step: see below
 #
-# No root, no loop devices: partitions are written into the disk image file at fixed offsets
-# (sfdisk, mke2fs -d -E offset=, dd), and read back with debugfs.
+# No root, no loop devices: `bosun image disk` writes the partitions into the disk image file;
+# results are read back with mtools (the ESP) and debugfs (the data partition).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO_ROOT="$(cd "$HERE/../.." && pwd)"
-: "${BOSUN:?set BOSUN to the bosun binary to boot in the guest}"
+BOSUN="${BOSUN:-$(command -v bosun || true)}"
+: "${BOSUN:?set BOSUN to the bosun binary to boot in the guest (or put bosun on PATH)}"
 BOSUN="$(realpath "$BOSUN")"
 VM_CACHE="${VM_CACHE:-${TMPDIR:-/tmp}/bosun-vm-cache}"
 VM_TIMEOUT="${VM_TIMEOUT:-420}"
@@ -28,13 +33,14 @@ VM_DRIVER="${VM_DRIVER:-daemon}"
 # The config's health block: a short timeout so the bad image is rolled back quickly.
 HEALTH_TIMEOUT=15
 HEALTH_SUCCESSES=2
-
-# Disk layout, in 512-byte sectors (MBR; GRUB's core.img lives in sectors 1..2047).
-BOOT_START=2048;   BOOT_SIZE=16384      # 8 MiB   ext2 "bosun-boot": grub.cfg, bosun.cfg, bosun.env
-A_START=18432;     SLOT_SIZE=131072     # 64 MiB  slot a (/dev/vda2)
-B_START=149504                          # 64 MiB  slot b (/dev/vda3)
-DATA_START=280576; DATA_SIZE=524288     # 256 MiB ext2 "bosun-data": config repo, images, state
-DISK_SECTORS=$((DATA_START + DATA_SIZE))
+# Every scenario's disk has the same slots (every image must fit one) and data partition.
+IMAGE_SIZE=64M
+SLOT_SIZE=96M
+DATA_SIZE=256M
+# Extra kernel arguments (bosun_cmdline): serial console, reboot 1 s after a panic.
+CMDLINE="console=ttyS0 loglevel=4 panic=1"
+OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
+OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
 
 log() { echo "vm: $*" >&2; }
 die() { echo "vm: FAIL: $*" >&2; exit 1; }
@@ -77,7 +83,9 @@ fetch_kernel() {
 MODULES="drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko
 drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci_legacy_dev.ko
 drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko lib/crc16.ko fs/mbcache.ko
-fs/jbd2/jbd2.ko crypto/crc32c_generic.ko fs/ext4/ext4.ko"
+fs/jbd2/jbd2.ko crypto/crc32c_generic.ko fs/ext4/ext4.ko fs/fat/fat.ko fs/fat/vfat.ko
+fs/nls/nls_cp437.ko fs/nls/nls_ascii.ko fs/nls/nls_utf8.ko net/core/failover.ko
+drivers/net/net_failover.ko drivers/net/virtio_net.ko"
 
 # --- guest OS images ------------------------------------------------------------------------
 
@@ -113,10 +121,13 @@ EOF
   chmod 755 "$t/init"
 }
 
-# Builds one OS version as an ext2 slot filesystem image: $1 name, $2 health (good|none|panic), $3 out.
-os_image() {
-  local name="$1" health="$2" out="$3" t="$WORK/os-$1"
-  rm -rf "$t" && mkdir -p "$t/root/boot"
+# Builds one OS version's root filesystem as two OCI layer directories under $3: base/ (the
+# kernel, os-release) and bosun/ (the initramfs holding the whole test OS, bosun and its
+# enabled unit, which `bosun image slot` checks for). $1 name, $2 health (good|none|panic).
+os_layers() {
+  local name="$1" health="$2" t="$3"
+  rm -rf "$t" && mkdir -p "$t/base/boot" "$t/base/etc" "$t/bosun/boot" "$t/bosun/usr/bin" \
+    "$t/bosun/lib/systemd/system" "$t/bosun/etc/systemd/system/multi-user.target.wants"
   if [ "$health" = panic ]; then
     # A kernel that never reaches bosun: its init exits at once, so the kernel panics
     # ("Attempted to kill init") and panic=1 reboots.
@@ -129,78 +140,95 @@ os_image() {
     echo "$name" >"$t/initrd/etc/os-version"
     echo "$health" >"$t/initrd/etc/vm-health"
   fi
-  (cd "$t/initrd" && find . | busybox cpio -o -H newc -R 0:0 2>/dev/null | gzip -1) >"$t/root/boot/initrd.img"
-  cp "$KDIR/boot/vmlinuz-$KVER" "$t/root/boot/vmlinuz"
-  echo "$name" >"$t/root/os-version"
-  local kib=$(( $(du -sk "$t/root" | cut -f1) + 2048 ))
-  rm -f "$out"
-  mke2fs -q -F -t ext2 -b 4096 -L "os-$name" -d "$t/root" "$out" "${kib}k" >/dev/null
-  rm -rf "$t"
-  [ "$(stat -c %s "$out")" -le $((SLOT_SIZE * 512)) ] || die "image $name ($(stat -c %s "$out") bytes) does not fit a slot"
+  (cd "$t/initrd" && find . | busybox cpio -o -H newc -R 0:0 2>/dev/null | gzip -1) >"$t/bosun/boot/initrd.img"
+  rm -rf "$t/initrd"
+  cp "$KDIR/boot/vmlinuz-$KVER" "$t/base/boot/vmlinuz"
+  printf 'NAME="bosun test OS"\nID=bosun-test\n' >"$t/base/etc/os-release"
+  echo "$name" >"$t/base/os-version"
+  cp "$WORK/base/usr/bin/bosun" "$t/bosun/usr/bin/bosun"
+  cp "$REPO_ROOT/systemd/bosun.service" "$t/bosun/lib/systemd/system/bosun.service"
+  ln -s /lib/systemd/system/bosun.service "$t/bosun/etc/systemd/system/multi-user.target.wants/bosun.service"
+}
+
+# The test OS version $1 (health $3, default good) as an OCI archive $2: what `docker save` of
+# a Dockerfile-built image gives (the README's no-Docker path).
+oci_archive() {
+  local name="$1" out="$2"
+  os_layers "$name" "${3:-good}" "$WORK/layers-$name"
+  "$HERE/oci-archive.sh" "$out" "$WORK/layers-$name/base" "$WORK/layers-$name/bosun"
+  rm -rf "$WORK/layers-$name"
+}
+
+# Builds one OS version's slot image $WORK/$1.img.zst with `bosun image slot` from its OCI
+# archive, and its raw bytes $WORK/$1.raw (what bosun must write into a slot).
+os_image() {
+  local name="$1" health="$2"
+  oci_archive "$name" "$WORK/$name.oci.tar" "$health"
+  # 64 MiB: the tree (~48 MiB) plus room; what bosun writes into a slot on every upgrade.
+  "$BOSUN" image slot --oci "$WORK/$name.oci.tar" --version "$name" --out "$WORK/$name.img.zst" \
+    --size "$IMAGE_SIZE" --zstd-level 1 >"$WORK/$name.slot.txt" || die "bosun image slot $name failed"
+  rm -f "$WORK/$name.oci.tar"
+  zstd -dqf "$WORK/$name.img.zst" -o "$WORK/$name.raw"
 }
 
 # --- disk -----------------------------------------------------------------------------------
 
-# GRUB's boot.img and core.img (i386-pc), built once into $WORK.
-grub_images() {
-  need grub-mkimage:grub-pc-bin
-  [ -f /usr/lib/grub/i386-pc/boot.img ] || die "/usr/lib/grub/i386-pc/boot.img missing: install grub-pc-bin"
-  cat >"$WORK/early.cfg" <<'EOF'
-serial --unit=0 --speed=115200
-terminal_input serial
-terminal_output serial
-search --no-floppy --label --set=root bosun-boot
-set prefix=($root)/grub
-EOF
-  grub-mkimage -O i386-pc -o "$WORK/core.img" -c "$WORK/early.cfg" -p "(hd0,msdos1)/grub" \
-    biosdisk part_msdos ext2 search search_label loadenv test linux serial terminal echo sleep \
-    reboot halt normal configfile
-  [ "$(stat -c %s "$WORK/core.img")" -lt $(( (BOOT_START - 1) * 512 )) ] || die "core.img does not fit before sector $BOOT_START"
-}
-
-# Assembles a scenario's disk: $1 dir holding boot/ and data/ staging trees. Writes $1/disk.img.
+# Assembles a scenario's disk $1/disk.img with `bosun image disk` from slot image v1 and the
+# data partition staged in $1/data.
 assemble_disk() {
-  local d="$1" disk="$1/disk.img"
-  rm -f "$disk"
-  truncate -s $((DISK_SECTORS * 512)) "$disk"
-  sfdisk -q "$disk" >/dev/null <<EOF
-label: dos
-start=$BOOT_START, size=$BOOT_SIZE, type=83, bootable
-start=$A_START, size=$SLOT_SIZE, type=83
-start=$B_START, size=$SLOT_SIZE, type=83
-start=$DATA_START, size=$DATA_SIZE, type=83
-EOF
-  # boot.img's code (not the partition table), then core.img right after the MBR.
-  dd if=/usr/lib/grub/i386-pc/boot.img of="$disk" bs=440 count=1 conv=notrunc status=none
-  dd if="$WORK/core.img" of="$disk" bs=512 seek=1 conv=notrunc status=none
-  mke2fs -q -F -t ext2 -L bosun-boot -d "$d/boot" -E offset=$((BOOT_START * 512)) "$disk" $((BOOT_SIZE / 2))k >/dev/null
-  dd if="$WORK/v1.img" of="$disk" bs=1M seek=$((A_START * 512)) oflag=seek_bytes conv=notrunc,sparse status=none
-  mke2fs -q -F -t ext2 -L bosun-data -d "$d/data" -E offset=$((DATA_START * 512)) "$disk" $((DATA_SIZE / 2))k >/dev/null
+  local d="$1"
+  "$BOSUN" image disk --slot "$WORK/v1.img.zst" --out "$d/disk.img" --slot-size "$SLOT_SIZE" \
+    --data-size "$DATA_SIZE" --data-dir "$d/data" --serial --cmdline "$CMDLINE" --no-qcow2 \
+    >"$d/disk.txt" || die "bosun image disk failed"
 }
 
-# Reads a file from an ext2 partition of disk $1 (boot|data): path $3 → host file $4.
+# Start sector and length of partition $2 of disk $1 (from sfdisk's dump).
+part_geom() {
+  sfdisk -d "$1" | sed -n "s|^$1$2 : start= *\([0-9]*\), size= *\([0-9]*\),.*|\1 \2|p"
+}
+
+# Reads a file back from disk $1: partition esp (FAT, mtools) or data (ext4, debugfs), path
+# $3 → host file $4.
 read_back() {
-  local disk="$1" start size path="$3" out="$4" part
-  part="$(dirname "$disk")/partition.img"
-  case "$2" in
-    boot) start=$BOOT_START; size=$BOOT_SIZE ;;
-    data) start=$DATA_START; size=$DATA_SIZE ;;
-  esac
-  dd if="$disk" of="$part" bs=1M skip=$((start * 512)) count=$((size * 512)) iflag=skip_bytes,count_bytes status=none
+  local disk="$1" path="$3" out="$4" geom start size part
   rm -f "$out"
-  debugfs -R "dump $path $out" "$part" 2>/dev/null
-  rm -f "$part"
+  case "$2" in
+    esp)
+      geom="$(part_geom "$disk" 2)"; start="${geom% *}"
+      MTOOLS_SKIP_CHECK=1 mcopy -n -i "$disk@@$((start * 512))" "::$path" "$out" 2>/dev/null || true ;;
+    data)
+      geom="$(part_geom "$disk" 5)"; start="${geom% *}"; size="${geom#* }"
+      part="$(dirname "$disk")/partition.img"
+      dd if="$disk" of="$part" bs=1M skip=$((start * 512)) count=$((size * 512)) iflag=skip_bytes,count_bytes status=none
+      debugfs -R "dump $path $out" "$part" 2>/dev/null
+      rm -f "$part" ;;
+  esac
   [ -f "$out" ]
+}
+
+# Replaces file $2 on the ESP of disk $1 with host file $3.
+write_esp() {
+  local geom start
+  geom="$(part_geom "$1" 2)"; start="${geom% *}"
+  MTOOLS_SKIP_CHECK=1 mcopy -o -i "$1@@$((start * 512))" "$3" "::$2"
 }
 
 # --- one scenario ---------------------------------------------------------------------------
 
+# Boots disk $1/disk.img until the guest powers off. Firmware: SeaBIOS, or OVMF (UEFI) when
+# $1/firmware says uefi. Extra qemu arguments: $1/qemu-args (one per line), e.g. a network.
 run_qemu() {
-  local d="$1"
+  local d="$1" fw=() extra=()
   : >"$d/serial.log"
+  if [ "$(cat "$d/firmware" 2>/dev/null)" = uefi ]; then
+    cp "$OVMF_VARS" "$d/ovmf-vars.fd"
+    fw=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$OVMF_CODE"
+        -drive "if=pflash,format=raw,unit=1,file=$d/ovmf-vars.fd")
+  fi
+  if [ -f "$d/qemu-args" ]; then mapfile -t extra <"$d/qemu-args"; fi
   set +e
   timeout --kill-after=5 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m 512 -smp 1 \
-    -display none -monitor none -nodefaults -serial "file:$d/serial.log" \
+    -display none -monitor none -nodefaults -serial "file:$d/serial.log" "${fw[@]}" "${extra[@]}" \
     -drive "file=$d/disk.img,format=raw,if=virtio" >"$d/qemu.out" 2>&1
   local rc=$?
   set -e
@@ -217,24 +245,13 @@ tail_log() {
   echo "----- end of serial log -----" >&2
 }
 
-# Stages a scenario dir $1 with config-repo contents from stdin (config.yaml) and image $2 (or "").
+# Stages a scenario dir $1 with config-repo contents from stdin (config.yaml) and image $2 (or
+# ""): the data partition's tree ($1/data) with the bare config repo, the image and the agent
+# config. The boot side (GRUB, grub.cfg, the environment) comes from `bosun image disk`.
 stage_scenario() {
   local d="$1" image="$2"
-  rm -rf "$d" && mkdir -p "$d/boot/grub" "$d/data/images" "$d/data/vm/root" "$d/data/bosun"
-  cp "$REPO_ROOT/boot/grub.cfg" "$d/boot/grub/bosun.cfg"
-  # The image's grub.cfg: slots by partition (images are written to either slot, so their
-  # filesystem labels say nothing about the slot), a short panic delay, serial console.
-  cat >"$d/boot/grub/grub.cfg" <<'EOF'
-set bosun_dev_a=hd0,msdos2
-set bosun_dev_b=hd0,msdos3
-set bosun_root_a=/dev/vda2
-set bosun_root_b=/dev/vda3
-set bosun_cmdline="console=ttyS0 loglevel=4 panic=1"
-set bosun_reboot_delay=0
-source ${prefix}/bosun.cfg
-EOF
-  grub-editenv "$d/boot/grub/bosun.env" create
-  if [ -n "$image" ]; then ln "$WORK/$image.img" "$d/data/images/$image.img"; fi
+  rm -rf "$d" && mkdir -p "$d/data/images" "$d/data/vm/root" "$d/data/bosun"
+  if [ -n "$image" ]; then ln "$WORK/$image.img.zst" "$d/data/images/$image.img.zst"; fi
   mkdir -p "$d/config"
   cat >"$d/config/config.yaml"
   cp -a "$d/config" "$d/data/vm/config"
@@ -269,18 +286,22 @@ expect_env() {
 # the guest on both slots and renders the node config from the data partition's repo.
 scenario_smoke() {
   local d="$WORK/smoke"
-  stage_scenario "$d" "" <<'EOF'
+  stage_scenario "$d" "" <<'EOF2'
 hostname: vm-node
 write_files:
   - path: /etc/vm-smoke
     content: "rendered by bosun in the guest\n"
-EOF
+EOF2
   echo smoke >"$d/data/vm/mode"
-  grub-editenv "$d/boot/grub/bosun.env" set bosun_primary=a bosun_good_a=1 bosun_trial=b bosun_tries=1 bosun_good_b=0
   assemble_disk "$d"
-  dd if="$WORK/v1.img" of="$d/disk.img" bs=1M seek=$((B_START * 512)) oflag=seek_bytes conv=notrunc,sparse status=none
+  # A trial of b with one try, set from the host, and v1 in slot b too.
+  read_back "$d/disk.img" esp /grub/bosun.env "$d/bosun.env" || die "cannot read bosun.env"
+  grub-editenv "$d/bosun.env" set bosun_primary=a bosun_good_a=1 bosun_trial=b bosun_tries=1 bosun_good_b=0
+  write_esp "$d/disk.img" /grub/bosun.env "$d/bosun.env"
+  local geom; geom="$(part_geom "$d/disk.img" 4)"
+  dd if="$WORK/v1.raw" of="$d/disk.img" bs=1M seek=$((${geom% *} * 512)) oflag=seek_bytes conv=notrunc,sparse status=none
   run_qemu "$d"
-  read_back "$d/disk.img" boot /grub/bosun.env "$d/bosun.env" || die "cannot read bosun.env back"
+  read_back "$d/disk.img" esp /grub/bosun.env "$d/bosun.env" || die "cannot read bosun.env back"
   expect_log "$d" '^bosun: booting slot b' "GRUB boots the trial slot"
   expect_log "$d" '^VM-BOOT 1 slot=b version=v1' "the trial kernel reaches the init on slot b"
   expect_log "$d" '^VM-SMOKE bosun apply ok' "bosun applies the config in the guest"
@@ -301,8 +322,8 @@ write_files:
     content: "config commit naming $image"
 upgrade:
   version: "$image"
-  image: /data/images/$image.img
-  sha256: $(sha "$WORK/$image.img")
+  image: /data/images/$image.img.zst
+  sha256: $(sha "$WORK/$image.img.zst")
   tries: $tries
 health:
   timeout: ${HEALTH_TIMEOUT}s
@@ -314,18 +335,25 @@ EOF
 }
 
 # Stages and boots an upgrade scenario: node on slot a running v1, config naming image $2 with
-# $3 tries; $4 "confirm": reboot once more after the upgrade settled.
+# $3 tries; $4 "confirm": reboot once more after the upgrade settled; $5 firmware (bios|uefi).
 upgrade_run() {
   local d="$1" image="$2" tries="$3"
   upgrade_config "$image" "$tries" | stage_scenario "$d" "$image"
   if [ "${4:-}" = confirm ]; then touch "$d/data/vm/confirm-boot"; fi
+  echo "${5:-bios}" >"$d/firmware"
   echo "$VM_DRIVER" >"$d/data/vm/mode"
   # The step driver plays the daemon's health wait with the config's numbers.
   echo "$HEALTH_TIMEOUT" >"$d/data/vm/health-timeout"
   echo "$HEALTH_SUCCESSES" >"$d/data/vm/health-successes"
   assemble_disk "$d"
   run_qemu "$d"
-  read_back "$d/disk.img" boot /grub/bosun.env "$d/bosun.env" || die "cannot read bosun.env back"
+  collect_state "$d"
+}
+
+# Reads the GRUB environment, the guest's final status and bosun's state back from $1/disk.img.
+collect_state() {
+  local d="$1"
+  read_back "$d/disk.img" esp /grub/bosun.env "$d/bosun.env" || die "cannot read bosun.env back"
   read_back "$d/disk.img" data /vm/final "$d/final.json" || { tail_log "$d"; die "the guest wrote no final upgrade status"; }
   # bosun's persisted state, read back from the data partition and reported by bosun on the host.
   mkdir -p "$d/state"
@@ -357,12 +385,13 @@ expect_final() {
   done
 }
 
-# Slot b (/dev/vda3) holds exactly the image's bytes.
+# Slot b (/dev/vda4) holds exactly the image's (decompressed) bytes.
 expect_slot_b() {
-  local d="$1" image="$2" size got
-  size="$(stat -c %s "$WORK/$image.img")"
-  got="$(dd if="$d/disk.img" bs=1M skip=$((B_START * 512)) count="$size" iflag=skip_bytes,count_bytes status=none | sha256sum | cut -d' ' -f1)"
-  [ "$got" = "$(sha "$WORK/$image.img")" ] || die "slot b does not hold $image (sha256 $got)"
+  local d="$1" image="$2" size got geom
+  size="$(stat -c %s "$WORK/$image.raw")"
+  geom="$(part_geom "$d/disk.img" 4)"
+  got="$(dd if="$d/disk.img" bs=1M skip=$((${geom% *} * 512)) count="$size" iflag=skip_bytes,count_bytes status=none | sha256sum | cut -d' ' -f1)"
+  [ "$got" = "$(sha "$WORK/$image.raw")" ] || die "slot b does not hold $image (sha256 $got)"
 }
 
 # 1. The good image: installed to b, trial boot of b, health passes, committed, b boots next.
@@ -430,25 +459,116 @@ scenario_panic() {
   expect_final "$d" '"refused": [1-9]' "bosun refused the quarantined image on later passes (no retry)"
 }
 
+# The README's "From zero to an upgradable node", run as written: its two marked shell blocks
+# from README.md, in a scratch dir, with `bosun` on PATH. Only qemu-system-x86_64 is wrapped
+# (a shell function): TCG, the serial console to a file instead of the terminal, in the
+# background under `timeout`, so the test can push the upgrade once the node is up.
+scenario_readme() {
+  local d="$WORK/readme"
+  rm -rf "$d" && mkdir -p "$d/tmp"
+  readme_block build >"$d/build.sh"
+  readme_block push >"$d/push.sh"
+  [ -s "$d/build.sh" ] && [ -s "$d/push.sh" ] || die "README.md has no marked zero-to-node blocks"
+  : >"$d/serial.log"
+  set +e
+  (
+    set -e
+    # Whatever happens, no git daemon or qemu outlives the scenario.
+    trap '[ -f "$d/qemu.pid" ] && kill "$(cat "$d/qemu.pid")" 2>/dev/null; true' EXIT
+    cd "$REPO_ROOT"
+    export PATH="$(dirname "$BOSUN"):$PATH" TMPDIR="$d/tmp"
+    export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 GIT_AUTHOR_NAME=vm GIT_AUTHOR_EMAIL=vm@localhost \
+      GIT_COMMITTER_NAME=vm GIT_COMMITTER_EMAIL=vm@localhost
+    qemu-system-x86_64() {
+      local args=() a
+      for a in "$@"; do [ "$a" = -nographic ] || args+=("$a"); done
+      timeout --kill-after=5 "$VM_TIMEOUT" "$(type -P qemu-system-x86_64)" -accel tcg -display none \
+        -monitor none -serial "file:$d/serial.log" "${args[@]}" >"$d/qemu.out" 2>&1 &
+      echo $! >"$d/qemu.pid"
+      echo "$PWD" >"$d/scratch"
+    }
+    # shellcheck disable=SC1090
+    source "$d/build.sh"
+    wait_log "$d" 'VM-CONFIG applied by bosun daemon' 240 || { kill "$(cat "$d/qemu.pid")" 2>/dev/null; exit 1; }
+    # shellcheck disable=SC1090
+    source "$d/push.sh"
+    rc=0
+    wait "$(cat "$d/qemu.pid")" || rc=$?
+    rm -f "$d/qemu.pid"
+    [ $rc -eq 0 ] || { cat "$d/qemu.out" >&2; exit $rc; }
+  )
+  local rc=$?
+  set -e
+  [ $rc -eq 0 ] || { tail_log "$d"; die "the README's commands failed (exit $rc, see above)"; }
+  expect_sequence "$d" \
+    'VM-NET eth0 up' 'VM-BOOT 1 slot=a version=v1 ' 'VM-CONFIG applied by bosun daemon: managed by bosun' \
+    'bosun: booting slot b' 'VM-BOOT 2 slot=b version=v2 ' 'VM-SETTLED state=committed slot=b version=v2' \
+    'VM-FINAL state=committed slot=b version=v2' 'VM-POWEROFF'
+  local scratch; scratch="$(cat "$d/scratch")"
+  mv "$scratch/node.img" "$d/disk.img"
+  read_back "$d/disk.img" esp /grub/bosun.env "$d/bosun.env" || die "cannot read bosun.env back"
+  expect_env "$d" bosun_primary b
+  expect_env "$d" bosun_good_b 1
+  expect_env "$d" bosun_trial ""
+  zstd -dqf "$scratch/os-v2.img.zst" -o "$WORK/readme-v2.raw"
+  expect_slot_b "$d" readme-v2
+}
+
+# The shell block of README.md that follows the line `<!-- zero-to-node: $1 -->`.
+readme_block() {
+  awk -v tag="<!-- zero-to-node: $1 -->" '
+    $0 == tag { armed = 1; next }
+    armed && /^```sh$/ { inside = 1; next }
+    inside && /^```$/ { exit }
+    inside { print }' "$REPO_ROOT/README.md"
+}
+
+# Waits up to $3 seconds for a line matching $2 in the serial log of $1.
+wait_log() {
+  local i
+  for ((i = 0; i < $3; i++)); do
+    clean_log "$1" | grep -qE "$2" && return 0
+    sleep 1
+  done
+  echo "vm: no /$2/ in the serial log after $3 s" >&2
+  return 1
+}
+
 # --- main -----------------------------------------------------------------------------------
+
+# Prepares $WORK with the kernel and the shared initramfs tree.
+prepare() {
+  WORK="${VM_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/bosun-vm.XXXXXX")}"
+  mkdir -p "$WORK"
+  fetch_kernel
+  rm -rf "$WORK/base" && base_tree "$WORK/base"
+}
 
 main() {
   need qemu-system-x86_64:qemu-system-x86 sfdisk:fdisk mke2fs:e2fsprogs debugfs:e2fsprogs \
-    grub-editenv:grub-common busybox:busybox-static git:git objcopy:binutils timeout:coreutils
+    grub-editenv:grub-common busybox:busybox-static git:git objcopy:binutils timeout:coreutils \
+    mcopy:mtools mkfs.vfat:dosfstools grub-mkimage:grub-common zstd:zstd
   [ -f /usr/share/seabios/bios-256k.bin ] || die "SeaBIOS missing: install the Debian package seabios"
+  [ -f /usr/lib/grub/i386-pc/boot.img ] || die "GRUB for BIOS missing: install the Debian package grub-pc-bin"
+  [ -d /usr/lib/grub/x86_64-efi ] || die "GRUB for UEFI missing: install the Debian package grub-efi-amd64-bin"
+  [ -f "$OVMF_CODE" ] || die "OVMF missing: install the Debian package ovmf"
   local keep="${VM_WORK:+1}"
-  WORK="${VM_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/bosun-vm.XXXXXX")}"
-  mkdir -p "$WORK"
+  if [ "${1:-}" = oci-archive ]; then
+    [ $# -eq 3 ] || die "usage: tests/vm/run.sh oci-archive VERSION OUT.tar"
+    local out; out="$(realpath -m "$3")"
+    prepare
+    oci_archive "$2" "$out"
+    [ -n "$keep" ] || rm -rf "$WORK"
+    return
+  fi
   local scenarios=("$@")
-  [ ${#scenarios[@]} -gt 0 ] || scenarios=(good bad panic)
+  [ ${#scenarios[@]} -gt 0 ] || scenarios=(good bad panic readme)
   local t0=$SECONDS
-  fetch_kernel
-  grub_images
-  rm -rf "$WORK/base" && base_tree "$WORK/base"
-  os_image v1 good "$WORK/v1.img"
-  os_image v2-good good "$WORK/v2-good.img"
-  os_image v3-bad none "$WORK/v3-bad.img"
-  os_image v4-panic panic "$WORK/v4-panic.img"
+  prepare
+  os_image v1 good
+  os_image v2-good good
+  os_image v3-bad none
+  os_image v4-panic panic
   log "images built in $((SECONDS - t0))s (kernel $KVER)"
   # Scenarios run side by side (one qemu each, single-threaded TCG); VM_JOBS=1 runs them in turn.
   local s pids=() failed=()
@@ -463,7 +583,7 @@ main() {
       log "scenario $s passed in $((SECONDS - t1))s"
     ) >"$WORK/$s.out" 2>&1 &
     pids+=($!)
-    if [ "${VM_JOBS:-3}" = 1 ]; then wait "${pids[-1]}" || true; fi
+    if [ "${VM_JOBS:-4}" = 1 ]; then wait "${pids[-1]}" || true; fi
   done
   local i
   for i in "${!scenarios[@]}"; do
