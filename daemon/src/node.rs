@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use crate::agent::{AgentConfig, BootloaderKind, UpgradeSection};
 use crate::bootenv::{gpt::GptPrio, grub::GrubEnv, uboot::UbootEnv, BootEnv, BootEnvError};
+use crate::clock::{Clock, SystemClock};
 use crate::config::LoadOptions;
-use crate::health::{Clock, HealthContext, SystemClock};
+use crate::health::HealthContext;
 use crate::keys::KeyFetcherConfig;
 use crate::reconcile::Target;
 use crate::render::RenderSettings;

@@ -387,7 +387,7 @@ pub trait SnapshotApplier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::RecordingRunner;
+    use crate::testing::RecordingRunner;
 
     #[test]
     fn effects_map_to_commands_and_failures_do_not_stop_later_ones() {

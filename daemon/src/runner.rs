@@ -14,8 +14,6 @@
 //! Invariants: argv is passed verbatim (argv[0] is the program, looked up in `PATH`); an empty
 //! argv is an error, never a no-op; a runner never returns before the child is reaped.
 
-use std::collections::VecDeque;
-use std::fmt;
 use std::io;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
@@ -44,13 +42,13 @@ impl CommandOutput {
         CommandOutput::exit(0)
     }
 
-    /// Adds captured stderr (builder style, for scripting [`RecordingRunner`]).
+    /// Adds captured stderr (builder style, for scripting `crate::testing::RecordingRunner`).
     pub fn with_stderr(mut self, stderr: impl Into<Vec<u8>>) -> Self {
         self.stderr = stderr.into();
         self
     }
 
-    /// Adds captured stdout (builder style, for scripting [`RecordingRunner`]).
+    /// Adds captured stdout (builder style, for scripting `crate::testing::RecordingRunner`).
     pub fn with_stdout(mut self, stdout: impl Into<Vec<u8>>) -> Self {
         self.stdout = stdout.into();
         self
@@ -95,7 +93,7 @@ pub enum RunError {
 pub trait CommandRunner: Send + Sync {
     /// Runs `argv` (no shell) to completion and returns its output. A non-zero exit is an
     /// `Ok` output, not an error. Side effects: whatever the program does (for
-    /// [`SystemRunner`]); none for [`RecordingRunner`].
+    /// [`SystemRunner`]); none for [`DryRunner`].
     fn run(&self, argv: &[String]) -> Result<CommandOutput, RunError>;
 }
 
@@ -243,92 +241,6 @@ impl CommandRunner for DryRunner {
     }
 }
 
-/// One scripted answer of a [`RecordingRunner`].
-pub enum Scripted {
-    Output(CommandOutput),
-    Error(RunError),
-}
-
-impl fmt::Debug for Scripted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scripted::Output(o) => f.debug_tuple("Output").field(o).finish(),
-            Scripted::Error(e) => f.debug_tuple("Error").field(&e.to_string()).finish(),
-        }
-    }
-}
-
-/// Records every argv it is asked to run and runs nothing.
-///
-/// Answers, in order of precedence: the next queued answer ([`RecordingRunner::push`]), else
-/// the first rule whose argv prefix matches ([`RecordingRunner::on`]), else exit status 0.
-#[derive(Debug, Default)]
-pub struct RecordingRunner {
-    calls: Mutex<Vec<Vec<String>>>,
-    queue: Mutex<VecDeque<Scripted>>,
-    rules: Mutex<Vec<(Vec<String>, CommandOutput)>>,
-}
-
-impl RecordingRunner {
-    /// A runner that answers exit status 0 to everything.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Answers `output` to every argv starting with `prefix` (a persistent rule).
-    pub fn on<S: AsRef<str>>(self, prefix: &[S], output: CommandOutput) -> Self {
-        let prefix = prefix.iter().map(|s| s.as_ref().to_string()).collect();
-        self.rules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((prefix, output));
-        self
-    }
-
-    /// Queues a one-shot answer for the next call (FIFO), whatever its argv.
-    pub fn push(&self, answer: Scripted) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(answer);
-    }
-
-    /// Every argv run so far, in call order.
-    pub fn calls(&self) -> Vec<Vec<String>> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl CommandRunner for RecordingRunner {
-    /// Records `argv`; no side effects on the system.
-    fn run(&self, argv: &[String]) -> Result<CommandOutput, RunError> {
-        if argv.is_empty() {
-            return Err(RunError::EmptyArgv);
-        }
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(argv.to_vec());
-        if let Some(answer) = self
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
-        {
-            return match answer {
-                Scripted::Output(o) => Ok(o),
-                Scripted::Error(e) => Err(e),
-            };
-        }
-        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(rules
-            .iter()
-            .find(|(prefix, _)| argv.starts_with(prefix))
-            .map(|(_, out)| out.clone())
-            .unwrap_or_else(CommandOutput::ok))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,37 +250,9 @@ mod tests {
     }
 
     #[test]
-    fn recording_runner_records_and_answers_queue_then_rules_then_success() {
-        let r = RecordingRunner::new().on(&["systemctl", "is-active"], CommandOutput::exit(3));
-        r.push(Scripted::Output(CommandOutput::exit(7)));
-        assert_eq!(
-            r.run(&argv(&["modprobe", "br_netfilter"])).unwrap().code,
-            Some(7)
-        );
-        assert_eq!(
-            r.run(&argv(&["systemctl", "is-active", "--quiet", "k3s"]))
-                .unwrap()
-                .code,
-            Some(3)
-        );
-        assert!(r
-            .run(&argv(&["systemctl", "restart", "k3s"]))
-            .unwrap()
-            .success());
-        assert_eq!(
-            r.calls(),
-            vec![
-                argv(&["modprobe", "br_netfilter"]),
-                argv(&["systemctl", "is-active", "--quiet", "k3s"]),
-                argv(&["systemctl", "restart", "k3s"]),
-            ]
-        );
-    }
-
-    #[test]
     fn empty_argv_is_an_error_for_both_runners() {
         assert!(matches!(
-            RecordingRunner::new().run(&[]),
+            DryRunner::new().run(&[]),
             Err(RunError::EmptyArgv)
         ));
         assert!(matches!(

@@ -31,8 +31,8 @@ use sha2::Digest;
 use bosun::guarded_apply::{apply_guarded, CommitHistory, GateReason, GuardedOutcome, KeptReason};
 use bosun::health::{HealthContext, Verdict};
 use bosun::reconcile::{self, Target};
-use bosun::runner::RecordingRunner;
 use bosun::snapshot::Snapshot;
+use bosun::testing::RecordingRunner;
 
 use crate::config_cli::bosun;
 use crate::support::tls::{serve_http, serve_https, server_config, TestCa, TestServer};

@@ -20,8 +20,9 @@ use axum::Router;
 use base64::Engine as _;
 
 use bosun::config::{HealthCheck, HealthConfig};
-use bosun::health::{check_once, run_check, wait_healthy, HealthContext, ManualClock, Verdict};
-use bosun::runner::{CommandOutput, CommandRunner, RecordingRunner, SystemRunner};
+use bosun::health::{check_once, run_check, wait_healthy, HealthContext, Verdict};
+use bosun::runner::{CommandOutput, CommandRunner, SystemRunner};
+use bosun::testing::{ManualClock, RecordingRunner};
 
 use crate::support::tls::{serve_http, serve_https, server_config, TestCa, TestServer};
 

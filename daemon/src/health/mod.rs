@@ -18,7 +18,6 @@
 //! [`HealthContext::root`]; commands only run through [`HealthContext::runner`].
 
 pub mod checks;
-pub mod clock;
 pub mod gate;
 pub mod kubeconfig;
 pub mod wait;
@@ -29,12 +28,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{HealthCheck, HealthConfig};
 use crate::runner::{display_argv, CommandRunner};
 
 pub use crate::config::K3sRole;
 pub use checks::{run_check, run_checks, CheckOutcome};
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use gate::{Gate, Verdict};
 pub use kubeconfig::{Kubeconfig, KubeconfigError, KubeconfigRefs};
 pub use wait::{wait_healthy, CheckStatus, HealthReport};
@@ -274,7 +273,8 @@ pub fn report_summary(report: &HealthReport) -> String {
 mod tests {
     use super::*;
     use crate::config::K3os;
-    use crate::runner::{CommandOutput, RecordingRunner};
+    use crate::runner::CommandOutput;
+    use crate::testing::RecordingRunner;
 
     #[test]
     fn default_checks_per_role() {

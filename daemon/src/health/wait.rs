@@ -135,8 +135,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::health::ManualClock;
-    use crate::runner::{CommandOutput, RecordingRunner, Scripted};
+    use crate::runner::CommandOutput;
+    use crate::testing::{ManualClock, RecordingRunner, Scripted};
 
     fn cfg(successes: u32, interval: u64, timeout: u64) -> HealthConfig {
         HealthConfig {

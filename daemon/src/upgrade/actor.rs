@@ -427,7 +427,10 @@ impl UpgradeActor {
         Ok(self.store.load()?.unwrap_or_default())
     }
 
-    fn reboot(&self) -> Result<(), UpgradeError> {
+    /// Reboots the node for `why` (the lifecycle state it reboots into or out of), announced
+    /// first through [`crate::disruption::about_to_disrupt`]. Runs the reboot command.
+    fn reboot(&self, why: &str) -> Result<(), UpgradeError> {
+        crate::disruption::about_to_disrupt(&crate::disruption::Disruption::Reboot { why });
         let command = display_argv(&self.reboot_argv);
         let out = self
             .runner
@@ -544,7 +547,7 @@ impl UpgradeActor {
                 return self.install_step(slot, &image, desired, state, report)
             }
             Step::Reboot => {
-                self.reboot()?;
+                self.reboot(state.lifecycle.name())?;
                 report.performed.push(format!(
                     "reboot requested: {}",
                     display_argv(&self.reboot_argv)
@@ -650,7 +653,7 @@ impl UpgradeActor {
         target.primary = other;
         target.trial = None;
         env.write(&target)?;
-        self.reboot()?;
+        self.reboot("manual rollback")?;
         Ok(StepReport {
             booted: Some(booted),
             state: next,

@@ -6,15 +6,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::actor::{SlotPaths, StepReport, UpgradeActor};
 use super::machine::HealthInput;
-use crate::bootenv::{BootEnv, GptPrio, GrubEnv, UbootEnv};
-use crate::runner::{CommandRunner, RecordingRunner, SystemRunner};
+use crate::node::{BootEnvSpec, Node, UpgradeWiring};
+use crate::reconcile::Target;
 
 #[derive(Debug, Subcommand)]
 pub enum UpgradeCommand {
@@ -104,32 +103,33 @@ impl NodeArgs {
         self.root == Path::new("/")
     }
 
-    fn bootenv(&self) -> Result<Option<Box<dyn BootEnv + Send>>> {
+    /// The boot env the flags name, if any (pure).
+    fn boot_env(&self) -> Result<Option<BootEnvSpec>> {
         if let Some(p) = &self.grub_env {
-            return Ok(Some(Box::new(GrubEnv::new(p))));
+            return Ok(Some(BootEnvSpec::Grub(p.clone())));
         }
         if let Some(p) = &self.uboot_config {
-            return Ok(Some(Box::new(UbootEnv::from_config_file(p)?)));
+            return Ok(Some(BootEnvSpec::Uboot(p.clone())));
         }
         if let Some(d) = &self.gpt_disk {
             let [a, b] = self.gpt_parts[..] else {
                 bail!("--gpt-parts: expected two partition numbers, e.g. 2,3");
             };
-            return Ok(Some(Box::new(GptPrio::new(d, a, b))));
+            return Ok(Some(BootEnvSpec::Gpt {
+                disk: d.clone(),
+                a,
+                b,
+            }));
         }
         Ok(None)
     }
 
-    /// Builds the actor (reads the U-Boot config if one is named).
-    pub fn actor(&self) -> Result<(UpgradeActor, Arc<dyn CommandRunner>)> {
+    /// Builds the actor through [`Node`] (reads the U-Boot config if one is named).
+    pub fn actor(&self) -> Result<UpgradeActor> {
         let state_dir = self
             .state_dir
             .clone()
             .unwrap_or_else(|| self.root.join("var/lib/bosun"));
-        let cmdline = self
-            .cmdline
-            .clone()
-            .unwrap_or_else(|| self.root.join("proc/cmdline"));
         let slots = match (&self.slot_a, &self.slot_b) {
             (Some(a), Some(b)) => Some(SlotPaths {
                 a: a.clone(),
@@ -137,29 +137,25 @@ impl NodeArgs {
             }),
             _ => None,
         };
-        let runner: Arc<dyn CommandRunner> = if self.live() {
-            Arc::new(SystemRunner::new(std::time::Duration::from_secs(120)))
-        } else {
-            Arc::new(RecordingRunner::new())
-        };
-        let mut actor = UpgradeActor::new(
-            &state_dir,
-            cmdline,
+        let wiring = UpgradeWiring {
             slots,
-            self.bootenv()?,
-            Box::new(super::install::StreamingInstaller::new(&state_dir)),
-            runner.clone(),
-        );
-        actor.os_release = Some(self.root.join("etc/os-release"));
-        actor.reboot_argv = self
-            .reboot_command
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
+            boot_env: self.boot_env()?,
+            cmdline: self
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| self.root.join("proc/cmdline")),
+            reboot_argv: self
+                .reboot_command
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+        };
+        let node = Node::new(Target::basic("", &self.root, &state_dir));
+        let actor = node.upgrade_actor(&wiring)?;
         if actor.reboot_argv.is_empty() {
             bail!("--reboot-command: expected a command, got an empty string");
         }
-        Ok((actor, runner))
+        Ok(actor)
     }
 }
 
@@ -255,7 +251,7 @@ pub fn run(cmd: UpgradeCommand) -> Result<ExitCode> {
     match cmd {
         UpgradeCommand::InstallImage(args) => install_image(&args),
         UpgradeCommand::Status { node, json } => {
-            let (actor, _) = node.actor()?;
+            let actor = node.actor()?;
             let st = actor.status()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
@@ -284,13 +280,13 @@ pub fn run(cmd: UpgradeCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         UpgradeCommand::Rollback { node } => {
-            let (mut actor, _) = node.actor()?;
+            let mut actor = node.actor()?;
             let r = actor.rollback()?;
             print_report(&r, node.live());
             Ok(ExitCode::SUCCESS)
         }
         UpgradeCommand::MarkGood { node } => {
-            let (mut actor, _) = node.actor()?;
+            let mut actor = node.actor()?;
             let r = actor.mark_good()?;
             print_report(&r, node.live());
             Ok(ExitCode::SUCCESS)
@@ -321,7 +317,7 @@ pub fn run(cmd: UpgradeCommand) -> Result<ExitCode> {
                 HealthArg::Healthy => HealthInput::Healthy,
                 HealthArg::Unhealthy => HealthInput::Unhealthy(reason),
             };
-            let (mut actor, _) = node.actor()?;
+            let mut actor = node.actor()?;
             let r = actor.step(loaded.config.upgrade.as_ref(), health)?;
             print_report(&r, node.live());
             Ok(if r.install_error.is_some() {

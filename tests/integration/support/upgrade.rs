@@ -19,7 +19,7 @@ use bosun::bootenv::{
     BootEnv, BootEnvError, BootState, DiskWrite, GoodSlots, GptPrio, GrubEnv, Slot, UbootEnv,
 };
 use bosun::config::model::UpgradeConfig;
-use bosun::runner::RecordingRunner;
+use bosun::testing::RecordingRunner;
 use bosun::upgrade::actor::{
     FileStateStore, InstallFailure, Installer, LocalCopyInstaller, SlotPaths, StateStore,
     UpgradeActor, UpgradeError,
