@@ -10,6 +10,7 @@ mod support_upgrade;
 
 mod apply_crash;
 mod apply_fs;
+mod architecture;
 mod bootenv_grub_qemu;
 mod bootenv_interop;
 mod bootenv_powercut;
