@@ -501,7 +501,7 @@ fn run_daemon(
         .context("starting the tokio runtime")?;
     // Effects and health checks that ask the live system run only when the root is /.
     let node = Node::from_agent(&cfg);
-    let applier = crate::guarded_apply::GuardedApplier::new(node.health_context());
+    let applier = crate::guarded_apply::GuardedApplier::new();
     let daemon = crate::daemon::Daemon::new(cfg, node, applier);
     rt.block_on(daemon.run())?;
     Ok(ExitCode::SUCCESS)

@@ -29,6 +29,7 @@
 mod report;
 mod schedule;
 mod startup;
+mod wait;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::agent::AgentConfig;
 use crate::apply::ApplyError;
@@ -46,7 +47,7 @@ use crate::drift::{DriftError, DriftStreak, DriftWatcher};
 use crate::fsroot::FsError;
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::node::Node;
-use crate::reconcile::SnapshotApplier;
+use crate::reconcile::{ApplyOutcome, Applying, SnapshotApplier};
 use crate::service::Systemd;
 use crate::snapshot::Snapshot;
 use crate::source::{self, Oid, SourceError, TransferCounters, Verdict};
@@ -143,6 +144,12 @@ pub struct Daemon<A: SnapshotApplier> {
     upgrade: Option<UpgradeActor>,
     /// Pages bosun's own code out after a burst of work (see [`crate::memory`]).
     code_pages: crate::memory::CodePages,
+    /// A health wait in progress (a gated apply or a trial boot), see [`wait`].
+    wait: Option<wait::Wait>,
+    /// When the next poll is due (polls pause during a health wait).
+    next_poll: Instant,
+    /// SIGHUP arrived during a health wait: poll as soon as it ends.
+    poll_asked: bool,
 }
 
 impl<A: SnapshotApplier> Daemon<A> {
@@ -166,6 +173,9 @@ impl<A: SnapshotApplier> Daemon<A> {
             drift: None,
             upgrade: None,
             code_pages: crate::memory::CodePages::default(),
+            wait: None,
+            next_poll: Instant::now(),
+            poll_asked: false,
             cfg,
         }
     }
@@ -193,26 +203,28 @@ impl<A: SnapshotApplier> Daemon<A> {
             self.correct(Correction::Startup, "re-plan of the last applied commit")
                 .await;
             // A trial boot or a bootloader fallback is judged before the network answers.
-            self.upgrade_pass().await;
+            if self.wait.is_none() {
+                self.upgrade_pass().await;
+            }
         }
         let resync_every = self.cfg.resync_interval;
         let mut pending_drift = false;
-        let mut next_poll = Instant::now();
         let mut next_resync = Instant::now() + resync_every;
         let ping_every = self.systemd.ping_every();
         let mut watchdog = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(86_400)));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wait_status = tokio::time::interval(wait::STATUS_EVERY);
         loop {
             let hold_end = self.drift_streak.hold_until().map(Instant::from_std);
+            let waiting = self.wait.is_some();
             tokio::select! {
                 biased;
                 _ = term.recv() => { info!("SIGTERM: stopping after the current step"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping after the current step"); break; }
-                _ = hup.recv() => {
-                    info!("SIGHUP: polling now");
-                    next_poll = Instant::now();
-                }
+                _ = hup.recv() => self.hangup(),
                 _ = watchdog.tick() => self.systemd.ping(),
+                report = wait::report(&mut self.wait), if waiting => self.concluded(report).await,
+                _ = wait_status.tick(), if waiting => self.waiting_status(),
                 Some(mut paths) = drift_rx.recv() => {
                     while let Ok(more) = drift_rx.try_recv() {
                         paths.extend(more);
@@ -234,12 +246,12 @@ impl<A: SnapshotApplier> Daemon<A> {
                     self.correct(Correction::Resync, "periodic re-plan").await;
                     next_resync = Instant::now() + resync_every;
                 }
-                _ = tokio::time::sleep_until(next_poll) => {
+                _ = tokio::time::sleep_until(self.next_poll), if !waiting => {
                     let delay = self.poll().await;
-                    self.upgrade_pass().await;
-                    next_poll = Instant::now() + delay;
-                    self.ledger.status.next_poll_at = Some(now_unix() + delay.as_secs());
-                    self.ledger.save();
+                    if self.wait.is_none() {
+                        self.upgrade_pass().await;
+                        self.schedule_poll(delay);
+                    }
                 }
             }
             if let Some(bytes) = self.code_pages.after_step() {
@@ -274,16 +286,11 @@ impl<A: SnapshotApplier> Daemon<A> {
                 return;
             }
         };
-        let ctx = self.node.health_context();
-        let pass = self
-            .systemd
-            .guard(crate::upgrade::pass::run(actor, &loaded.config, &ctx))
-            .await;
-        if let Some(r) = &pass.report {
-            let text = r.state.metrics(r.booted).render_prometheus();
-            self.ledger.metrics.set_upgrade_text(text);
+        use crate::upgrade::pass::{begin, Begun};
+        match self.systemd.guard(begin(actor, &loaded.config)).await {
+            Begun::Done(pass) => self.upgrade_passed(pass),
+            Begun::Judging(j) => self.start_wait(wait::Origin::Upgrade(j)),
         }
-        self.upgrade = pass.actor;
     }
 
     /// The last good commit's config, loaded at most once per commit.
@@ -361,10 +368,35 @@ impl<A: SnapshotApplier> Daemon<A> {
             )
             .await;
         match result {
+            Ok(Applying::Done(outcome)) => self.decided(commit, signer, snapshot, Ok(outcome)),
+            Ok(Applying::AwaitingHealth(trial)) => {
+                let line = format!("commit {}: waiting for K3s health", short(&c));
+                let origin = wait::Caller::Poll {
+                    commit,
+                    signer,
+                    snapshot,
+                };
+                self.start_wait(wait::Origin::Apply(origin, trial));
+                (Duration::ZERO, line)
+            }
+            Err(e) => self.decided(commit, signer, snapshot, Err(e)),
+        }
+    }
+
+    /// What an apply of `commit` ended in: recorded and logged; returns the next poll's delay
+    /// and the status line.
+    fn decided(
+        &mut self,
+        commit: Oid,
+        signer: Option<String>,
+        snapshot: Snapshot,
+        result: Result<ApplyOutcome, A::Error>,
+    ) -> (Duration, String) {
+        match result {
             Ok(outcome) if outcome.rejected() => self.rejected(commit, &outcome),
             Ok(outcome) => self.applied(commit, signer, snapshot, outcome),
             Err(e) => self.failed(&format!(
-                "commit {c}: not applied: {e}; keeping {}",
+                "commit {commit}: not applied: {e}; keeping {}",
                 self.ledger.applied_text()
             )),
         }
@@ -378,53 +410,33 @@ impl<A: SnapshotApplier> Daemon<A> {
         }
     }
 
-    /// Re-applies the last good snapshot (`why`: start-up, drift or resync).
+    /// Re-applies the last good snapshot (`why`: start-up, drift or resync). During a health
+    /// wait, re-applies the files being judged as they are (see [`wait`]).
     async fn correct(&mut self, why: Correction, seen: &str) {
-        let Some(good) = self.last_good.clone() else {
-            return;
-        };
         self.code_pages.note_work();
         // Drift and start-up re-plans must be quick and work offline: ssh keys from the cache
         // (a flaky link must not hold a revert back by a connect timeout). Resyncs fetch.
         let mut target = self.node.target.clone();
         target.keys.cache_first = why != Correction::Resync;
+        if self.wait.is_some() {
+            return self.correct_during_wait(why, seen, &target).await;
+        }
+        let Some(good) = self.last_good.clone() else {
+            return;
+        };
         let runner = self.node.effects.clone();
         let result = self
             .systemd
             .guard(self.applier.apply(&good.snapshot, &target, runner))
             .await;
-        let o = match result {
-            Ok(o) => o,
-            Err(e) => {
-                return error!(
-                    "{why}: re-applying {} failed: {e}",
-                    self.ledger.applied_text()
-                )
+        match result {
+            Ok(Applying::Done(o)) => self.corrected(why, seen, Ok(o)),
+            Ok(Applying::AwaitingHealth(trial)) => {
+                let seen = seen.to_string();
+                let origin = wait::Caller::Correction { why, seen };
+                self.start_wait(wait::Origin::Apply(origin, trial));
             }
-        };
-        if let (Some(g), Some(l)) = (&mut self.last_good, &o.loaded) {
-            g.loaded.get_or_insert_with(|| l.clone());
+            Err(e) => self.corrected(why, seen, Err(e)),
         }
-        self.watch(&o.desired_paths);
-        if o.changed_paths.is_empty() {
-            return debug!("{why}: no drift ({seen})");
-        }
-        let changed = o.changed_paths.join(", ");
-        let applied = self.ledger.applied_text();
-        warn!("{why}: reverted manual change of {changed} (back to commit {applied})");
-        self.ledger.drift_corrected(o.changed_paths.len() as u64);
-        if why == Correction::Drift {
-            if let Some(d) = self.drift_streak.corrected(std::time::Instant::now()) {
-                warn!(
-                    "drift: {} corrections in a row; something keeps changing managed files; \
-                     holding drift events for {}s",
-                    self.drift_streak.count(),
-                    d.as_secs()
-                );
-            }
-        }
-        self.ledger.save();
-        self.systemd
-            .status(&format!("applied {applied}; reverted drift of {changed}"));
     }
 }

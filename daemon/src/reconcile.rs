@@ -15,6 +15,7 @@ use crate::apply::{self, ApplyReport};
 use crate::config::{self, ConfigError, LoadOptions};
 use crate::desired::{CommandPhase, Effect};
 use crate::fsroot::Root;
+use crate::health::HealthReport;
 use crate::keys::{KeyFetcher, KeyFetcherConfig};
 use crate::plan::{self, Plan};
 use crate::render::{self, RenderEnv, RenderSettings, Rendered};
@@ -368,20 +369,74 @@ impl ApplyOutcome {
     }
 }
 
+/// A gated apply waiting for its health verdict: the commit's files are on disk (and k3s
+/// restarted); what the health gate must check.
+#[derive(Debug, Clone)]
+pub struct HealthTrial {
+    /// The commit under trial.
+    pub commit: String,
+    /// The checks to run (the config's, or the role's defaults).
+    pub checks: Vec<crate::config::HealthCheck>,
+    /// Timeout, interval and required successes.
+    pub config: crate::config::HealthConfig,
+    /// Node paths of every file the commit manages (watched for drift during the wait).
+    pub desired_paths: Vec<String>,
+}
+
+/// How far one call of [`SnapshotApplier::apply`] got.
+#[derive(Debug)]
+pub enum Applying {
+    /// The apply ended.
+    Done(ApplyOutcome),
+    /// The files are applied and the health verdict is needed: the caller waits for health
+    /// (without blocking anything else) and hands the report to [`SnapshotApplier::judge`].
+    AwaitingHealth(HealthTrial),
+}
+
 /// The "apply this snapshot" step of the daemon loop: called for new commits and, with the
-/// last good snapshot, for drift corrections and resyncs.
+/// last good snapshot, for drift corrections and resyncs. A gated apply is split in two
+/// around the health wait, so the loop keeps serving signals, drift and status meanwhile.
 pub trait SnapshotApplier {
     /// Why an apply failed (the node keeps what it had, or a journal completes it).
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Makes the node match `snapshot`. Writes under the target's root and state dir; runs
-    /// effects through `runner`.
+    /// Makes the node match `snapshot`, up to the health verdict. Writes under the target's
+    /// root and state dir; runs effects through `runner`.
     fn apply(
         &mut self,
         snapshot: &Snapshot,
         target: &Target,
         runner: Arc<dyn CommandRunner>,
+    ) -> impl Future<Output = Result<Applying, Self::Error>>;
+
+    /// Concludes the apply left [`Applying::AwaitingHealth`] with the health `report`: keeps
+    /// it, or records it bad and reverts (writes, runs effects). Only valid right after such
+    /// an apply.
+    fn judge(
+        &mut self,
+        report: HealthReport,
+        target: &Target,
+        runner: Arc<dyn CommandRunner>,
     ) -> impl Future<Output = Result<ApplyOutcome, Self::Error>>;
+}
+
+/// Re-applies the files of `snapshot` as they are, without gate or history (drift under a
+/// pending health trial: the files of the commit being judged must stay as it says). Writes
+/// under the root and the state dir; runs effects through `runner`. Blocking work runs on a
+/// blocking thread.
+pub async fn reapply(
+    snapshot: &Snapshot,
+    target: &Target,
+    runner: Arc<dyn CommandRunner>,
+) -> Result<Applied, ReconcileError> {
+    let prepared = prepare(snapshot, target).await?;
+    let t = target.clone();
+    tokio::task::spawn_blocking(move || apply_prepared(&prepared, &t, runner.as_ref()))
+        .await
+        .map_err(|e| ReconcileError::State {
+            path: target.state_dir.clone(),
+            message: format!("apply task failed: {e}"),
+        })?
 }
 
 #[cfg(test)]

@@ -49,6 +49,10 @@ pub struct Status {
     pub pack_fetches: u64,
     /// Pack bytes downloaded, this run.
     pub fetch_bytes: u64,
+    /// What a health wait in progress judges (`commit abc…` or `the trial boot`).
+    pub health_wait: Option<String>,
+    /// When that wait gives up (Unix seconds).
+    pub health_wait_until: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,13 @@ impl Status {
             out.push_str(&format!(
                 "last error:      {e} (at {})\n",
                 ago(self.last_error_at)
+            ));
+        }
+        if let Some(w) = &self.health_wait {
+            let left = self.health_wait_until.map(|t| t.saturating_sub(now));
+            out.push_str(&format!(
+                "health wait:     {w} ({} s left)\n",
+                left.map_or("?".to_string(), |l| l.to_string())
             ));
         }
         if let Some(r) = &self.last_refusal {

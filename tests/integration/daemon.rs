@@ -1062,6 +1062,17 @@ impl StandInKubelet {
 /// so changing it is a gated k3s config change), optionally the breaking marker, and a short
 /// health gate checking the stand-in kubelet.
 fn gated_config(kubelet: &StandInKubelet, tier: &str, app: &str, broken: bool) -> String {
+    gated_config_waiting(kubelet, tier, app, broken, "2s")
+}
+
+/// [`gated_config`] with a health timeout of `timeout`.
+fn gated_config_waiting(
+    kubelet: &StandInKubelet,
+    tier: &str,
+    app: &str,
+    broken: bool,
+    timeout: &str,
+) -> String {
     let mut y = format!(
         "write_files:\n- path: /etc/app/app.conf\n  content: \"{app}\\n\"\n  permissions: \"0644\"\n"
     );
@@ -1071,7 +1082,7 @@ fn gated_config(kubelet: &StandInKubelet, tier: &str, app: &str, broken: bool) -
         ));
     }
     y.push_str(&format!(
-        "k3os:\n  labels:\n    tier: \"{tier}\"\nhealth:\n  gate: k3s\n  timeout: 2s\n  interval: 200ms\n  \
+        "k3os:\n  labels:\n    tier: \"{tier}\"\nhealth:\n  gate: k3s\n  timeout: {timeout}\n  interval: 200ms\n  \
          successes: 2\n  checks:\n  - type: kubelet\n    url: {}\n",
         kubelet.server.url("/healthz")
     ));
@@ -1206,6 +1217,85 @@ fn daemon_rolls_back_a_config_change_that_breaks_health() {
     }));
     assert_eq!(agent.metric(rollbacks), Some(1.0));
     assert_eq!(k3s_restarts_logged(&agent), 4, "{}", agent.log());
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn daemon_keeps_working_while_it_waits_for_health() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    let git = GitDaemon::start(tmp.path());
+    let node = Node::new(&git.url("fleet"), "");
+    let kubelet = StandInKubelet::start(&node.root);
+
+    // A: healthy, applied and recorded good.
+    repo.write("config.yaml", &gated_config(&kubelet, "edge", "v1", false));
+    let a = repo.commit("v1");
+    let mut agent = node.start();
+    agent.wait_log(&[&format!("applied commit {a}")], Duration::from_secs(20));
+
+    // B breaks the kubelet and gives its gate a minute: the daemon waits, and keeps working.
+    repo.write(
+        "config.yaml",
+        &gated_config_waiting(&kubelet, "broken", "v2", true, "60s"),
+    );
+    let b = repo.commit("v2, broken, long gate");
+    agent.wait_log(
+        &[&format!("waiting for K3s health of commit {}", &b[..12])],
+        Duration::from_secs(20),
+    );
+    // The status says so (and is readable at all while the wait runs).
+    let s = node.status();
+    assert_eq!(
+        s["health_wait"].as_str(),
+        Some(format!("commit {}", &b[..12]).as_str()),
+        "{s}"
+    );
+    assert!(s["health_wait_until"].as_u64().is_some(), "{s}");
+    assert_eq!(s["last_applied_commit"].as_str(), Some(a.as_str()), "{s}");
+    // Drift is reverted to the commit under trial.
+    std::fs::write(node.file(APP), "edited by hand\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || node.read(APP).as_deref()
+            == Some("v2\n")),
+        "drift not reverted during the wait:\n{}",
+        agent.log()
+    );
+    // SIGHUP is queued, not lost.
+    agent.signal("HUP");
+    agent.wait_log(
+        &["SIGHUP: polling when the health wait ends"],
+        Duration::from_secs(5),
+    );
+    // SIGTERM stops the daemon well before the gate's minute is over.
+    let asked = Instant::now();
+    assert!(agent.terminate().success());
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        asked.elapsed()
+    );
+    assert!(kubelet.failures() > 0, "B was never checked");
+
+    // The next start re-asserts the last good commit A (health-gated: its k3s config comes
+    // back), and then applies the newer good commit C.
+    repo.write("config.yaml", &gated_config(&kubelet, "core", "v3", false));
+    let c = repo.commit("v3");
+    let mut agent = node.start();
+    agent.wait_log(
+        &[
+            "startup: reverted manual change of /etc/app/app.conf, /etc/standin/kubelet-broken",
+            &format!("healthy; recorded as the last good commit commit={a}"),
+            &format!("applied commit {c}"),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v3\n"));
+    assert!(!node.file(KUBELET_BROKEN).exists());
+    assert!(wait_until(Duration::from_secs(5), || {
+        let s = node.status();
+        s["last_applied_commit"].as_str() == Some(c.as_str()) && s["health_wait"].is_null()
+    }));
     assert!(agent.terminate().success());
 }
 

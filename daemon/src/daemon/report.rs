@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::schedule::{backoff, now_unix};
-use super::{Daemon, LastGood};
+use super::{Correction, Daemon, LastGood};
 use crate::metrics::ReconcileResult;
 use crate::reconcile::{ApplyOutcome, Disposition, SnapshotApplier};
 use crate::snapshot::Snapshot;
@@ -137,5 +137,52 @@ impl<A: SnapshotApplier> Daemon<A> {
         warn!("{line}");
         self.ledger.error(what, now_unix());
         (delay, line)
+    }
+
+    /// Records what a correction did: drift reverted (counted, streak), or nothing.
+    pub(super) fn corrected(
+        &mut self,
+        why: Correction,
+        seen: &str,
+        result: Result<ApplyOutcome, A::Error>,
+    ) {
+        let o = match result {
+            Ok(o) => o,
+            Err(e) => {
+                return error!(
+                    "{why}: re-applying {} failed: {e}",
+                    self.ledger.applied_text()
+                )
+            }
+        };
+        if let (Some(g), Some(l)) = (&mut self.last_good, &o.loaded) {
+            g.loaded.get_or_insert_with(|| l.clone());
+        }
+        self.watch(&o.desired_paths);
+        self.drift_reverted(why, seen, &o.changed_paths);
+    }
+
+    /// Logs and counts `changed` paths reverted by a correction; extends the drift streak.
+    pub(super) fn drift_reverted(&mut self, why: Correction, seen: &str, changed: &[String]) {
+        if changed.is_empty() {
+            return debug!("{why}: no drift ({seen})");
+        }
+        let list = changed.join(", ");
+        let applied = self.ledger.applied_text();
+        warn!("{why}: reverted manual change of {list} (back to commit {applied})");
+        self.ledger.drift_corrected(changed.len() as u64);
+        if why == Correction::Drift {
+            if let Some(d) = self.drift_streak.corrected(std::time::Instant::now()) {
+                warn!(
+                    "drift: {} corrections in a row; something keeps changing managed files; \
+                     holding drift events for {}s",
+                    self.drift_streak.count(),
+                    d.as_secs()
+                );
+            }
+        }
+        self.ledger.save();
+        self.systemd
+            .status(&format!("applied {applied}; reverted drift of {list}"));
     }
 }

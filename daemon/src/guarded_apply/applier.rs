@@ -1,29 +1,32 @@
-//! [`GuardedApplier`]: [`super::apply_guarded`] behind the daemon loop's [`SnapshotApplier`]
-//! seam, with the commit history loaded once and kept, and the outcome translated into the
-//! loop's typed [`ApplyOutcome`].
+//! [`GuardedApplier`]: the health-gated apply behind the daemon loop's [`SnapshotApplier`]
+//! seam, in its two halves ([`start_guarded`], then [`finish_guarded`] once the loop has the
+//! health report), with the commit history loaded once and kept, and the outcome translated
+//! into the loop's typed [`ApplyOutcome`].
 
 use std::sync::Arc;
 
-use super::{apply_guarded, CommitHistory, GuardedError, GuardedOutcome};
-use crate::health::{report_summary, HealthContext};
-use crate::reconcile::{ApplyOutcome, Disposition, SnapshotApplier, Target};
+use super::{
+    finish_guarded, start_guarded, CommitHistory, GuardedError, GuardedOutcome, HistoryError,
+    PendingVerdict, Progress,
+};
+use crate::health::{report_summary, HealthReport};
+use crate::reconcile::{ApplyOutcome, Applying, Disposition, SnapshotApplier, Target};
 use crate::runner::CommandRunner;
 use crate::snapshot::Snapshot;
 
 /// The daemon's health-gated applier.
+#[derive(Default)]
 pub struct GuardedApplier {
     history: Option<CommitHistory>,
-    /// What the health checks need (runner, clock, root, node name).
-    health: HealthContext,
+    /// The apply waiting for its health verdict, if any.
+    pending: Option<PendingVerdict>,
 }
 
 impl GuardedApplier {
-    /// An applier judging health through `health`. The history is loaded at the first apply.
-    pub fn new(health: HealthContext) -> Self {
-        GuardedApplier {
-            history: None,
-            health,
-        }
+    /// An applier whose history is loaded at the first apply. The caller runs the health
+    /// waits ([`Applying::AwaitingHealth`]).
+    pub fn new() -> Self {
+        Self::default()
     }
 }
 
@@ -88,34 +91,80 @@ fn outcome(o: &GuardedOutcome) -> ApplyOutcome {
     }
 }
 
+impl GuardedApplier {
+    /// The loaded history (loaded from the state dir on first use). Reads disk.
+    fn history(&mut self, target: &Target) -> Result<CommitHistory, HistoryError> {
+        match self.history.take() {
+            Some(h) => Ok(h),
+            None => CommitHistory::load(&target.state_dir),
+        }
+    }
+}
+
 impl SnapshotApplier for GuardedApplier {
     type Error = GuardedError;
 
-    /// Applies with a health gate (see [`apply_guarded`]). Writes under the root and state
-    /// dir, runs effects and health checks, may revert.
+    /// Applies with a health gate up to the verdict (see [`start_guarded`]). Writes under the
+    /// root and state dir, runs effects, may complete an unfinished revert.
     async fn apply(
         &mut self,
         snapshot: &Snapshot,
         target: &Target,
         runner: Arc<dyn CommandRunner>,
-    ) -> Result<ApplyOutcome, GuardedError> {
-        let mut history = match self.history.take() {
-            Some(h) => h,
-            None => CommitHistory::load(&target.state_dir)?,
-        };
+    ) -> Result<Applying, GuardedError> {
+        if self.pending.is_some() {
+            return Err(GuardedError::Task(
+                "an apply was started while another waits for its health verdict (a bug)".into(),
+            ));
+        }
+        let mut history = self.history(target)?;
         // The apply (file I/O, fsync, effect commands such as a slow `systemctl restart k3s`)
         // blocks; run it on a blocking thread so the daemon's single runtime thread keeps
-        // serving metrics and watchdog pings. The health waits inside still use the runtime's
-        // timers, which that thread drives while it awaits this task.
+        // serving metrics and watchdog pings.
         let (snapshot, target) = (snapshot.clone(), target.clone());
-        let ctx = self.health.clone();
         let handle = tokio::runtime::Handle::current();
         let (history, result) = tokio::task::spawn_blocking(move || {
-            let r = handle.block_on(apply_guarded(
+            let r = handle.block_on(start_guarded(
                 &snapshot,
                 &target,
                 runner.as_ref(),
-                &ctx,
+                &mut history,
+            ));
+            (history, r)
+        })
+        .await
+        .map_err(|e| GuardedError::Task(e.to_string()))?;
+        self.history = Some(history);
+        match result? {
+            Progress::Done(o) => Ok(Applying::Done(outcome(&o))),
+            Progress::AwaitingHealth(p) => {
+                let trial = p.trial.clone();
+                self.pending = Some(p);
+                Ok(Applying::AwaitingHealth(trial))
+            }
+        }
+    }
+
+    /// Records the verdict and, when unhealthy, reverts (see [`finish_guarded`]). Writes the
+    /// history; a revert writes under the root and runs effects.
+    async fn judge(
+        &mut self,
+        report: HealthReport,
+        target: &Target,
+        runner: Arc<dyn CommandRunner>,
+    ) -> Result<ApplyOutcome, GuardedError> {
+        let pending = self.pending.take().ok_or_else(|| {
+            GuardedError::Task("a verdict came without an apply waiting for one (a bug)".into())
+        })?;
+        let mut history = self.history(target)?;
+        let target = target.clone();
+        let handle = tokio::runtime::Handle::current();
+        let (history, result) = tokio::task::spawn_blocking(move || {
+            let r = handle.block_on(finish_guarded(
+                pending,
+                report,
+                &target,
+                runner.as_ref(),
                 &mut history,
             ));
             (history, r)

@@ -50,7 +50,7 @@ use crate::config::HealthGate;
 use crate::desired::Effect;
 use crate::disruption::{about_to_disrupt, Disruption};
 use crate::health::{effective_checks, report_summary, wait_healthy, HealthContext, HealthReport};
-use crate::reconcile::{self, Applied, Prepared, ReconcileError, Target};
+use crate::reconcile::{self, Applied, HealthTrial, Prepared, ReconcileError, Target};
 use crate::runner::CommandRunner;
 use crate::snapshot::Snapshot;
 
@@ -211,9 +211,9 @@ fn last_good_gate(
 
 /// What the driver has done so far for one commit; turned into a [`GuardedOutcome`] at the
 /// end.
-struct Run<'a> {
+struct Run {
     commit: String,
-    new: &'a Snapshot,
+    new: Snapshot,
     prepared: Option<Prepared>,
     gate: Option<GateReason>,
     applied: Option<Applied>,
@@ -222,7 +222,7 @@ struct Run<'a> {
     revert: Option<(String, Applied)>,
 }
 
-impl Run<'_> {
+impl Run {
     fn apply_err(&self, source: ReconcileError) -> GuardedError {
         GuardedError::Apply {
             commit: self.commit.clone(),
@@ -236,7 +236,7 @@ impl Run<'_> {
         target: &Target,
         history: &mut CommitHistory,
     ) -> Result<Stage, GuardedError> {
-        let prepared = reconcile::prepare(self.new, target)
+        let prepared = reconcile::prepare(&self.new, target)
             .await
             .map_err(|e| self.apply_err(e))?;
         let own = prepared.loaded.config.health.gate;
@@ -250,23 +250,25 @@ impl Run<'_> {
         Ok(Stage::Planned { gate })
     }
 
-    /// Waits for the health gate's verdict on the applied commit. HTTP requests and commands
-    /// of the checks; sleeps on the health clock.
-    async fn await_health(&mut self, health: &HealthContext) -> Stage {
-        let cfg = &self
-            .prepared
-            .as_ref()
-            .expect("planned before")
-            .loaded
-            .config;
+    /// What the health gate must check for the applied commit (pure): its checks (or the
+    /// role's defaults) and its `health:` settings. Logs that the wait starts.
+    fn trial(&self) -> HealthTrial {
+        let loaded = &self.prepared.as_ref().expect("planned before").loaded;
+        let cfg = &loaded.config;
         if let Some(gate) = &self.gate {
             tracing::info!(commit = %self.commit, reason = %gate, timeout = ?cfg.health.timeout, "applied; waiting for K3s health");
         }
-        let checks = effective_checks(&cfg.health, crate::health::K3sRole::from_k3os(&cfg.k3os));
-        let report = wait_healthy(&checks, &cfg.health, health).await;
-        let healthy = report.healthy();
-        self.report = Some(report);
-        Stage::Judged { healthy }
+        let role = crate::health::K3sRole::from_k3os(&cfg.k3os);
+        HealthTrial {
+            commit: self.commit.clone(),
+            checks: effective_checks(&cfg.health, role),
+            config: cfg.health.clone(),
+            desired_paths: self
+                .applied
+                .as_ref()
+                .map(|a| a.desired_paths.clone())
+                .unwrap_or_default(),
+        }
     }
 
     /// Reverts to the last good commit. Writes under the root and state dir; runs effects.
@@ -380,30 +382,33 @@ impl Run<'_> {
     }
 }
 
-/// Applies `new` with a health gate and automatic rollback (see the module docs): a loop that
-/// asks [`decide`] for the next steps and executes them in order.
-///
-/// Side effects: writes under the root and the state dir (files, journal, the history),
-/// runs effects through `runner` (k3s restarts), HTTP requests and commands of the health
-/// checks through `health`, sleeps on `health.clock`, fetches ssh keys as `prepare` does.
-pub async fn apply_guarded(
-    new: &Snapshot,
+/// A gated apply whose files are on disk and whose health verdict is awaited: what to check,
+/// and the driver's state to finish it with [`finish_guarded`].
+pub struct PendingVerdict {
+    run: Run,
+    /// What the health gate checks.
+    pub trial: HealthTrial,
+}
+
+/// How far [`start_guarded`] got.
+// One value per apply, moved once: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Progress {
+    /// The apply ended (not gated, refused, or failed before applying).
+    Done(GuardedOutcome),
+    /// The commit is applied and gated: wait for health (e.g. with [`wait_healthy`]), then
+    /// call [`finish_guarded`] with the report.
+    AwaitingHealth(PendingVerdict),
+}
+
+/// Executes [`decide`]'s steps from `stage` until the apply concludes or waits for health.
+async fn drive(
+    mut run: Run,
+    mut stage: Stage,
     target: &Target,
     runner: &dyn CommandRunner,
-    health: &HealthContext,
     history: &mut CommitHistory,
-) -> Result<GuardedOutcome, GuardedError> {
-    let commit = new.commit.clone().ok_or(GuardedError::NoCommit)?;
-    let mut run = Run {
-        commit,
-        new,
-        prepared: None,
-        gate: None,
-        applied: None,
-        report: None,
-        revert: None,
-    };
-    let mut stage = Stage::Arrived;
+) -> Result<Progress, GuardedError> {
     loop {
         let steps = decide(&history.facts(&run.commit), &run.commit, &stage);
         for step in steps {
@@ -416,9 +421,12 @@ pub async fn apply_guarded(
                         .map_err(|e| run.apply_err(e))?;
                     run.applied = Some(applied);
                 }
-                Step::AwaitHealth => stage = run.await_health(health).await,
+                Step::AwaitHealth => {
+                    let trial = run.trial();
+                    return Ok(Progress::AwaitingHealth(PendingVerdict { run, trial }));
+                }
                 Step::RecordGood => {
-                    history.record_good(&run.commit, new, unix_now());
+                    history.record_good(&run.commit, &run.new, unix_now());
                     if let Some(p) = &run.prepared {
                         history.remember_gate(&run.commit, p.loaded.config.health.gate);
                     }
@@ -427,8 +435,78 @@ pub async fn apply_guarded(
                 Step::RevertToLastGood => run.revert(target, runner, history).await?,
                 Step::RecordRollback => history.record_rollback(),
                 Step::Save => history.save()?,
-                Step::Conclude(how) => return Ok(run.conclude(how, history)),
+                Step::Conclude(how) => return Ok(Progress::Done(run.conclude(how, history))),
             }
+        }
+    }
+}
+
+/// The first half of a health-gated apply: refuse a bad commit, plan, apply, and stop where
+/// the health verdict is needed (see the module docs and [`apply_guarded`]).
+///
+/// Side effects: writes under the root and the state dir (files, journal, the history), runs
+/// effects through `runner` (k3s restarts), fetches ssh keys as `prepare` does.
+pub async fn start_guarded(
+    new: &Snapshot,
+    target: &Target,
+    runner: &dyn CommandRunner,
+    history: &mut CommitHistory,
+) -> Result<Progress, GuardedError> {
+    let commit = new.commit.clone().ok_or(GuardedError::NoCommit)?;
+    let run = Run {
+        commit,
+        new: new.clone(),
+        prepared: None,
+        gate: None,
+        applied: None,
+        report: None,
+        revert: None,
+    };
+    drive(run, Stage::Arrived, target, runner, history).await
+}
+
+/// The second half: records the verdict of `report` and, when unhealthy, reverts to the last
+/// good commit. Writes the history; a revert writes under the root and runs effects.
+pub async fn finish_guarded(
+    pending: PendingVerdict,
+    report: HealthReport,
+    target: &Target,
+    runner: &dyn CommandRunner,
+    history: &mut CommitHistory,
+) -> Result<GuardedOutcome, GuardedError> {
+    let mut run = pending.run;
+    let healthy = report.healthy();
+    run.report = Some(report);
+    match drive(run, Stage::Judged { healthy }, target, runner, history).await? {
+        Progress::Done(outcome) => Ok(outcome),
+        // decide never asks for a second wait after a verdict.
+        Progress::AwaitingHealth(p) => Err(GuardedError::Task(format!(
+            "commit {}: a second health wait was asked for after the verdict (a bug)",
+            p.trial.commit
+        ))),
+    }
+}
+
+/// Applies `new` with a health gate and automatic rollback (see the module docs):
+/// [`start_guarded`], the health wait, [`finish_guarded`]; each half a loop that asks
+/// [`decide`] for the next steps and executes them in order.
+///
+/// Side effects: writes under the root and the state dir (files, journal, the history),
+/// runs effects through `runner` (k3s restarts), HTTP requests and commands of the health
+/// checks through `health`, sleeps on `health.clock`, fetches ssh keys as `prepare` does.
+pub async fn apply_guarded(
+    new: &Snapshot,
+    target: &Target,
+    runner: &dyn CommandRunner,
+    health: &HealthContext,
+    history: &mut CommitHistory,
+) -> Result<GuardedOutcome, GuardedError> {
+    match start_guarded(new, target, runner, history).await? {
+        Progress::Done(outcome) => Ok(outcome),
+        Progress::AwaitingHealth(pending) => {
+            let t = &pending.trial;
+            let report = wait_healthy(&t.checks, &t.config, health).await;
+            finish_guarded(pending, report, target, runner, history).await
         }
     }
 }

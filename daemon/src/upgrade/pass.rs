@@ -12,8 +12,10 @@ use super::actor::{StepReport, UpgradeActor};
 use super::machine::{HealthInput, Lifecycle};
 use crate::bootenv::Slot;
 use crate::config::model::UpgradeConfig;
-use crate::config::NodeConfig;
-use crate::health::{effective_checks, report_summary, wait_healthy, HealthContext, K3sRole};
+use crate::config::{HealthCheck, HealthConfig, NodeConfig};
+use crate::health::{
+    effective_checks, report_summary, wait_healthy, HealthContext, HealthReport, K3sRole,
+};
 
 /// Whether the node booted the slot whose image is staged or on trial (pure).
 pub fn on_trial(lifecycle: &Lifecycle, booted: Option<Slot>) -> bool {
@@ -30,23 +32,6 @@ pub struct Pass {
     pub actor: Option<UpgradeActor>,
     /// The report of the last step that ran.
     pub report: Option<StepReport>,
-}
-
-/// Runs the health gate on a trial boot: healthy, or unhealthy with the summary. HTTP
-/// requests and commands of the checks; sleeps on the health clock.
-pub async fn judge_trial(config: &NodeConfig, health: &HealthContext) -> HealthInput {
-    let role = K3sRole::from_k3os(&config.k3os);
-    let checks = effective_checks(&config.health, role);
-    tracing::info!(
-        "upgrade: judging the trial boot with {} health check(s)",
-        checks.len()
-    );
-    let report = wait_healthy(&checks, &config.health, health).await;
-    if report.healthy() {
-        HealthInput::Healthy
-    } else {
-        HealthInput::Unhealthy(report_summary(&report))
-    }
 }
 
 /// Runs one [`UpgradeActor::step`] on a blocking thread and logs it. May write a slot and
@@ -93,22 +78,45 @@ async fn step(
     }
 }
 
-/// One pass of the lifecycle against `config` (the last good config): judges a trial boot
-/// (see the module docs), then steps the actor. May write a slot and the boot env, and reboot.
-pub async fn run(actor: UpgradeActor, config: &NodeConfig, health: &HealthContext) -> Pass {
+/// A trial boot waiting for its health verdict: the actor, the desired image, and what the
+/// health gate must check. Finish it with [`finish`].
+pub struct Judging {
+    /// The actor, with the trial recorded.
+    pub actor: UpgradeActor,
+    desired: Option<UpgradeConfig>,
+    /// The checks to run (the config's, or the role's defaults).
+    pub checks: Vec<HealthCheck>,
+    /// Timeout, interval and required successes.
+    pub health: HealthConfig,
+    /// The report of the step that recorded the trial, if one ran.
+    recorded: Option<StepReport>,
+}
+
+/// How far [`begin`] got.
+pub enum Begun {
+    /// The pass is over.
+    Done(Pass),
+    /// The node booted the slot on trial: judge it with the health gate, then [`finish`].
+    Judging(Judging),
+}
+
+/// The first half of a pass: when the node booted the slot that is staged or on trial,
+/// records the trial and returns what to judge; otherwise steps the actor. May write a slot
+/// and the boot env, and reboot.
+pub async fn begin(actor: UpgradeActor, config: &NodeConfig) -> Begun {
     let desired = config.upgrade.clone();
     let status = match actor.status() {
         Ok(st) => st,
         Err(e) => {
             tracing::warn!("upgrade: {e}");
-            return Pass {
+            return Begun::Done(Pass {
                 actor: Some(actor),
                 report: None,
-            };
+            });
         }
     };
     if !on_trial(&status.state.lifecycle, status.booted) {
-        return step(actor, desired, HealthInput::Pending).await;
+        return Begun::Done(step(actor, desired, HealthInput::Pending).await);
     }
     let mut actor = actor;
     let mut recorded = None;
@@ -116,15 +124,49 @@ pub async fn run(actor: UpgradeActor, config: &NodeConfig, health: &HealthContex
         // Record the trial (and its start) before judging it.
         let pass = step(actor, desired.clone(), HealthInput::Pending).await;
         let Some(a) = pass.actor else {
-            return pass;
+            return Begun::Done(pass);
         };
         actor = a;
         recorded = pass.report;
     }
-    let verdict = judge_trial(config, health).await;
-    let pass = step(actor, desired, verdict).await;
+    let role = K3sRole::from_k3os(&config.k3os);
+    let checks = effective_checks(&config.health, role);
+    tracing::info!(
+        "upgrade: judging the trial boot with {} health check(s)",
+        checks.len()
+    );
+    Begun::Judging(Judging {
+        actor,
+        desired,
+        checks,
+        health: config.health.clone(),
+        recorded,
+    })
+}
+
+/// The second half: steps the actor with the verdict of `report` (commit, or roll back and
+/// reboot). May write the boot env and reboot.
+pub async fn finish(judging: Judging, report: &HealthReport) -> Pass {
+    let verdict = if report.healthy() {
+        HealthInput::Healthy
+    } else {
+        HealthInput::Unhealthy(report_summary(report))
+    };
+    let pass = step(judging.actor, judging.desired, verdict).await;
     Pass {
-        report: pass.report.or(recorded),
+        report: pass.report.or(judging.recorded),
         ..pass
+    }
+}
+
+/// One whole pass against `config` (the last good config): [`begin`], the health wait on
+/// `health`'s clock, [`finish`]. May write a slot and the boot env, and reboot.
+pub async fn run(actor: UpgradeActor, config: &NodeConfig, health: &HealthContext) -> Pass {
+    match begin(actor, config).await {
+        Begun::Done(pass) => pass,
+        Begun::Judging(j) => {
+            let report = wait_healthy(&j.checks, &j.health, health).await;
+            finish(j, &report).await
+        }
     }
 }
