@@ -245,7 +245,9 @@ pub fn endpoint(base: &str, path: &str) -> Result<String, FleetLockError> {
         return Err(bad("expected an http:// or https:// URL"));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("a query or fragment cannot be combined with the FleetLock paths"));
+        return Err(bad(
+            "a query or fragment cannot be combined with the FleetLock paths",
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("credentials in the URL are not supported"));

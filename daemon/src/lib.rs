@@ -31,6 +31,7 @@ pub mod node;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+pub mod rollout;
 pub mod runner;
 pub mod service;
 pub mod snapshot;

@@ -79,7 +79,9 @@ pub enum KubeError {
         message: String,
     },
     /// 403: the credentials lack a permission (see `deploy/rbac.yaml`).
-    #[error("{request}: forbidden (see deploy/rbac.yaml for the permissions bosun needs): {message}")]
+    #[error(
+        "{request}: forbidden (see deploy/rbac.yaml for the permissions bosun needs): {message}"
+    )]
     Forbidden {
         /// `METHOD /path`.
         request: String,
@@ -177,16 +179,48 @@ mod tests {
     #[test]
     fn status_answers_map_to_their_variants() {
         let r = || "POST /x".to_string();
-        let e = from_status(r(), 409, &status(409, "AlreadyExists", "leases \"a\" already exists"));
-        assert!(matches!(&e, KubeError::AlreadyExists { message, .. } if message.contains("already exists")), "{e}");
-        let e = from_status(r(), 409, &status(409, "Conflict", "the object has been modified"));
+        let e = from_status(
+            r(),
+            409,
+            &status(409, "AlreadyExists", "leases \"a\" already exists"),
+        );
+        assert!(
+            matches!(&e, KubeError::AlreadyExists { message, .. } if message.contains("already exists")),
+            "{e}"
+        );
+        let e = from_status(
+            r(),
+            409,
+            &status(409, "Conflict", "the object has been modified"),
+        );
         assert!(matches!(e, KubeError::Conflict { .. }), "{e}");
-        let e = from_status(r(), 429, &status(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget."));
-        assert!(matches!(&e, KubeError::TooManyRequests { message, .. } if message.contains("disruption budget")), "{e}");
+        let e = from_status(
+            r(),
+            429,
+            &status(
+                429,
+                "TooManyRequests",
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+            ),
+        );
+        assert!(
+            matches!(&e, KubeError::TooManyRequests { message, .. } if message.contains("disruption budget")),
+            "{e}"
+        );
         assert!(from_status(r(), 404, &status(404, "NotFound", "x")).is_not_found());
-        assert!(matches!(from_status(r(), 401, b"Unauthorized"), KubeError::Unauthorized { .. }));
-        assert!(matches!(from_status(r(), 403, &status(403, "Forbidden", "no")), KubeError::Forbidden { .. }));
-        let e = from_status(r(), 422, &status(422, "Invalid", "spec.holderIdentity: Invalid value"));
+        assert!(matches!(
+            from_status(r(), 401, b"Unauthorized"),
+            KubeError::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            from_status(r(), 403, &status(403, "Forbidden", "no")),
+            KubeError::Forbidden { .. }
+        ));
+        let e = from_status(
+            r(),
+            422,
+            &status(422, "Invalid", "spec.holderIdentity: Invalid value"),
+        );
         assert_eq!(
             e.to_string(),
             "POST /x: status 422 (Invalid): spec.holderIdentity: Invalid value"

@@ -120,7 +120,8 @@ impl Client {
         let path = lease_path(ns, None)?;
         check_name("lease", &lease.metadata.name)?;
         let body = Body::json(lease)?;
-        self.call(reqwest::Method::POST, &path, &[], Some(body)).await
+        self.call(reqwest::Method::POST, &path, &[], Some(body))
+            .await
     }
 
     /// Replaces `lease` (PUT). It must carry the resourceVersion it was read with:
@@ -135,7 +136,8 @@ impl Client {
             });
         }
         let body = Body::json(lease)?;
-        self.call(reqwest::Method::PUT, &path, &[], Some(body)).await
+        self.call(reqwest::Method::PUT, &path, &[], Some(body))
+            .await
     }
 
     /// Deletes Lease `namespace/name`, only if it still matches `pre`
@@ -363,9 +365,22 @@ mod tests {
         for ok in ["n1", "edge-01.example.org", "bosun-default-0", "a"] {
             assert!(check_name("node", ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../x", "a/b", "A", "-a", "a-", "a?b", "a%2f", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "A",
+            "-a",
+            "a-",
+            "a?b",
+            "a%2f",
+            &"a".repeat(254),
+        ] {
             let e = check_name("node", bad).unwrap_err();
-            assert!(matches!(e, KubeError::InvalidName { what: "node", .. }), "{bad}");
+            assert!(
+                matches!(e, KubeError::InvalidName { what: "node", .. }),
+                "{bad}"
+            );
         }
     }
 

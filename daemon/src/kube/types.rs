@@ -106,7 +106,10 @@ impl Lease {
 
     /// The holder, when the lease names one (an empty holder means free).
     pub fn holder(&self) -> Option<&str> {
-        self.spec.holder_identity.as_deref().filter(|h| !h.is_empty())
+        self.spec
+            .holder_identity
+            .as_deref()
+            .filter(|h| !h.is_empty())
     }
 }
 
@@ -296,7 +299,8 @@ mod tests {
     #[test]
     fn node_patch_is_a_merge_patch_with_null_removals() {
         let mut p = NodePatch::unschedulable(true);
-        p.labels.insert("bosun.dev/state".into(), Some("draining".into()));
+        p.labels
+            .insert("bosun.dev/state".into(), Some("draining".into()));
         p.labels.insert("bosun.dev/failed".into(), None);
         assert_eq!(
             p.to_json(),
