@@ -27,6 +27,13 @@
 //!   unschedulable after the request), from which the fleet tests check that no more than
 //!   `max_unavailable` nodes were ever cordoned at once.
 //!
+//! What kubectl asks (seen in the request log of tests/kubectl.rs): both 1.20 and 1.32 read
+//! legacy discovery (`/api`, `/apis`, `/api/v1`, `/apis/{apps,coordination.k8s.io,policy}/v1`,
+//! cached in `--cache-dir`; 1.32 also `/version`), `get` lists with `limit=500` and a Table
+//! `Accept`, `cordon` sends a strategic merge patch of `spec.unschedulable`, `drain` lists
+//! pods by `spec.nodeName`, gets each DaemonSet owner, posts `policy/v1` Evictions (retrying
+//! a 429 after 5 s) and polls each pod until it is 404.
+//!
 //! Everything is in memory behind one mutex; nothing listens on anything but 127.0.0.1.
 
 #![allow(dead_code)]
@@ -63,6 +70,8 @@ pub struct Logged {
     pub path: String,
     pub query: String,
     pub status: u16,
+    /// The client asked for a Table (`kubectl get`).
+    pub table: bool,
     /// Nodes with `spec.unschedulable` after this request.
     pub unschedulable_after: usize,
 }
@@ -472,7 +481,7 @@ async fn handle(
                         "Unauthorized",
                         json!({}),
                     );
-                    log(&st, "anonymous", &method, &uri, 401);
+                    log(&st, "anonymous", &method, &uri, false, 401);
                     return r;
                 }
             }
@@ -499,11 +508,11 @@ async fn handle(
         c.purge(Instant::now());
         route(&mut c, &req, &st.auth)
     };
-    log(&st, &user, &method, &uri, resp.status().as_u16());
+    log(&st, &user, &method, &uri, req.table, resp.status().as_u16());
     resp
 }
 
-fn log(st: &Shared, user: &str, method: &Method, uri: &Uri, code: u16) {
+fn log(st: &Shared, user: &str, method: &Method, uri: &Uri, table: bool, code: u16) {
     let mut c = st.cluster.lock().unwrap();
     let unschedulable_after = c.unschedulable();
     c.log.push(Logged {
@@ -513,6 +522,7 @@ fn log(st: &Shared, user: &str, method: &Method, uri: &Uri, code: u16) {
         path: uri.path().to_string(),
         query: uri.query().unwrap_or_default().to_string(),
         status: code,
+        table,
         unschedulable_after,
     });
 }
