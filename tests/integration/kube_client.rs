@@ -374,3 +374,102 @@ async fn a_freshly_started_node_never_breaks_a_slot_at_once() {
         Take::Held { broke: Some(_), .. }
     ));
 }
+
+/// One RBAC rule of deploy/rbac.yaml.
+#[derive(serde::Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Rule {
+    api_groups: Vec<String>,
+    resources: Vec<String>,
+    verbs: Vec<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct RbacDoc {
+    kind: String,
+    rules: Vec<Rule>,
+}
+
+/// The (group/resource, verb) a request needs, from the stand-in's request log.
+fn permission(method: &str, path: &str) -> (String, String) {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // /api/v1/... or /apis/GROUP/v1/...
+    let (group, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, "v1", rest @ ..] => (*group, rest),
+        _ => panic!("unexpected path {path}"),
+    };
+    let rest = match rest {
+        ["namespaces", _, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [r] => (r.to_string(), false),
+        [r, _] => (r.to_string(), true),
+        [r, _, sub] => (format!("{r}/{sub}"), true),
+        _ => panic!("unexpected path {path}"),
+    };
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        _ => panic!("unexpected method {method}"),
+    };
+    (format!("{group}/{resource}"), verb.to_string())
+}
+
+#[tokio::test]
+async fn deploy_rbac_grants_exactly_the_verbs_the_client_uses() {
+    // Every call the rollout makes, once, against the stand-in.
+    let api = KubeApi::start(Auth::ClientCert).await;
+    api.add_node("n1");
+    api.add_pod("default", "web-1", "n1", Owner::ReplicaSet, &[]);
+    let clock = Arc::new(ManualClock::new());
+    let mut sem = semaphore(&api, "n1", &clock);
+    assert!(matches!(sem.take().await.unwrap(), Take::Held { .. }));
+    sem.renew().await.unwrap();
+    sem.release().await.unwrap();
+    api.add_lease(NS, "bosun-edge-0", "x");
+    api.add_lease(NS, "bosun-edge-1", "y");
+    assert!(matches!(sem.take().await.unwrap(), Take::AllTaken(_)));
+    let c = client(&api, None);
+    c.get_node("n1").await.unwrap();
+    c.list_nodes("bosun.dev/failed=abc").await.unwrap();
+    c.patch_node("n1", &NodePatch::unschedulable(true))
+        .await
+        .unwrap();
+    c.pods_on_node("n1").await.unwrap();
+    c.evict("default", "web-1").await.unwrap();
+    let used: std::collections::BTreeSet<(String, String)> = api
+        .log()
+        .iter()
+        .map(|l| permission(&l.method, &l.path))
+        .collect();
+
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml"))
+        .unwrap();
+    let docs: Vec<RbacDoc> = serde_saphyr::from_str_multiple(&text).unwrap();
+    let mut granted = std::collections::BTreeSet::new();
+    for d in docs
+        .iter()
+        .filter(|d| d.kind == "ClusterRole" || d.kind == "Role")
+    {
+        for r in &d.rules {
+            for g in &r.api_groups {
+                for res in &r.resources {
+                    for v in &r.verbs {
+                        granted.insert((format!("{g}/{res}"), v.clone()));
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        granted, used,
+        "deploy/rbac.yaml vs the requests the client made"
+    );
+}

@@ -158,6 +158,9 @@ fn kubectl_gets_cordons_and_drains_against_the_stand_in_api_server() {
         api.log()
     );
 
+    // The request log tracks cordoned nodes over time (the fleet tests' safety check).
+    assert_eq!(api.max_unschedulable(), 1);
+
     let out = ok(dir.path(), &["get", "lease", "-n", "kube-system"]);
     assert!(
         out.contains("bosun-default-0") && out.contains("n2"),
