@@ -510,6 +510,53 @@ impl Kubeconfig {
     }
 }
 
+impl Kubeconfig {
+    /// Applies this kubeconfig's TLS settings to `builder`: trust exactly its CA when it names
+    /// one (as kubectl does), present its client certificate, and skip verification only when
+    /// `insecure-skip-tls-verify` says so. Pure apart from parsing the PEM data.
+    pub fn apply_tls(
+        &self,
+        mut builder: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, KubeconfigError> {
+        let field_err = |field: &str, reason: String| KubeconfigError::Field {
+            path: self.path.clone(),
+            field: field.to_string(),
+            reason,
+        };
+        if let Some(pem) = &self.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                field_err(
+                    "certificate-authority",
+                    format!("not a valid PEM certificate bundle: {e}"),
+                )
+            })?;
+            if certs.is_empty() {
+                return Err(field_err(
+                    "certificate-authority",
+                    "no certificate found".into(),
+                ));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        if let Some(id) = &self.identity {
+            let identity = reqwest::Identity::from_pem(&id.combined_pem()).map_err(|e| {
+                field_err(
+                    "client-certificate",
+                    format!("not a usable PEM certificate and key: {e}"),
+                )
+            })?;
+            builder = builder.identity(identity);
+        }
+        if self.insecure_skip_tls_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        Ok(builder)
+    }
+}
+
 /// Checks that `data` looks like PEM with a `-----BEGIN ...<kind>-----` block.
 fn require_pem(path: &str, field: &str, data: &[u8], kind: &str) -> Result<(), KubeconfigError> {
     let text = String::from_utf8_lossy(data);

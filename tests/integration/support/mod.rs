@@ -1,7 +1,9 @@
 //! Helpers shared by integration tests.
 
+pub mod fleetlock;
 pub mod git;
 pub mod image_server;
+pub mod kube;
 pub mod tls;
 
 use std::collections::BTreeMap;
