@@ -73,6 +73,10 @@ pub struct AgentFile {
     /// A/B OS upgrade devices and bootloader (used by the upgrade actor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeSection>,
+    /// Where fleet rollout locks live (Kubernetes Leases or a FleetLock server) and how the
+    /// node reaches its cluster (drains, Node labels). Never from Git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<crate::rollout::coordination::CoordinationSection>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -276,6 +280,8 @@ pub struct AgentConfig {
     pub drift_enabled: bool,
     pub resync_interval: Duration,
     pub upgrade: Option<UpgradeSection>,
+    /// Fleet rollout coordination (locks, drains, Node labels).
+    pub coordination: crate::rollout::coordination::CoordinationConfig,
     /// The files this config was read from, in merge order.
     pub files: Vec<PathBuf>,
 }
@@ -398,6 +404,9 @@ impl AgentFile {
             over(&mut b.enabled, l.enabled);
             over(&mut b.resync_interval, l.resync_interval);
         });
+        section(&mut self.coordination, later.coordination, |b, l| {
+            b.merge(l)
+        });
         section(&mut self.upgrade, later.upgrade, |b, l| {
             section(&mut b.slots, l.slots, |b, l| {
                 over(&mut b.a, l.a);
@@ -458,6 +467,11 @@ fn validate(
     if let Some(u) = &f.upgrade {
         validate_upgrade(u, &invalid)?;
     }
+    let coordination = crate::rollout::coordination::validate(
+        &f.coordination.clone().unwrap_or_default(),
+        &node_name,
+    )
+    .map_err(|(field, message)| invalid.at(field, message))?;
     Ok(AgentConfig {
         source,
         verify,
@@ -473,6 +487,7 @@ fn validate(
         drift_enabled: d.enabled.unwrap_or(true),
         resync_interval,
         upgrade: f.upgrade,
+        coordination,
         files,
     })
 }

@@ -26,6 +26,8 @@
 //! What the loop did is recorded in the [`Ledger`] (status file and metrics together). The
 //! node's capabilities (runners, boot env, upgrade actor) come from [`crate::node`].
 
+mod ab;
+mod gates;
 mod report;
 mod schedule;
 mod startup;
@@ -38,7 +40,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::agent::AgentConfig;
 use crate::apply::ApplyError;
@@ -47,7 +49,8 @@ use crate::drift::{DriftError, DriftStreak, DriftWatcher};
 use crate::fsroot::FsError;
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::node::Node;
-use crate::reconcile::{ApplyOutcome, Applying, SnapshotApplier};
+use crate::reconcile::{ApplyOutcome, Applying, Disposition, Permit, SnapshotApplier};
+use crate::rollout::driver::Rollout;
 use crate::service::Systemd;
 use crate::snapshot::Snapshot;
 use crate::source::{self, Oid, SourceError, TransferCounters, Verdict};
@@ -88,6 +91,8 @@ pub enum DaemonError {
     BadBaseline { path: PathBuf, commit: String },
     #[error("upgrade: {0}")]
     Upgrade(String),
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::driver::RolloutError),
 }
 
 /// Why the last good commit is re-applied.
@@ -116,6 +121,17 @@ impl std::fmt::Display for Correction {
 struct LastGood {
     snapshot: Snapshot,
     loaded: Option<Arc<config::Loaded>>,
+    /// The commit's committer time (the wave clock of an upgrade it names).
+    committed_at: Option<i64>,
+}
+
+/// A new commit from a poll, on its way to being applied.
+struct Arrival {
+    commit: Oid,
+    /// Committer time (unix seconds): the wave clock.
+    committed_at: i64,
+    signer: Option<String>,
+    snapshot: Snapshot,
 }
 
 /// The daemon loop's state.
@@ -150,6 +166,14 @@ pub struct Daemon<A: SnapshotApplier> {
     next_poll: Instant,
     /// SIGHUP arrived during a health wait: poll as soon as it ends.
     poll_asked: bool,
+    /// The rollout gates before disruptive actions (see [`gates`]).
+    rollout: Rollout,
+    /// The `rollout:` policy of the newest config loaded.
+    policy: Option<crate::config::rollout::RolloutConfig>,
+    /// The commit the gates held last, and at which gate (logged once per change).
+    last_deferred: Option<(Oid, &'static str)>,
+    /// The OS version the node runs (from the upgrade state), published on its Node.
+    os_version: Option<String>,
 }
 
 impl<A: SnapshotApplier> Daemon<A> {
@@ -176,6 +200,10 @@ impl<A: SnapshotApplier> Daemon<A> {
             wait: None,
             next_poll: Instant::now(),
             poll_asked: false,
+            rollout: Rollout::idle(&cfg.node_name, &cfg.state_dir),
+            policy: None,
+            last_deferred: None,
+            os_version: None,
             cfg,
         }
     }
@@ -214,6 +242,7 @@ impl<A: SnapshotApplier> Daemon<A> {
         let mut watchdog = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(86_400)));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut wait_status = tokio::time::interval(wait::STATUS_EVERY);
+        let mut rollout_tick = tokio::time::interval(gates::TICK);
         loop {
             let hold_end = self.drift_streak.hold_until().map(Instant::from_std);
             let waiting = self.wait.is_some();
@@ -225,6 +254,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                 _ = watchdog.tick() => self.systemd.ping(),
                 report = wait::report(&mut self.wait), if waiting => self.concluded(report).await,
                 _ = wait_status.tick(), if waiting => self.waiting_status(),
+                _ = rollout_tick.tick(), if self.rollout.busy() => self.rollout_tick().await,
                 Some(mut paths) = drift_rx.recv() => {
                     while let Ok(more) = drift_rx.try_recv() {
                         paths.extend(more);
@@ -268,45 +298,6 @@ impl<A: SnapshotApplier> Daemon<A> {
         Ok(())
     }
 
-    /// One pass of the A/B upgrade lifecycle against the last good config (see
-    /// [`crate::upgrade::pass`]). May write a slot and the boot env, and reboot.
-    async fn upgrade_pass(&mut self) {
-        let Some(actor) = self.upgrade.take() else {
-            return;
-        };
-        let loaded = match self.last_good_config() {
-            Some(Ok(l)) => l,
-            Some(Err(e)) => {
-                warn!("upgrade: the last good config does not load: {e}");
-                self.upgrade = Some(actor);
-                return;
-            }
-            None => {
-                self.upgrade = Some(actor);
-                return;
-            }
-        };
-        use crate::upgrade::pass::{begin, Begun};
-        match self.systemd.guard(begin(actor, &loaded.config)).await {
-            Begun::Done(pass) => self.upgrade_passed(pass),
-            Begun::Judging(j) => self.start_wait(wait::Origin::Upgrade(j)),
-        }
-    }
-
-    /// The last good commit's config, loaded at most once per commit.
-    fn last_good_config(&mut self) -> Option<Result<Arc<config::Loaded>, config::ConfigError>> {
-        let good = self.last_good.as_mut()?;
-        if let Some(l) = &good.loaded {
-            return Some(Ok(l.clone()));
-        }
-        let t = &self.node.target;
-        Some(config::load(&good.snapshot, &t.hostname, &t.load).map(|l| {
-            let l = Arc::new(l);
-            good.loaded = Some(l.clone());
-            l
-        }))
-    }
-
     /// One poll and its decision; returns the delay until the next poll.
     async fn poll(&mut self) -> Duration {
         let cfg = self.cfg.source.clone();
@@ -327,8 +318,13 @@ impl<A: SnapshotApplier> Daemon<A> {
                     Verdict::Verified { signer } => Some(signer.clone()),
                     Verdict::NotChecked => None,
                 };
-                self.decide(accepted.commit(), signer, accepted.snapshot)
-                    .await
+                let arrival = Arrival {
+                    commit: accepted.commit(),
+                    committed_at: accepted.committed_at,
+                    signer,
+                    snapshot: accepted.snapshot,
+                };
+                self.decide(arrival).await
             }
             Err(SourceError::Refused { commit, reason }) => self.refused(commit, &reason),
             Err(e) => self.failed(&format!("poll of {}: {e}", self.cfg.source.url)),
@@ -346,12 +342,8 @@ impl<A: SnapshotApplier> Daemon<A> {
     }
 
     /// An accepted commit: apply it unless it is what is already applied.
-    async fn decide(
-        &mut self,
-        commit: Oid,
-        signer: Option<String>,
-        snapshot: Snapshot,
-    ) -> (Duration, String) {
+    async fn decide(&mut self, arrival: Arrival) -> (Duration, String) {
+        let commit = arrival.commit;
         let c = commit.to_string();
         if self.last_applied == Some(commit) && self.last_good.is_some() && self.applied_this_run {
             debug!("commit {} unchanged", short(&c));
@@ -361,40 +353,41 @@ impl<A: SnapshotApplier> Daemon<A> {
         }
         self.code_pages.note_work();
         let result = self
-            .systemd
-            .guard(
-                self.applier
-                    .apply(&snapshot, &self.node.target, self.node.effects.clone()),
-            )
+            .apply_through_gates(commit, arrival.committed_at, &arrival.snapshot)
             .await;
         match result {
-            Ok(Applying::Done(outcome)) => self.decided(commit, signer, snapshot, Ok(outcome)),
+            Ok(Applying::Done(outcome)) => self.decided(arrival, Ok(outcome)).await,
             Ok(Applying::AwaitingHealth(trial)) => {
                 let line = format!("commit {}: waiting for K3s health", short(&c));
-                let origin = wait::Caller::Poll {
-                    commit,
-                    signer,
-                    snapshot,
-                };
-                self.start_wait(wait::Origin::Apply(origin, trial));
+                self.start_wait(wait::Origin::Apply(wait::Caller::Poll(arrival), trial));
                 (Duration::ZERO, line)
             }
-            Err(e) => self.decided(commit, signer, snapshot, Err(e)),
+            Err(e) => self.decided(arrival, Err(e)).await,
         }
     }
 
     /// What an apply of `commit` ended in: recorded and logged; returns the next poll's delay
     /// and the status line.
-    fn decided(
+    async fn decided(
         &mut self,
-        commit: Oid,
-        signer: Option<String>,
-        snapshot: Snapshot,
+        arrival: Arrival,
         result: Result<ApplyOutcome, A::Error>,
     ) -> (Duration, String) {
+        let commit = arrival.commit;
+        let settled = result
+            .as_ref()
+            .map(Clone::clone)
+            .map_err(ToString::to_string);
+        self.settle_restart(&settled).await;
+        if let Ok(o) = &result {
+            if let Some(l) = &o.loaded {
+                self.note_policy(l);
+            }
+        }
         match result {
+            Ok(o) if matches!(o.disposition, Disposition::Deferred { .. }) => self.deferred(commit),
             Ok(outcome) if outcome.rejected() => self.rejected(commit, &outcome),
-            Ok(outcome) => self.applied(commit, signer, snapshot, outcome),
+            Ok(outcome) => self.applied(arrival, outcome),
             Err(e) => self.failed(&format!(
                 "commit {commit}: not applied: {e}; keeping {}",
                 self.ledger.applied_text()
@@ -427,7 +420,10 @@ impl<A: SnapshotApplier> Daemon<A> {
         let runner = self.node.effects.clone();
         let result = self
             .systemd
-            .guard(self.applier.apply(&good.snapshot, &target, runner))
+            .guard(
+                self.applier
+                    .apply(&good.snapshot, &target, runner, Permit::ALL),
+            )
             .await;
         match result {
             Ok(Applying::Done(o)) => self.corrected(why, seen, Ok(o)),

@@ -59,6 +59,8 @@ pub struct Metrics {
     /// Upgrade metrics text from the upgrade actor's state (already Prometheus text).
     upgrade_text: Mutex<String>,
     applied_commit: Mutex<Option<String>>,
+    /// The rollout state label (`idle`, `waiting-wave`, …), a slot held, evictions asked.
+    rollout: Mutex<(String, bool, u64)>,
     /// Network totals of the git source.
     pub transfer: Arc<TransferCounters>,
 }
@@ -100,6 +102,12 @@ impl Metrics {
     /// Starts the rollback counter from the persisted total (the commit history).
     pub fn seed_config_rollbacks(&self, total: u64) {
         self.config_rollbacks.store(total, Ordering::Relaxed);
+    }
+
+    /// Sets the rollout gauges: the state the node waits at, whether it holds a slot of its
+    /// group, and the evictions it asked for so far.
+    pub fn set_rollout(&self, state: &str, lock_held: bool, evictions: u64) {
+        *lock(&self.rollout) = (state.to_string(), lock_held, evictions);
     }
 
     /// Replaces the upgrade section of the exposition (`bosun_upgrades_total`, version, slot).
@@ -180,6 +188,25 @@ impl Metrics {
             self.config_rollbacks.load(Ordering::Relaxed)
         );
         o.push_str(&lock(&self.upgrade_text));
+        let (state, held, evictions) = lock(&self.rollout).clone();
+        let state = if state.is_empty() {
+            "idle".to_string()
+        } else {
+            state
+        };
+        let _ = writeln!(
+            o,
+            "# HELP bosun_rollout_state The rollout gate the node waits at (1 for the current state).\n# TYPE bosun_rollout_state gauge\nbosun_rollout_state{{state=\"{state}\"}} 1"
+        );
+        let _ = writeln!(
+            o,
+            "# HELP bosun_lock_held Whether the node holds a slot of its rollout group.\n# TYPE bosun_lock_held gauge\nbosun_lock_held {}",
+            u8::from(held)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP bosun_drain_evictions_total Pod evictions asked for by drains.\n# TYPE bosun_drain_evictions_total counter\nbosun_drain_evictions_total {evictions}"
+        );
         let t = self.transfer.totals();
         let _ = writeln!(
             o,

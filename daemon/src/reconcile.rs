@@ -324,6 +324,23 @@ pub fn apply_prepared(
     })
 }
 
+/// What a new commit's apply may do now, as the rollout gates allow (see [`crate::rollout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit {
+    /// Restart k3s (a disruptive action): the node passed wave, window, lock and drain.
+    pub restart_k3s: bool,
+    /// Change files at all (`rollout.waves_for_all`: the node's wave has started).
+    pub change: bool,
+}
+
+impl Permit {
+    /// Everything: no rollout coordination, or a correction of the last good commit.
+    pub const ALL: Permit = Permit {
+        restart_k3s: true,
+        change: true,
+    };
+}
+
 /// How applying one snapshot ended, as the daemon loop sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
@@ -334,6 +351,10 @@ pub enum Disposition {
     RolledBack { to: String, health: String },
     /// Not applied: it failed its health gate before (`reason`, as recorded then).
     Refused { reason: String },
+    /// Not applied yet, nothing written: the rollout gates must allow it first. `restart`:
+    /// the k3s unit it would restart and the fingerprint of the k3s config it brings; `None`:
+    /// only the wave holds it (`rollout.waves_for_all`).
+    Deferred { restart: Option<(String, String)> },
 }
 
 /// What applying one snapshot did.
@@ -365,7 +386,10 @@ impl ApplyOutcome {
 
     /// Whether the snapshot was not kept (rolled back or refused).
     pub fn rejected(&self) -> bool {
-        !matches!(self.disposition, Disposition::Kept { .. })
+        matches!(
+            self.disposition,
+            Disposition::RolledBack { .. } | Disposition::Refused { .. }
+        )
     }
 }
 
@@ -407,6 +431,7 @@ pub trait SnapshotApplier {
         snapshot: &Snapshot,
         target: &Target,
         runner: Arc<dyn CommandRunner>,
+        permit: Permit,
     ) -> impl Future<Output = Result<Applying, Self::Error>>;
 
     /// Concludes the apply left [`Applying::AwaitingHealth`] with the health `report`: keeps

@@ -53,6 +53,13 @@ pub struct Status {
     pub health_wait: Option<String>,
     /// When that wait gives up (Unix seconds).
     pub health_wait_until: Option<u64>,
+    /// The rollout gate the node waits at (`idle`, `waiting-wave`, `waiting-window`,
+    /// `waiting-lock`, `draining`, `trial`, `halted`, `backoff`).
+    pub rollout_state: Option<String>,
+    /// Why (the lock's holders, a coordination error), when known.
+    pub rollout_detail: Option<String>,
+    /// The change waiting for the gates: what it needs and the commit that introduced it.
+    pub rollout_change: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +122,13 @@ impl Status {
                 "health wait:     {w} ({} s left)\n",
                 left.map_or("?".to_string(), |l| l.to_string())
             ));
+        }
+        if let Some(r) = &self.rollout_state {
+            let change = self.rollout_change.as_deref().unwrap_or("nothing pending");
+            out.push_str(&format!("rollout:         {r} ({change})\n"));
+            if let Some(d) = &self.rollout_detail {
+                out.push_str(&format!("rollout detail:  {d}\n"));
+            }
         }
         if let Some(r) = &self.last_refusal {
             out.push_str(&format!("last refusal:    {r}\n"));

@@ -10,7 +10,9 @@ pub mod diag;
 pub mod explain;
 pub mod layers;
 pub mod model;
+pub mod rollout;
 pub mod spec;
+pub mod window;
 pub mod yaml;
 
 pub use convert::ConvertOptions;

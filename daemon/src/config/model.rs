@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub k3os: K3os,
     pub upgrade: Option<UpgradeConfig>,
     pub health: HealthConfig,
+    /// bosun: the fleet rollout policy (`rollout:`).
+    pub rollout: super::rollout::RolloutConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

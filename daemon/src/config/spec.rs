@@ -182,6 +182,89 @@ pub const UPGRADE: &[Field] = &[
     ),
 ];
 
+pub const WAVE: &[Field] = &[
+    f(
+        "after",
+        Shape::Duration,
+        "Delay after the committer time of the commit that introduced the change.",
+    ),
+    f(
+        "percent",
+        Shape::Str,
+        "Cumulative share of the fleet (by position) that may start by then; the last wave is 100.",
+    ),
+];
+
+pub const WINDOW: &[Field] = &[
+    f(
+        "days",
+        Shape::StrList,
+        "Weekdays the window opens on: mon … sun.",
+    ),
+    f("start", Shape::Str, "Opening time, \"HH:MM\"."),
+    f("length", Shape::Duration, "How long the window stays open."),
+    f(
+        "timezone",
+        Shape::Str,
+        "UTC (default) or a fixed offset such as +01:00.",
+    ),
+];
+
+pub const DRAIN: &[Field] = &[f(
+    "timeout",
+    Shape::Duration,
+    "Give up draining after this long: uncordon, release the slot, back off. Default 10m.",
+)];
+
+pub const ROLLOUT: &[Field] = &[
+    f(
+        "waves",
+        Shape::ObjList(WAVE),
+        "Waves of the rollout, in order: [{after, percent}].",
+    ),
+    f(
+        "canary",
+        Shape::Str,
+        "true: this node goes first (set in a group or node layer).",
+    ),
+    f(
+        "window",
+        Shape::ObjList(WINDOW),
+        "Weekly maintenance windows that gate starting a disruption; none: always open.",
+    ),
+    f(
+        "max_unavailable",
+        Shape::Int,
+        "Nodes of the group disrupted at once (slots of the lock). Default 1.",
+    ),
+    f(
+        "group",
+        Shape::Str,
+        "Lock group (Lease names bosun-<group>-<i>, FleetLock group). Default default.",
+    ),
+    f(
+        "drain_on_restart",
+        Shape::Str,
+        "true: drain before a k3s restart too (reboots always drain).",
+    ),
+    f("drain", Shape::Object(DRAIN), "Drain settings."),
+    f(
+        "halt_after_failures",
+        Shape::Int,
+        "Hold when this many nodes failed the commit; 0 never holds. Default 1.",
+    ),
+    f(
+        "waves_for_all",
+        Shape::Str,
+        "true: non-disruptive changes wait for the node's wave too.",
+    ),
+    f(
+        "lock_ttl",
+        Shape::Duration,
+        "A slot whose holder stopped renewing for this long (local clock) may be broken. Default 1h.",
+    ),
+];
+
 pub const CHECK_TYPES: &[&str] = &[
     "unit",
     "kubelet",
@@ -292,6 +375,11 @@ pub const TOP: &[Field] = &[
         "health",
         Shape::Object(HEALTH),
         "bosun: K3s health checks that gate changes and upgrades.",
+    ),
+    f(
+        "rollout",
+        Shape::Object(ROLLOUT),
+        "bosun: fleet rollout policy: waves, canary, maintenance windows, the lock's slots and group, drain, canary halt.",
     ),
     f(
         "match",

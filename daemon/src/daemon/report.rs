@@ -8,10 +8,9 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
 use super::schedule::{backoff, now_unix};
-use super::{Correction, Daemon, LastGood};
+use super::{Arrival, Correction, Daemon, LastGood};
 use crate::metrics::ReconcileResult;
 use crate::reconcile::{ApplyOutcome, Disposition, SnapshotApplier};
-use crate::snapshot::Snapshot;
 use crate::source::{Oid, Refusal};
 use crate::status::short;
 
@@ -19,11 +18,15 @@ impl<A: SnapshotApplier> Daemon<A> {
     /// The applier kept `commit`: it is the new baseline and last good commit.
     pub(super) fn applied(
         &mut self,
-        commit: Oid,
-        signer: Option<String>,
-        snapshot: Snapshot,
+        arrival: Arrival,
         outcome: ApplyOutcome,
     ) -> (Duration, String) {
+        let Arrival {
+            commit,
+            committed_at,
+            signer,
+            snapshot,
+        } = arrival;
         let c = commit.to_string();
         let new_commit = self.last_applied != Some(commit);
         let changed = &outcome.changed_paths;
@@ -54,6 +57,7 @@ impl<A: SnapshotApplier> Daemon<A> {
         self.last_applied = Some(commit);
         self.last_good = Some(LastGood {
             snapshot,
+            committed_at: Some(committed_at),
             loaded: outcome.loaded.clone(),
         });
         self.applied_this_run = true;
@@ -77,7 +81,9 @@ impl<A: SnapshotApplier> Daemon<A> {
                 ),
                 false,
             ),
-            Disposition::Kept { .. } => unreachable!("a kept snapshot is not rejected"),
+            Disposition::Kept { .. } | Disposition::Deferred { .. } => {
+                unreachable!("only rolled back and refused snapshots are rejected")
+            }
         };
         let again =
             self.last_rejected == Some(commit) && !rolled_back && outcome.changed_paths.is_empty();

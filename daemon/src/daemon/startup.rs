@@ -10,6 +10,7 @@ use crate::fsroot::Root;
 use crate::metrics;
 use crate::node::{BootEnvSpec, UpgradeWiring};
 use crate::reconcile::SnapshotApplier;
+use crate::rollout::coordination::BackendKind;
 use crate::snapshot::Snapshot;
 use crate::source::{self, Oid};
 use crate::status;
@@ -69,13 +70,16 @@ impl<A: SnapshotApplier> Daemon<A> {
                     commit: c.clone(),
                 })?;
                 self.last_applied = Some(oid);
+                let committed_at = self.cached_commit_time(oid).await;
                 self.last_good = self.cached_snapshot(oid).await.map(|snapshot| LastGood {
                     snapshot,
+                    committed_at,
                     loaded: None,
                 });
             }
             self.ledger.restore(previous);
         }
+        self.start_rollout().await?;
         info!(
             "bosun daemon: node {} following {} ({}) every {:?}; root {}, state {}; last applied {}",
             self.cfg.node_name,
@@ -86,6 +90,36 @@ impl<A: SnapshotApplier> Daemon<A> {
             sd.display(),
             self.ledger.status.last_applied_commit.as_deref().unwrap_or("none"),
         );
+        Ok(())
+    }
+
+    /// The committer time of `commit` from the git cache, when it is there.
+    async fn cached_commit_time(&self, commit: Oid) -> Option<i64> {
+        let dir = self.cfg.source.cache_dir.clone();
+        tokio::task::spawn_blocking(move || source::Cache::open(&dir)?.commit_time(commit))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Loads the rollout driver (its state file, the coordination kubeconfig) and confirms a
+    /// slot held before a restart or a trial reboot. Network with a lock backend.
+    async fn start_rollout(&mut self) -> Result<(), DaemonError> {
+        self.rollout = crate::rollout::driver::Rollout::load(
+            &self.cfg.node_name,
+            &self.cfg.root,
+            &self.cfg.state_dir,
+            self.cfg.coordination.clone(),
+            self.node.clock.clone(),
+        )?;
+        if let Some(Ok(l)) = self.last_good_config() {
+            self.note_policy(&l);
+        }
+        let cfg = self.policy.clone().unwrap_or_default();
+        if self.rollout.busy() || self.cfg.coordination.backend != BackendKind::None {
+            self.rollout.recover(&cfg).await;
+        }
+        self.rollout_report().await;
         Ok(())
     }
 

@@ -20,11 +20,9 @@ use std::time::Duration;
 use tracing::info;
 
 use super::schedule::now_unix;
-use super::{Correction, Daemon};
+use super::{Arrival, Correction, Daemon};
 use crate::health::{wait_healthy, HealthReport};
 use crate::reconcile::{self, HealthTrial, SnapshotApplier, Target};
-use crate::snapshot::Snapshot;
-use crate::source::Oid;
 use crate::status::short;
 use crate::upgrade::pass::{finish, Judging, Pass};
 
@@ -34,11 +32,7 @@ pub(super) const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// Who started a gated apply.
 pub(super) enum Caller {
     /// A poll's apply of a new commit.
-    Poll {
-        commit: Oid,
-        signer: Option<String>,
-        snapshot: Snapshot,
-    },
+    Poll(Arrival),
     /// A correction of the last good commit.
     Correction { why: Correction, seen: String },
 }
@@ -140,12 +134,8 @@ impl<A: SnapshotApplier> Daemon<A> {
                 let judged = self.applier.judge(report, &target, runner);
                 let result = self.systemd.guard(judged).await;
                 match caller {
-                    Caller::Poll {
-                        commit,
-                        signer,
-                        snapshot,
-                    } => {
-                        let (delay, line) = self.decided(commit, signer, snapshot, result);
+                    Caller::Poll(arrival) => {
+                        let (delay, line) = self.decided(arrival, result).await;
                         self.systemd.status(&line);
                         self.upgrade_pass().await;
                         self.schedule_poll(delay);
@@ -171,7 +161,7 @@ impl<A: SnapshotApplier> Daemon<A> {
     /// trial, or the last good config during a trial boot. Writes, runs effects.
     pub(super) async fn correct_during_wait(&mut self, why: Correction, seen: &str, t: &Target) {
         let snapshot = match self.wait.as_ref().map(|w| &w.origin) {
-            Some(Origin::Apply(Caller::Poll { snapshot, .. }, _)) => snapshot.clone(),
+            Some(Origin::Apply(Caller::Poll(a), _)) => a.snapshot.clone(),
             _ => match &self.last_good {
                 Some(g) => g.snapshot.clone(),
                 None => return,

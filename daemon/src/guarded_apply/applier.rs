@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use super::{
-    finish_guarded, start_guarded, CommitHistory, GuardedError, GuardedOutcome, HistoryError,
-    PendingVerdict, Progress,
+    finish_guarded, start_guarded, CommitHistory, Deferral, GuardedError, GuardedOutcome,
+    HistoryError, PendingVerdict, Progress,
 };
 use crate::health::{report_summary, HealthReport};
-use crate::reconcile::{ApplyOutcome, Applying, Disposition, SnapshotApplier, Target};
+use crate::reconcile::{ApplyOutcome, Applying, Disposition, Permit, SnapshotApplier, Target};
 use crate::runner::CommandRunner;
 use crate::snapshot::Snapshot;
 
@@ -69,6 +69,22 @@ fn outcome(o: &GuardedOutcome) -> ApplyOutcome {
             out.loaded = None;
             out
         }
+        GuardedOutcome::Deferred {
+            deferral, loaded, ..
+        } => ApplyOutcome {
+            changed_paths: Vec::new(),
+            desired_paths: Vec::new(),
+            effect_failures: 0,
+            disposition: Disposition::Deferred {
+                restart: match deferral {
+                    Deferral::RestartK3s { unit, fingerprint } => {
+                        Some((unit.clone(), fingerprint.clone()))
+                    }
+                    Deferral::Wave => None,
+                },
+            },
+            loaded: Some(loaded.clone()),
+        },
         GuardedOutcome::Refused { bad, revert, .. } => {
             let (changed_paths, desired_paths, effect_failures) = match revert {
                 Some(r) => (
@@ -111,6 +127,7 @@ impl SnapshotApplier for GuardedApplier {
         snapshot: &Snapshot,
         target: &Target,
         runner: Arc<dyn CommandRunner>,
+        permit: Permit,
     ) -> Result<Applying, GuardedError> {
         if self.pending.is_some() {
             return Err(GuardedError::Task(
@@ -129,6 +146,7 @@ impl SnapshotApplier for GuardedApplier {
                 &target,
                 runner.as_ref(),
                 &mut history,
+                permit,
             ));
             (history, r)
         })

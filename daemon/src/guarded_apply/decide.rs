@@ -6,6 +6,7 @@
 use crate::config::HealthGate;
 use crate::desired::Effect;
 use crate::plan::Plan;
+use crate::reconcile::Permit;
 
 /// Why an apply is health-gated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +110,42 @@ pub enum KeptReason {
     IsLastGood,
 }
 
+/// Why a planned apply waits for the rollout gates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferral {
+    /// The plan restarts `unit` (a disruptive action) and the node holds no permit for it.
+    /// `fingerprint` identifies the k3s configuration it brings (SHA-256 of the desired
+    /// k3s config files), so a later commit that leaves it alone is the same change.
+    RestartK3s { unit: String, fingerprint: String },
+    /// The plan changes files, `rollout.waves_for_all` is on and the node's wave has not
+    /// started.
+    Wave,
+}
+
+/// Whether `plan` may be applied now under `permit`, or why not (pure).
+pub fn deferral(
+    plan: &Plan,
+    permit: Permit,
+    fingerprint: impl FnOnce() -> String,
+) -> Option<Deferral> {
+    let restart = plan.effects.iter().find_map(|e| match e {
+        Effect::RestartUnit { unit } if is_k3s_unit(unit) => Some(unit.clone()),
+        _ => None,
+    });
+    if let Some(unit) = restart {
+        if !permit.restart_k3s {
+            return Some(Deferral::RestartK3s {
+                unit,
+                fingerprint: fingerprint(),
+            });
+        }
+    }
+    if !permit.change && (plan.has_file_changes() || !plan.effects.is_empty()) {
+        return Some(Deferral::Wave);
+    }
+    None
+}
+
 /// What the history says about the commit being applied (the inputs of [`decide`] that
 /// come from [`super::CommitHistory`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -130,6 +167,8 @@ pub enum Stage {
     Planned { gate: Option<GateReason> },
     /// It was applied under a gate and the health gate gave its verdict.
     Judged { healthy: bool },
+    /// Its plan needs what the permit does not allow yet (see [`deferral`]): nothing is written.
+    Held(Deferral),
 }
 
 /// One step of a health-gated apply, executed in order by the driver.
@@ -172,6 +211,8 @@ pub enum Conclusion {
     Kept(KeptReason),
     /// Not applied: the commit failed its health gate before.
     Refused,
+    /// Not applied yet: the rollout gates have not allowed it (nothing was written).
+    Deferred,
 }
 
 /// The next steps of a health-gated apply of one commit (pure).
@@ -207,6 +248,7 @@ pub fn decide(facts: &Facts<'_>, commit: &str, stage: &Stage) -> Vec<Step> {
             ]
         }
         Stage::Planned { gate: Some(_) } => vec![Begin, Save, Apply, AwaitHealth],
+        Stage::Held(_) => vec![Conclude(Conclusion::Deferred)],
         Stage::Judged { healthy: true } => vec![RecordGood, Save, Conclude(Conclusion::Healthy)],
         Stage::Judged { healthy: false } => match facts.last_good {
             Some(good) if good == commit => {
@@ -442,5 +484,39 @@ mod tests {
             decide(&same, "a", &Stage::Judged { healthy: false }),
             vec![Step::Conclude(Conclusion::Kept(KeptReason::IsLastGood))]
         );
+    }
+
+    #[test]
+    fn a_k3s_restart_waits_for_a_permit_and_other_changes_for_the_wave() {
+        let restart = plan_creating(
+            &[DROPIN],
+            vec![Effect::RestartUnit {
+                unit: "k3s.service".into(),
+            }],
+        );
+        let fp = || "fp".to_string();
+        assert_eq!(deferral(&restart, Permit::ALL, fp), None);
+        let no_restart = Permit {
+            restart_k3s: false,
+            change: true,
+        };
+        assert_eq!(
+            deferral(&restart, no_restart, fp),
+            Some(Deferral::RestartK3s {
+                unit: "k3s.service".into(),
+                fingerprint: "fp".into()
+            })
+        );
+        let motd = plan_creating(&["/etc/motd"], vec![]);
+        assert_eq!(deferral(&motd, no_restart, fp), None);
+        let no_change = Permit {
+            restart_k3s: true,
+            change: false,
+        };
+        assert_eq!(deferral(&motd, no_change, fp), Some(Deferral::Wave));
+        assert_eq!(deferral(&Plan::default(), no_change, fp), None);
+        // Nothing is written for a held commit.
+        let held = decide(&Facts::default(), "b", &Stage::Held(Deferral::Wave));
+        assert_eq!(held, vec![Step::Conclude(Conclusion::Deferred)]);
     }
 }

@@ -50,14 +50,14 @@ use crate::config::HealthGate;
 use crate::desired::Effect;
 use crate::disruption::{about_to_disrupt, Disruption};
 use crate::health::{effective_checks, report_summary, wait_healthy, HealthContext, HealthReport};
-use crate::reconcile::{self, Applied, HealthTrial, Prepared, ReconcileError, Target};
+use crate::reconcile::{self, Applied, HealthTrial, Permit, Prepared, ReconcileError, Target};
 use crate::runner::CommandRunner;
 use crate::snapshot::Snapshot;
 
 pub use applier::GuardedApplier;
 pub use decide::{
-    decide, effective_gate, gate_reason, is_k3s_config_path, Conclusion, Facts, GateReason,
-    KeptReason, Stage, Step,
+    decide, deferral, effective_gate, gate_reason, is_k3s_config_path, Conclusion, Deferral, Facts,
+    GateReason, KeptReason, Stage, Step,
 };
 pub use history::{
     BadCommit, CommitHistory, GoodCommit, HistoryError, HISTORY_FILE, MAX_BAD_COMMITS,
@@ -118,6 +118,14 @@ pub enum GuardedOutcome {
         report: HealthReport,
         why: KeptReason,
     },
+    /// Held: the rollout gates have not allowed what the plan needs (see [`Deferral`]);
+    /// nothing was written.
+    Deferred {
+        commit: String,
+        deferral: Deferral,
+        /// The commit's config (its `rollout:` policy judges the deferral).
+        loaded: std::sync::Arc<crate::config::Loaded>,
+    },
     /// Refused: the commit failed its health gate before. Nothing was applied for it;
     /// `revert` is set when an unfinished revert to the last good commit was completed now.
     Refused {
@@ -134,7 +142,8 @@ impl GuardedOutcome {
             | GuardedOutcome::Healthy { commit, .. }
             | GuardedOutcome::RolledBack { commit, .. }
             | GuardedOutcome::Kept { commit, .. }
-            | GuardedOutcome::Refused { commit, .. } => commit,
+            | GuardedOutcome::Refused { commit, .. }
+            | GuardedOutcome::Deferred { commit, .. } => commit,
         }
     }
 }
@@ -152,6 +161,22 @@ fn k3s_restart(prepared: &Prepared) -> Option<&str> {
         Effect::RestartUnit { unit } if decide::is_k3s_unit(unit) => Some(unit.as_str()),
         _ => None,
     })
+}
+
+/// SHA-256 (hex) over the desired k3s configuration files (path and content) of a plan: the
+/// identity of the k3s configuration a commit brings (pure).
+fn k3s_fingerprint(prepared: &Prepared) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (path, f) in &prepared.rendered.state.files {
+        if is_k3s_config_path(path) {
+            h.update(path.as_bytes());
+            h.update([0]);
+            h.update((f.content.len() as u64).to_le_bytes());
+            h.update(&f.content);
+        }
+    }
+    hex::encode(h.finalize())
 }
 
 /// Applies a prepared plan of `commit`, announcing the k3s restart it causes first. Writes
@@ -220,6 +245,10 @@ struct Run {
     report: Option<HealthReport>,
     /// The revert to the last good commit: its id and what it applied.
     revert: Option<(String, Applied)>,
+    /// Why the apply waits for the rollout gates, when it does.
+    held: Option<Deferral>,
+    /// What the rollout gates allow.
+    permit: Permit,
 }
 
 impl Run {
@@ -230,15 +259,21 @@ impl Run {
         }
     }
 
-    /// Plans the new commit; the next stage says whether the apply is gated. Reads the root.
+    /// Plans the new commit; the next stage says whether the apply is held (`permit`) or
+    /// gated. Reads the root.
     async fn plan(
         &mut self,
         target: &Target,
         history: &mut CommitHistory,
+        permit: Permit,
     ) -> Result<Stage, GuardedError> {
         let prepared = reconcile::prepare(&self.new, target)
             .await
             .map_err(|e| self.apply_err(e))?;
+        if let Some(d) = deferral(&prepared.plan, permit, || k3s_fingerprint(&prepared)) {
+            self.prepared = Some(prepared);
+            return Ok(Stage::Held(d));
+        }
         let own = prepared.loaded.config.health.gate;
         let policy = effective_gate(own, last_good_gate(history, target, &self.commit));
         if policy != own {
@@ -324,6 +359,16 @@ impl Run {
                     commit,
                     bad,
                     revert: self.revert.map(|(_, a)| a),
+                }
+            }
+            Conclusion::Deferred => {
+                let deferral = self.held.expect(missing);
+                let loaded = self.prepared.expect(missing).loaded;
+                tracing::debug!(%commit, ?deferral, "held for the rollout gates; nothing written");
+                GuardedOutcome::Deferred {
+                    commit,
+                    deferral,
+                    loaded,
                 }
             }
             Conclusion::Applied => {
@@ -413,7 +458,12 @@ async fn drive(
         let steps = decide(&history.facts(&run.commit), &run.commit, &stage);
         for step in steps {
             match step {
-                Step::Plan => stage = run.plan(target, history).await?,
+                Step::Plan => {
+                    stage = run.plan(target, history, run.permit).await?;
+                    if let Stage::Held(d) = &stage {
+                        run.held = Some(d.clone());
+                    }
+                }
                 Step::Begin => history.begin(&run.commit),
                 Step::Apply => {
                     let prepared = run.prepared.as_ref().expect("planned before applying");
@@ -451,6 +501,7 @@ pub async fn start_guarded(
     target: &Target,
     runner: &dyn CommandRunner,
     history: &mut CommitHistory,
+    permit: Permit,
 ) -> Result<Progress, GuardedError> {
     let commit = new.commit.clone().ok_or(GuardedError::NoCommit)?;
     let run = Run {
@@ -461,6 +512,8 @@ pub async fn start_guarded(
         applied: None,
         report: None,
         revert: None,
+        held: None,
+        permit,
     };
     drive(run, Stage::Arrived, target, runner, history).await
 }
@@ -501,7 +554,7 @@ pub async fn apply_guarded(
     health: &HealthContext,
     history: &mut CommitHistory,
 ) -> Result<GuardedOutcome, GuardedError> {
-    match start_guarded(new, target, runner, history).await? {
+    match start_guarded(new, target, runner, history, Permit::ALL).await? {
         Progress::Done(outcome) => Ok(outcome),
         Progress::AwaitingHealth(pending) => {
             let t = &pending.trial;

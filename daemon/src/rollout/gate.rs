@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Gates, in order, before a disruption starts: the wave ([`super::wave`]), the canary halt
-//! (enough nodes marked failed for this commit), the maintenance window ([`super::window`]),
+//! (enough nodes marked failed for this commit), the maintenance window ([`crate::config::window`]),
 //! the lock (a slot of the group's semaphore), then the drain (reboots always; k3s restarts
 //! with `drain_on_restart`).
 //!
@@ -31,8 +31,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::config::RolloutConfig;
-use super::{wave, window};
+use super::wave;
+use crate::config::rollout::RolloutConfig;
+use crate::config::window;
 
 /// The disruption a change needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::*;
-use crate::rollout::config::Wave;
-use crate::rollout::window::{Timezone, Weekday, Window};
+use crate::config::rollout::Wave;
+use crate::config::window::{Timezone, Weekday, Window};
 
 const X: &str = "1111111111111111111111111111111111111111";
 const Y: &str = "2222222222222222222222222222222222222222";

@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::config::RolloutConfig;
+use crate::config::rollout::RolloutConfig;
 
 /// The node's position in [0, 1): the first 53 bits of SHA-256(group ‖ 0 ‖ node) as a
 /// fraction. Pure.
@@ -39,7 +39,7 @@ pub fn start(cfg: &RolloutConfig, committed_at: i64, position: f64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::config::Wave;
+    use crate::config::rollout::Wave;
     use std::time::Duration;
 
     fn waves() -> RolloutConfig {

@@ -224,6 +224,8 @@ pub struct Accepted {
     pub verdict: Verdict,
     pub ancestry: Ancestry,
     pub snapshot: Snapshot,
+    /// The commit's committer time (unix seconds): the clock of rollout waves.
+    pub committed_at: i64,
 }
 
 impl Accepted {
@@ -257,11 +259,13 @@ pub fn poll(
     )?;
     let cache = Cache::open(&cfg.cache_dir)?;
     let snapshot = snapshot(&cache, commit, cfg.subdir.as_deref())?;
+    let committed_at = cache.commit_time(commit)?;
     Ok(Accepted {
         fetch: fetched,
         verdict,
         ancestry,
         snapshot,
+        committed_at,
     })
 }
 
@@ -368,6 +372,16 @@ impl Cache {
     /// Whether `commit` is present in the object database.
     pub fn has_commit(&self, commit: Oid) -> bool {
         self.repo.find_commit(commit).is_ok()
+    }
+
+    /// The committer time (unix seconds) of `commit`. Reads the object database.
+    pub fn commit_time(&self, commit: Oid) -> Result<i64, SourceError> {
+        let c = self
+            .repo
+            .find_commit(commit)
+            .map_err(|e| self.err("read commit", e))?;
+        let seconds = c.committer().when().seconds();
+        Ok(seconds)
     }
 
     fn err(&self, op: &'static str, source: git2::Error) -> SourceError {

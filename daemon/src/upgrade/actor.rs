@@ -321,6 +321,8 @@ pub struct UpgradeActor {
     pub trial_timeout: Option<u64>,
     /// Unix seconds (a seam for tests).
     pub clock: Box<dyn Fn() -> u64 + Send>,
+    /// The rollout gates allow a trial reboot now (default true: no coordination).
+    pub trial_permitted: bool,
 }
 
 /// `IMAGE_VERSION` of an os-release file (reads it); `None` when absent or unreadable.
@@ -384,6 +386,7 @@ impl UpgradeActor {
             reboot_argv: default_reboot_argv(),
             trial_timeout: None,
             clock: Box::new(system_now),
+            trial_permitted: true,
         }
     }
 
@@ -480,6 +483,7 @@ impl UpgradeActor {
                 now: (self.clock)(),
                 trial_timeout: self.trial_timeout,
                 booted_image_version: self.os_release.as_deref().and_then(image_version),
+                trial_permitted: self.trial_permitted,
             };
             let Decision { steps, notes } = machine::decide(&state, &inputs)?;
             for n in notes {

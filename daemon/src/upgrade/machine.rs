@@ -490,6 +490,10 @@ pub struct Inputs<'a> {
     /// The version the booted OS reports (`IMAGE_VERSION` of os-release). Lets bosun adopt a
     /// slot it never installed (the factory image) instead of reinstalling the same version.
     pub booted_image_version: Option<String>,
+    /// The rollout gates allow the trial reboot (wave, window, lock, drain passed; always true
+    /// without coordination). Without it a staged image waits: no trial is scheduled, nothing
+    /// reboots. Rollback reboots never wait.
+    pub trial_permitted: bool,
 }
 
 /// One effect, in the order [`decide`] returns them.
@@ -525,6 +529,8 @@ pub enum Note {
     AwaitingReboot,
     /// Installs of this image failed too often; not retried.
     GivenUp(ImageId),
+    /// The image is staged; its trial reboot waits for the rollout gates.
+    AwaitingPermit(ImageId),
 }
 
 impl fmt::Display for Note {
@@ -540,6 +546,10 @@ impl fmt::Display for Note {
                 write!(f, "slot {slot} on trial: waiting for the health verdict")
             }
             Note::AwaitingReboot => f.write_str("waiting for the requested reboot"),
+            Note::AwaitingPermit(i) => write!(
+                f,
+                "image {i} is staged; its trial reboot waits for the rollout gates"
+            ),
             Note::GivenUp(i) => write!(
                 f,
                 "image {i} failed to install {MAX_INSTALL_ATTEMPTS} times; not retried until the config names another image"
@@ -597,7 +607,7 @@ pub fn decide(state: &UpgradeState, inputs: &Inputs) -> Result<Decision, Transit
             // staged slot: the bootloader fell back.
             fallback(state, &env, *slot, target)
         }
-        Lifecycle::Staged { .. } => staged_steps(state, &env, booted, desired.as_ref(), inputs.now),
+        Lifecycle::Staged { .. } => staged_steps(state, &env, booted, desired.as_ref(), inputs),
         Lifecycle::Trial { slot, since, .. } => trial_steps(state, &env, *slot, *since, inputs),
         Lifecycle::RollingBack { slot, target, .. } => {
             rolling_back_steps(state, &env, booted, *slot, target.as_ref())
@@ -814,8 +824,9 @@ fn staged_steps(
     env: &BootState,
     booted: Slot,
     desired: Option<&(ImageId, u8)>,
-    now: u64,
+    inputs: &Inputs,
 ) -> Result<Decision, TransitionError> {
+    let now = inputs.now;
     let Lifecycle::Staged { target, slot } = &state.lifecycle else {
         unreachable!("called for Staged only")
     };
@@ -837,6 +848,9 @@ fn staged_steps(
                     steps: vec![Step::Reboot],
                     notes: vec![Note::AwaitingReboot],
                 });
+            }
+            if !inputs.trial_permitted {
+                return Ok(Decision::note(Note::AwaitingPermit(target.clone())));
             }
             if !env.is_good(booted) {
                 return Ok(Decision::note(Note::Blocked(format!(
@@ -1222,6 +1236,7 @@ mod tests {
             now: 1000,
             trial_timeout: None,
             booted_image_version: None,
+            trial_permitted: true,
         }
     }
 

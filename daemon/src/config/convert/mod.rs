@@ -93,6 +93,9 @@ pub fn convert(root: &Node, opts: &ConvertOptions, diags: &mut Vec<Diagnostic>) 
     if let Some(u) = root.get("upgrade") {
         cfg.upgrade = upgrade::upgrade(&mut cx, u);
     }
+    if let Some(r) = root.get("rollout") {
+        cfg.rollout = crate::config::rollout::parse(r, cx.diags);
+    }
     if let Some(h) = root.get("health") {
         cfg.health = health::health(&mut cx, h);
     }
