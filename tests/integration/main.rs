@@ -21,6 +21,7 @@ mod daemon;
 mod guarded_apply;
 mod health;
 mod image;
+mod input_checks;
 mod keys;
 mod plan_cli;
 mod render_systemd;

@@ -29,6 +29,7 @@ mod tree;
 mod upgrade;
 mod write_files;
 
+pub use authorized_keys::control_character as key_entry_control_character;
 pub use syntax::{check_path, parse_duration, valid_hostname};
 pub use write_files::{parse_mode, parse_owner};
 
