@@ -111,3 +111,122 @@ fn control_characters_in_ssh_key_entries_are_rejected() {
         format!("{KEY}\n")
     );
 }
+
+/// Regression (issue 12, item 8): `write_files` must not reach bosun's own state dir (the
+/// managed set would list itself, the journal could be forged) nor `/etc/bosun/`, the node's
+/// local agent config holding its trust roots, which never come from Git. `validate` knows the
+/// default state dir `/var/lib/bosun` (another one with `--state-dir`); `plan` and `apply` use
+/// the effective one (`--state-dir`, when it lies inside `--root`).
+#[test]
+fn write_files_into_the_state_dir_or_the_agent_config_are_rejected() {
+    let c = Case::new(
+        "write_files:\n\
+         - path: /etc/motd\n  content: hi\n\
+         - path: /var/lib/bosun/managed.json\n  content: '[]'\n\
+         - path: /etc/bosun/agent.yaml\n  content: 'source: {url: https://evil.example/x}'\n\
+         - path: /etc/bosun/agent.d/10-evil.yaml\n  content: 'verification: {mode: none}'\n\
+         - path: /var/lib/bosun\n  content: x\n",
+    );
+    c.rejected(&[
+        "config.yaml:4:9: write_files[1].path: \"/var/lib/bosun/managed.json\" is inside bosun's state dir /var/lib/bosun",
+        "config.yaml:6:9: write_files[2].path: \"/etc/bosun/agent.yaml\" is inside /etc/bosun",
+        "config.yaml:8:9: write_files[3].path: \"/etc/bosun/agent.d/10-evil.yaml\" is inside /etc/bosun",
+        "config.yaml:10:9: write_files[4].path: \"/var/lib/bosun\" is inside bosun's state dir",
+    ]);
+    // Neighbours are fine.
+    let ok = Case::new(
+        "write_files:\n- path: /etc/bosun.conf\n  content: a\n- path: /var/lib/bosun2/x\n  content: b\n",
+    );
+    assert_eq!(ok.validate(&[]), (Some(0), String::new()));
+
+    // Another state dir: validate is told it; plan and apply take it from --state-dir.
+    let moved = Case::new("write_files:\n- path: /data/bosun/status.json\n  content: '{}'\n");
+    assert_eq!(moved.validate(&[]).0, Some(0));
+    let (code, out) = moved.validate(&["--state-dir", "/data/bosun"]);
+    assert_eq!(code, Some(1), "{out}");
+    let want = "config.yaml:2:9: write_files[0].path: \"/data/bosun/status.json\" is inside bosun's state dir /data/bosun";
+    assert!(out.contains(want), "{out}");
+    let state = moved.root.join("data/bosun");
+    let state_arg = state.to_str().unwrap();
+    let before = tree(&moved.root);
+    for cmd in ["plan", "apply"] {
+        let out = moved.run(cmd, &["--state-dir", state_arg]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{cmd}: wanted {want:?} in:\n{stderr}"
+        );
+    }
+    assert_eq!(tree(&moved.root), before, "apply changed the root");
+}
+
+/// Regression (issue 12, item 8): the daemon rejects a commit writing into its state dir too
+/// (here `state_dir` inside the node root, as on a node whose data partition holds it), names
+/// the field in its status, and writes nothing.
+#[test]
+fn daemon_rejects_a_commit_writing_into_its_state_dir() {
+    use crate::support::git::WorkRepo;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    repo.write(
+        "config.yaml",
+        "health:\n  gate: none\nwrite_files:\n- path: /etc/app.conf\n  content: a\n- path: /data/bosun/managed.json\n  content: '[]'\n",
+    );
+    repo.commit("into the state dir");
+    let root = tmp.path().join("root");
+    let state = root.join("data/bosun");
+    std::fs::create_dir_all(&state).unwrap();
+    let agent = tmp.path().join("agent.yaml");
+    std::fs::write(
+        &agent,
+        format!(
+            "source:\n  url: {}\n  ref: main\ninterval: 1s\njitter_percent: 0\nnode_name: edge-01\n\
+             root: {}\nstate_dir: {}\nmetrics:\n  enabled: false\n",
+            repo.file_url(),
+            root.display(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = bosun()
+        .args(["daemon", "--config"])
+        .arg(&agent)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let want = "config.yaml:6:9: write_files[1].path: \"/data/bosun/managed.json\" is inside bosun's state dir /data/bosun";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let out = bosun()
+            .args(["status", "--json", "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        let v: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        let settled = |v: &serde_json::Value| {
+            v["last_error"].is_string() || v["last_applied_commit"].is_string()
+        };
+        if let Some(v) = v.filter(settled) {
+            break v;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = daemon.kill();
+            panic!("no apply and no error in the status after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let err = status["last_error"].as_str().unwrap();
+    assert!(err.contains(want), "wanted {want:?} in {err:?}");
+    assert!(
+        !root.join("etc/app.conf").exists(),
+        "the config was applied"
+    );
+    assert!(status["last_applied_commit"].is_null(), "{status}");
+}

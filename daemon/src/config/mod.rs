@@ -13,7 +13,7 @@ pub mod model;
 pub mod spec;
 pub mod yaml;
 
-pub use convert::ConvertOptions;
+pub use convert::{ConvertOptions, DEFAULT_STATE_DIR};
 pub use diag::{ConfigError, Diagnostic, Severity};
 pub use model::*;
 
@@ -24,6 +24,18 @@ pub struct LoadOptions {
     /// Unknown keys are errors instead of warnings.
     pub strict: bool,
     pub convert: ConvertOptions,
+}
+
+impl LoadOptions {
+    /// Default options for a node whose files live under `root` and whose state dir is
+    /// `state_dir` (host paths): `write_files` may not write into that state dir
+    /// ([`ConvertOptions::with_state_dir`]). Pure.
+    pub fn for_node(root: &std::path::Path, state_dir: &std::path::Path) -> Self {
+        LoadOptions {
+            strict: false,
+            convert: ConvertOptions::default().with_state_dir(root, state_dir),
+        }
+    }
 }
 
 /// A node's config, with where it came from.

@@ -43,13 +43,41 @@ use tree::{list, text};
 pub struct ConvertOptions {
     /// Largest decoded write_files content accepted, in bytes. Default 64 MiB.
     pub max_file_size: u64,
+    /// bosun's state dir as a node path (absolute, normalised): `write_files` may not write
+    /// there. Default [`DEFAULT_STATE_DIR`]; see [`ConvertOptions::with_state_dir`].
+    pub state_dir: String,
 }
+
+/// The state dir of a node that does not configure another (`/var/lib/bosun`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/bosun";
 
 impl Default for ConvertOptions {
     fn default() -> Self {
         ConvertOptions {
             max_file_size: 64 << 20,
+            state_dir: DEFAULT_STATE_DIR.into(),
         }
+    }
+}
+
+impl ConvertOptions {
+    /// These options with the effective state dir `state_dir` (a host path) of a node whose
+    /// files live under `root`: its node path when it lies inside the root, else the default
+    /// (a state dir outside the root is out of reach of node paths, and the default keeps
+    /// plan and apply at least as strict as `bosun validate`). Pure (no file system access).
+    pub fn with_state_dir(mut self, root: &std::path::Path, state_dir: &std::path::Path) -> Self {
+        let inside = state_dir.strip_prefix(root).ok().map(|rel| {
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            format!("/{}", parts.join("/"))
+        });
+        self.state_dir = match inside {
+            Some(p) if p != "/" => p,
+            _ => DEFAULT_STATE_DIR.into(),
+        };
+        self
     }
 }
 

@@ -63,6 +63,36 @@ pub fn check_path(p: &str) -> Result<String, String> {
     Ok(p.to_string())
 }
 
+/// The node's local agent config (trust roots, never taken from Git).
+pub const AGENT_CONFIG_DIR: &str = "/etc/bosun";
+
+/// A `write_files` path: [`check_path`], and not inside bosun's own directories
+/// ([`check_not_bosuns_own`]).
+pub(super) fn check_file_path(p: &str, state_dir: &str) -> Result<String, String> {
+    let p = check_path(p)?;
+    check_not_bosuns_own(&p, state_dir)?;
+    Ok(p)
+}
+
+/// Refuses a (normalised) file path inside bosun's own directories: its state dir
+/// `state_dir` (journal, managed set, caches) and [`AGENT_CONFIG_DIR`].
+pub(super) fn check_not_bosuns_own(p: &str, state_dir: &str) -> Result<(), String> {
+    let inside = |dir: &str| p == dir || p.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
+    if inside(state_dir) {
+        return Err(format!(
+            "{p:?} is inside bosun's state dir {state_dir}; bosun keeps its journal and managed \
+             set there and never writes it from the config"
+        ));
+    }
+    if inside(AGENT_CONFIG_DIR) {
+        return Err(format!(
+            "{p:?} is inside {AGENT_CONFIG_DIR}, the node's local agent config (repo URL, \
+             trusted signers), which never comes from Git"
+        ));
+    }
+    Ok(())
+}
+
 /// `300`, `90s`, `5m`, `1h30m`, `250ms` → Duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -121,5 +151,16 @@ mod tests {
         assert!(check_path("/etc//x").is_err());
         assert!(check_path("/proc/sys/x").is_err());
         assert!(check_path("/etc/").is_err());
+    }
+
+    #[test]
+    fn bosuns_own_dirs() {
+        let sd = "/var/lib/bosun";
+        assert!(check_not_bosuns_own("/var/lib/bosun", sd).is_err());
+        assert!(check_not_bosuns_own("/var/lib/bosun/x/y", sd).is_err());
+        assert!(check_not_bosuns_own("/etc/bosun/agent.yaml", sd).is_err());
+        assert!(check_not_bosuns_own("/var/lib/bosun2", sd).is_ok());
+        assert!(check_not_bosuns_own("/etc/bosun.conf", sd).is_ok());
+        assert!(check_not_bosuns_own("/data/bosun/x", "/data/bosun").is_err());
     }
 }
