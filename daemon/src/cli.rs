@@ -69,7 +69,8 @@ pub enum Command {
         /// Annotate every value with the file:line:col it came from (YAML only).
         #[arg(long)]
         explain: bool,
-        /// Print tokens, passwords and passphrases instead of `<redacted>`.
+        /// Print secrets (tokens, passwords, passphrases, content of files that are not
+        /// world-readable, secret-named environment values) instead of `<redacted>`.
         #[arg(long)]
         show_secrets: bool,
         #[arg(long)]

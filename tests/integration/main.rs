@@ -24,6 +24,7 @@ mod image;
 mod input_checks;
 mod keys;
 mod plan_cli;
+mod render_secrets;
 mod render_systemd;
 mod runner;
 mod source;

@@ -10,6 +10,7 @@ pub mod diag;
 pub mod explain;
 pub mod layers;
 pub mod model;
+pub mod secrets;
 pub mod spec;
 pub mod yaml;
 
