@@ -230,3 +230,72 @@ fn daemon_rejects_a_commit_writing_into_its_state_dir() {
     );
     assert!(status["last_applied_commit"].is_null(), "{status}");
 }
+
+/// Regression (issue 12, item 14): every value that `apply` (rendering, the file system, the
+/// account files, running a command) would refuse later is refused by `validate` with its
+/// position: control characters and line breaks in k3s arguments, token, server URL, NTP
+/// servers, sysctl and environment values, commands and file paths (they would also spoof the
+/// plan's output), taints and the upgrade version; `:` in a password; a path component over 255 bytes; a path that another
+/// entry writes as a file; a host name over 64 bytes; a wifi passphrase that is not printable
+/// ASCII.
+#[test]
+fn validate_catches_what_apply_would_reject() {
+    let long = "a".repeat(256);
+    let host = format!("{}.bb", "a".repeat(62));
+    let c = Case::new(&format!(
+        "hostname: {host}\n\
+         run_cmd:\n\
+         - \"echo \\0 x\"\n\
+         write_files:\n\
+         - path: \"/etc/a\\e[31mb\"\n  content: x\n\
+         - path: /etc/{long}\n  content: y\n\
+         - path: /etc/app\n  content: z\n\
+         - path: /etc/app/conf\n  content: w\n\
+         k3os:\n\
+         \x20 k3s_args:\n\
+         \x20 - server\n\
+         \x20 - \"--node-label=a\\nb\"\n\
+         \x20 password: \"pa:ss\"\n\
+         \x20 token: \"K10ab\\x01cd\"\n\
+         \x20 server_url: \"https://k3s.example:6443/\\a\"\n\
+         \x20 ntp_servers:\n\
+         \x20 - \"pool\\a.ntp.org\"\n\
+         \x20 sysctl:\n\
+         \x20   kernel.x: \"1\\r\"\n\
+         \x20 environment:\n\
+         \x20   FOO: \"a\\rb\"\n\
+         \x20 wifi:\n\
+         \x20 - name: shop\n\
+         \x20   passphrase: \"p\u{e4}ssw\u{f6}rt123\"\n\
+         \x20 taints:\n\
+         \x20 - \"a=b\\nc:NoSchedule\"\n\
+         upgrade:\n\
+         \x20 version: \"1.0\\a\"\n\
+         \x20 image: https://img.example/os.img\n\
+         \x20 sha256: {}\n",
+        "ab".repeat(32)
+    ));
+    c.rejected(&[
+        "config.yaml:1:11: hostname: ",
+        "config.yaml:3:3: run_cmd[0]: contains a NUL byte",
+        "config.yaml:5:9: write_files[0].path: ",
+        "contains a control character",
+        "config.yaml:7:9: write_files[1].path: ",
+        "component of 256 bytes",
+        "config.yaml:11:3: write_files[/etc/app/conf].path: ",
+        "config.yaml:16:5: k3os.k3s_args[1]: ",
+        "config.yaml:17:13: k3os.password: ",
+        "config.yaml:18:10: k3os.token: ",
+        "config.yaml:19:15: k3os.server_url: ",
+        "config.yaml:21:5: k3os.ntp_servers: ",
+        "config.yaml:23:15: k3os.sysctls.kernel.x: ",
+        "config.yaml:25:10: k3os.environment.FOO: ",
+        "config.yaml:28:17: k3os.wifi[0].passphrase: ",
+        "config.yaml:30:5: k3os.taints: ",
+        "config.yaml:32:12: upgrade.version: ",
+    ]);
+
+    // A line break in a password: its own case (one password per config).
+    let pw = Case::new("k3os:\n  password: \"one\\ntwo\"\n");
+    pw.rejected(&["config.yaml:2:13: k3os.password: "]);
+}

@@ -82,11 +82,6 @@ fn key_source(cx: &mut Cx, line: &str, pos: &Pos, field: &str) -> Option<KeySour
 /// The error for the first control character in `entry` (a tab, which separates fields in
 /// `authorized_keys`, is allowed), or `None`.
 pub fn control_character(entry: &str) -> Option<String> {
-    let (at, c) = entry
-        .char_indices()
-        .find(|(_, c)| c.is_control() && *c != '\t')?;
-    Some(format!(
-        "contains a control character ({:?} at byte {at}); expected one key entry on one line",
-        c
-    ))
+    super::syntax::control_character(entry, &['\t'])
+        .map(|e| format!("{e}; expected one key entry on one line"))
 }

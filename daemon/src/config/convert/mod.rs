@@ -113,6 +113,7 @@ pub fn convert(root: &Node, opts: &ConvertOptions, diags: &mut Vec<Diagnostic>) 
     }
     cfg.ssh_authorized_keys = authorized_keys::authorized_keys(&mut cx, root);
     cfg.write_files = write_files::write_files(&mut cx, root);
+    nested_write_files(&mut cx, &cfg.write_files);
     cfg.init_cmd = commands(&mut cx, root.get("init_cmd"), "init_cmd");
     cfg.boot_cmd = commands(&mut cx, root.get("boot_cmd"), "boot_cmd");
     cfg.run_cmd = commands(&mut cx, root.get("run_cmd"), "run_cmd");
@@ -128,15 +129,46 @@ pub fn convert(root: &Node, opts: &ConvertOptions, diags: &mut Vec<Diagnostic>) 
     cfg
 }
 
-/// `hostname`: a valid host name, or `None` (reported) when it is not. A non-scalar value gives
-/// `None` without a diagnostic here: the layer parser already reported its shape.
+/// Longest host name the kernel takes (`HOST_NAME_MAX`).
+const HOST_NAME_MAX: usize = 64;
+
+/// `hostname`: a valid host name of at most 64 bytes, or `None` (reported) when it is not. A
+/// non-scalar value gives `None` without a diagnostic here: the layer parser already reported
+/// its shape.
 fn hostname(cx: &mut Cx, n: &Node) -> Option<String> {
     let h = text(n)?;
-    if valid_hostname(&h) {
+    if valid_hostname(&h) && h.len() <= HOST_NAME_MAX {
         return Some(h);
     }
-    cx.err(&n.pos, "hostname", format!("{h:?} is not a valid hostname; expected letters, digits and '-' in dot-separated labels of at most 63 characters"));
+    cx.err(&n.pos, "hostname", format!("{h:?} is not a valid hostname; expected letters, digits and '-' in dot-separated labels of at most 63 characters, at most {HOST_NAME_MAX} in all"));
     None
+}
+
+/// A `write_files` path inside another entry's path: that one would have to be a file and a
+/// directory at once, which apply can only fail on. Reported at the inner entry.
+fn nested_write_files(cx: &mut Cx, files: &[WriteFile]) {
+    let by_path: std::collections::BTreeMap<&str, &WriteFile> =
+        files.iter().map(|f| (f.path.as_str(), f)).collect();
+    for f in files {
+        let outer = std::path::Path::new(&f.path)
+            .ancestors()
+            .skip(1)
+            .find_map(|a| by_path.get(a.to_str().unwrap_or_default()));
+        if let Some(outer) = outer {
+            let o = &f.origin;
+            let pos = Pos {
+                file: o.file.as_str().into(),
+                line: o.line,
+                col: o.col,
+            };
+            let msg = format!(
+                "{:?} is inside {}, which the entry at {} writes as a file; a path cannot be \
+                 both a file and a directory",
+                f.path, outer.path, outer.origin
+            );
+            cx.err(&pos, &format!("write_files[{}].path", f.path), msg);
+        }
+    }
 }
 
 /// `init_cmd`, `boot_cmd`, `run_cmd`: shell command lines; an empty one is an error.
@@ -149,6 +181,9 @@ fn commands(cx: &mut Cx, n: Option<&Node>, field: &str) -> Vec<String> {
                 &format!("{field}[{i}]"),
                 "empty command; expected a shell command line",
             );
+        } else if c.contains('\0') {
+            let msg = "contains a NUL byte, which no command line can carry";
+            cx.err(&pos, &format!("{field}[{i}]"), msg);
         } else {
             out.push(c);
         }

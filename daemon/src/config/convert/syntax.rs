@@ -18,8 +18,22 @@ pub fn valid_hostname(h: &str) -> bool {
         })
 }
 
+/// The error for the first control character in `s` (line breaks, escape sequences, NUL, …)
+/// other than those in `allowed`, or `None`. Such characters would break the line-based files
+/// bosun writes and could spoof what `plan` prints.
+pub fn control_character(s: &str, allowed: &[char]) -> Option<String> {
+    let (at, c) = s
+        .char_indices()
+        .find(|(_, c)| c.is_control() && !allowed.contains(c))?;
+    Some(format!("contains a control character ({c:?} at byte {at})"))
+}
+
 /// Checks a URL: https anywhere, http only to loopback (test servers). Returns an error text.
+/// Control characters are refused (the URL parser would silently drop tabs and line breaks).
 pub(super) fn check_url(s: &str) -> Result<(), String> {
+    if let Some(e) = control_character(s, &[]) {
+        return Err(format!("{s:?} {e}"));
+    }
     let u = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a valid URL ({e})"))?;
     match u.scheme() {
         "https" if u.host().is_some() => Ok(()),
@@ -31,18 +45,37 @@ pub(super) fn check_url(s: &str) -> Result<(), String> {
     }
 }
 
-/// Normalises an absolute path: rejects relative paths, `..`, `.`, empty components, NUL and
-/// the kernel's virtual filesystems.
+/// Longest file name component Linux accepts (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// Longest path Linux accepts (`PATH_MAX` without the terminating NUL).
+const PATH_MAX: usize = 4095;
+
+/// Normalises an absolute path: rejects relative paths, `..`, `.`, empty components, control
+/// characters (NUL included), components over 255 bytes, paths over 4095 bytes and the
+/// kernel's virtual filesystems.
 pub fn check_path(p: &str) -> Result<String, String> {
     if !p.starts_with('/') {
         return Err(format!(
             "{p:?} is not absolute; expected a path starting with /"
         ));
     }
-    if p.contains('\0') {
-        return Err("path contains a NUL byte".into());
+    if let Some(e) = control_character(p, &[]) {
+        return Err(format!("{p:?} {e}; expected a file path"));
+    }
+    if p.len() > PATH_MAX {
+        return Err(format!(
+            "path is {} bytes; Linux accepts at most {PATH_MAX}",
+            p.len()
+        ));
     }
     let parts: Vec<&str> = p[1..].split('/').collect();
+    if let Some(long) = parts.iter().find(|c| c.len() > NAME_MAX) {
+        return Err(format!(
+            "path has a component of {} bytes ({:?}…); Linux accepts at most {NAME_MAX} per component",
+            long.len(),
+            long.chars().take(16).collect::<String>()
+        ));
+    }
     if parts.iter().any(|c| *c == ".." || *c == ".") {
         return Err(format!(
             "{p:?} contains `.` or `..`; expected a normalised absolute path"
@@ -151,6 +184,18 @@ mod tests {
         assert!(check_path("/etc//x").is_err());
         assert!(check_path("/proc/sys/x").is_err());
         assert!(check_path("/etc/").is_err());
+        assert!(check_path("/etc/a\u{1b}[2Jb").is_err());
+        assert!(check_path("/etc/a\0b").is_err());
+        assert!(check_path(&format!("/etc/{}", "a".repeat(255))).is_ok());
+        assert!(check_path(&format!("/etc/{}", "a".repeat(256))).is_err());
+        assert!(check_path(&"/aaaaaaaa".repeat(512)).is_err());
+    }
+
+    #[test]
+    fn urls_with_control_characters() {
+        assert!(check_url("https://example.org/keys").is_ok());
+        assert!(check_url("https://example.org/ke\nys").is_err());
+        assert!(check_url("https://example.org/ke\tys").is_err());
     }
 
     #[test]
