@@ -27,6 +27,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuthorizedKey, KeySource, Origin};
+use crate::error_chain::error_chain;
 
 /// Where and how keys are fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -442,17 +443,6 @@ impl fmt::Debug for KeyFetcher {
             .field("cfg", &self.cfg)
             .finish()
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod bootenv_grub_qemu;
 mod bootenv_interop;
 mod bootenv_powercut;
 mod bootenv_uboot_qemu;
+mod cli_messages;
 mod config_cli;
 mod config_fixtures;
 mod config_merge;

@@ -141,7 +141,11 @@ pub fn validate_repo(snapshot: &Snapshot, opts: &LoadOptions) -> Vec<Diagnostic>
             Err(e) => all.extend(e.diagnostics),
         }
     }
-    if repo.base.is_none() {
+    // A config.yaml that exists but does not parse has its own error already.
+    let base_reported = all
+        .iter()
+        .any(|d| d.is_error() && &*d.pos.file == "config.yaml");
+    if repo.base.is_none() && !base_reported {
         all.push(Diagnostic::error(
             yaml::Pos {
                 file: "config.yaml".into(),
