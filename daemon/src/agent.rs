@@ -156,7 +156,7 @@ pub struct MetricsSection {
     /// Serve `/metrics`. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// `ADDRESS:PORT`. Default `127.0.0.1:9101`.
+    /// `ADDRESS:PORT` (`localhost:PORT` is 127.0.0.1). Default `127.0.0.1:9101`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// Allow a non-loopback listen address (metrics have no authentication). Default false.
@@ -638,10 +638,10 @@ fn validate_metrics(
         .listen
         .clone()
         .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
-    let addr: SocketAddr = text.parse().map_err(|_| {
+    let addr = parse_listen(&text).ok_or_else(|| {
         invalid.at(
             "metrics.listen",
-            format!("{text:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9101)"),
+            format!("{text:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9101 or localhost:9101)"),
         )
     })?;
     if !addr.ip().is_loopback() && !m.allow_non_loopback.unwrap_or(false) {
@@ -654,6 +654,25 @@ fn validate_metrics(
         ));
     }
     Ok(Some(addr))
+}
+
+/// A listen address: `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (127.0.0.1, never looked up
+/// in DNS). An IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]`) becomes its IPv4 address, so
+/// loopback is recognised and the socket binds where the spelling says. Pure.
+fn parse_listen(text: &str) -> Option<SocketAddr> {
+    let addr = match text.rsplit_once(':') {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port.parse::<u16>().ok()?))
+        }
+        _ => text.parse().ok()?,
+    };
+    Some(match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    })
 }
 
 /// `drift.resync_interval`: greater than zero, default [`DEFAULT_RESYNC`].
@@ -831,6 +850,28 @@ mod tests {
         assert!(err.contains("/etc/bosun/agent.yaml"), "{err}");
         assert!(err.contains("branch"), "{err}");
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_spellings_of_loopback() {
+        for (text, want) in [
+            ("127.0.0.1:9101", "127.0.0.1:9101"),
+            ("localhost:9101", "127.0.0.1:9101"),
+            ("LOCALHOST:1", "127.0.0.1:1"),
+            ("[::ffff:127.0.0.1]:9101", "127.0.0.1:9101"),
+            ("[::1]:9101", "[::1]:9101"),
+        ] {
+            assert_eq!(parse_listen(text), Some(want.parse().unwrap()), "{text}");
+        }
+        for bad in [
+            "localhost",
+            "localhost:x",
+            "localhost:70000",
+            "example.org:1",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert_eq!(parse_listen(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub enum Command {
         /// Largest decoded write_files content, in bytes.
         #[arg(long, default_value_t = 64 << 20)]
         max_file_size: u64,
+        /// The nodes' state dir (agent `state_dir`), a node path: write_files may not write
+        /// there.
+        #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
         /// Validate these files on their own (each as a complete k3os config.yaml) instead of the repo.
         files: Vec<PathBuf>,
         /// Output format for diagnostics.
@@ -65,7 +69,8 @@ pub enum Command {
         /// Annotate every value with the file:line:col it came from (YAML only).
         #[arg(long)]
         explain: bool,
-        /// Print tokens, passwords and passphrases instead of `<redacted>`.
+        /// Print secrets (tokens, passwords, passphrases, content of files that are not
+        /// world-readable, secret-named environment values) instead of `<redacted>`.
         #[arg(long)]
         show_secrets: bool,
         #[arg(long)]
@@ -211,14 +216,15 @@ impl TargetArgs {
         let mut keys = crate::keys::KeyFetcherConfig::new(&state_dir);
         keys.github_base = self.github_base.trim_end_matches('/').to_string();
         keys.gitlab_base = self.gitlab_base.trim_end_matches('/').to_string();
+        let load = LoadOptions {
+            strict: self.strict,
+            ..LoadOptions::for_node(&self.root, &state_dir)
+        };
         Ok(reconcile::Target {
             hostname,
             root: self.root.clone(),
             state_dir,
-            load: LoadOptions {
-                strict: self.strict,
-                ..Default::default()
-            },
+            load,
             render: crate::render::RenderSettings::for_user(&self.ssh_user),
             keys,
             durability: match self.durability {
@@ -237,12 +243,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             repo,
             strict,
             max_file_size,
+            state_dir,
             files,
             format,
         } => {
+            let convert = config::ConvertOptions {
+                max_file_size,
+                ..Default::default()
+            };
             let opts = LoadOptions {
                 strict,
-                convert: config::ConvertOptions { max_file_size },
+                convert: convert.with_state_dir(Path::new("/"), &state_dir),
             };
             validate(&repo, &files, &opts, format)
         }

@@ -197,7 +197,7 @@ async fn check(config: &agent::AgentConfig) -> Result<String> {
         hostname: config.node_name.clone(),
         root: config.root.clone(),
         state_dir: config.state_dir.clone(),
-        load: Default::default(),
+        load: crate::config::LoadOptions::for_node(&config.root, &config.state_dir),
         render: crate::render::RenderSettings::for_user(&config.ssh_user),
         keys,
         durability: crate::apply::Durability::SyncfsOnce,

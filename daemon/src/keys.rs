@@ -27,6 +27,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuthorizedKey, KeySource, Origin};
+use crate::error_chain::error_chain;
 
 /// Where and how keys are fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,11 +234,17 @@ pub fn parse_key_list(url: &str, body: &str) -> Result<Vec<String>, FetchError> 
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if let Err(e) = ssh_key::PublicKey::from_openssh(line) {
+        let parsed = match crate::config::convert::key_entry_control_character(line) {
+            Some(reason) => Err(reason),
+            None => ssh_key::PublicKey::from_openssh(line)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(reason) = parsed {
             return Err(FetchError::NotAKey {
                 url: url.into(),
                 line: i + 1,
-                reason: e.to_string(),
+                reason,
                 snippet: line.chars().take(40).collect(),
             });
         }
@@ -438,17 +445,6 @@ impl fmt::Debug for KeyFetcher {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +494,11 @@ mod tests {
         );
         // authorized_keys options cannot be smuggled in.
         assert!(parse_key_list("u", &format!("command=\"sh\" {k}")).is_err());
+        // Nor control characters (a carriage return, an escape sequence) in a line.
+        for bad in [format!("{k}\rcommand=\"sh\" {k}"), format!("{k} \u{1b}[2K")] {
+            let err = parse_key_list("u", &bad).unwrap_err();
+            assert!(err.to_string().contains("control character"), "{err}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod desired;
 pub mod disruption;
 pub mod drift;
+pub mod error_chain;
 pub mod fleetlock;
 pub mod fsroot;
 pub mod glob;

@@ -1,5 +1,5 @@
-//! The `bosun` binary: set libgit2's globals, parse arguments, run, print the error chain, map
-//! to an exit code.
+//! The `bosun` binary: set libgit2's globals, parse arguments, run, print the error chain
+//! (each cause once, see [`bosun::error_chain`]), map to an exit code.
 
 use std::process::ExitCode;
 
@@ -16,7 +16,8 @@ fn main() -> ExitCode {
     match bosun::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("bosun: error: {err:#}");
+            let text = bosun::error_chain::error_chain(err.as_ref());
+            eprintln!("bosun: error: {text}");
             ExitCode::from(1)
         }
     }

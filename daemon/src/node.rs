@@ -150,7 +150,7 @@ pub fn agent_target(cfg: &AgentConfig) -> Target {
         hostname: cfg.node_name.clone(),
         root: cfg.root.clone(),
         state_dir: cfg.state_dir.clone(),
-        load: LoadOptions::default(),
+        load: LoadOptions::for_node(&cfg.root, &cfg.state_dir),
         render: RenderSettings::for_user(&cfg.ssh_user),
         keys,
         durability: Default::default(),

@@ -92,8 +92,9 @@ pub fn paths_to_observe(desired: &DesiredState, managed: &BTreeSet<String>) -> V
     all.into_iter().cloned().collect()
 }
 
+/// The negation of [`crate::config::secrets::mode_is_secret`], the one rule for secret files.
 fn world_readable(mode: u32) -> bool {
-    mode & 0o004 != 0
+    !crate::config::secrets::mode_is_secret(mode)
 }
 
 /// Computes the plan (pure). `managed` is the set of paths bosun created earlier.

@@ -45,7 +45,7 @@ impl Target {
             hostname: hostname.to_string(),
             root: root.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
-            load: LoadOptions::default(),
+            load: LoadOptions::for_node(root, state_dir),
             render: RenderSettings::for_user("rancher"),
             keys: KeyFetcherConfig::new(state_dir),
             durability: apply::Durability::default(),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::utc_rfc3339;
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::statefile;
 
@@ -88,10 +89,12 @@ impl Status {
         }
     }
 
-    /// Human-readable summary (pure; `now` in Unix seconds).
+    /// Human-readable summary (pure; `now` in Unix seconds). Times are RFC 3339 UTC with their
+    /// distance from `now` (`n s ago`, `in n s`).
     pub fn render_text(&self, now: u64) -> String {
         let ago = |t: Option<u64>| match t {
-            Some(t) => format!("{} ({}s ago)", t, now.saturating_sub(t)),
+            Some(t) if t <= now => format!("{} ({} s ago)", utc_rfc3339(t), now - t),
+            Some(t) => format!("{} (in {} s)", utc_rfc3339(t), t - now),
             None => "never".into(),
         };
         let mut out = String::new();
@@ -139,10 +142,7 @@ impl Status {
             self.drift_corrections_total
         ));
         if let Some(n) = self.next_poll_at {
-            out.push_str(&format!(
-                "next poll:       {n} (in {}s)\n",
-                n.saturating_sub(now)
-            ));
+            out.push_str(&format!("next poll:       {}\n", ago(Some(n))));
         }
         out.push_str(&format!(
             "polls:           {} ({} pack fetches, {} bytes)\n",
@@ -302,7 +302,8 @@ mod tests {
         let t = s.render_text(100);
         assert!(t.contains("applied commit:  abc123"), "{t}");
         assert!(t.contains("fetch failed"), "{t}");
-        assert!(t.contains("in 30s"), "{t}");
+        assert!(t.contains("1970-01-01T00:02:10Z (in 30 s)"), "{t}");
+        assert!(t.contains("1970-01-01T00:01:30Z (10 s ago)"), "{t}");
     }
 
     #[test]

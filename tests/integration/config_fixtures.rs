@@ -153,6 +153,7 @@ fn options_for(text: &str) -> LoadOptions {
         if let Some(n) = line.strip_prefix("# max-file-size: ") {
             opts.convert = ConvertOptions {
                 max_file_size: n.trim().parse().unwrap(),
+                ..Default::default()
             };
         }
     }

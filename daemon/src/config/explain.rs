@@ -1,18 +1,54 @@
 //! Printing a merged config tree: YAML (optionally with the file:line each value came from) or
-//! JSON. Secrets (`k3os.token`, `k3os.password`, wifi passphrases) are replaced by `<redacted>`
-//! unless the caller asks for them. Pure.
+//! JSON. Secrets are replaced by `<redacted>` unless the caller asks for them, by the rules of
+//! [`super::secrets`] that plans use too: `k3os.token`, `k3os.password`, wifi passphrases, the
+//! content of `write_files` entries that are not world-readable, `k3os.environment` values
+//! whose names say they are secret, and credentials in `k3os.k3s_args`. Pure.
 
 use serde_json::{Map, Value};
 
+use super::convert::parse_mode;
+use super::secrets::{env_name_is_secret, mode_is_secret, redact_k3s_args, REDACTED};
 use super::yaml::{Kind, Node, BINARY_TAG};
 
 const SECRET_PATHS: &[&str] = &["k3os.token", "k3os.password", "passphrase"];
-const REDACTED: &str = "<redacted>";
 
 fn is_secret(path: &str) -> bool {
     SECRET_PATHS
         .iter()
         .any(|s| path == *s || path.ends_with(&format!(".{s}")))
+}
+
+/// Whether the value of `key` in mapping `map` (at `path`) is secret.
+fn entry_is_secret(path: &str, map: &Node, key: &str) -> bool {
+    is_secret(&child(path, key))
+        || (path == "write_files" && key == "content" && write_file_is_secret(map))
+        || (path == "k3os.environment" && env_name_is_secret(key))
+}
+
+/// Whether a `write_files` entry is secret by its `permissions` (default 0644); a mode that
+/// does not parse counts as secret.
+fn write_file_is_secret(entry: &Node) -> bool {
+    match entry.get("permissions").map(|n| &n.kind) {
+        None | Some(Kind::Null) => false,
+        Some(Kind::Scalar(s)) => parse_mode(&s.value).map_or(true, mode_is_secret),
+        Some(_) => true,
+    }
+}
+
+/// The items of sequence `items` at `path` as they may be shown: `k3os.k3s_args` through
+/// [`redact_k3s_args`], `None` (unchanged) for every other sequence.
+fn redacted_items(path: &str, items: &[Node]) -> Option<Vec<String>> {
+    if path != "k3os.k3s_args" {
+        return None;
+    }
+    let texts: Vec<String> = items
+        .iter()
+        .map(|i| match &i.kind {
+            Kind::Scalar(s) => s.value.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    Some(redact_k3s_args(&texts))
 }
 
 fn child(path: &str, key: &str) -> String {
@@ -25,22 +61,39 @@ fn child(path: &str, key: &str) -> String {
 
 /// JSON form of the tree (scalars as strings, `!!binary` as its base64 text).
 pub fn to_json(node: &Node, redact: bool) -> Value {
-    fn go(n: &Node, path: &str, redact: bool) -> Value {
+    /// `shown`: the text to print instead of the scalar `n` (a redaction), if any.
+    fn go(n: &Node, path: &str, redact: bool, shown: Option<String>) -> Value {
         match &n.kind {
             Kind::Null => Value::Null,
-            Kind::Scalar(_) if redact && is_secret(path) => Value::String(REDACTED.into()),
+            Kind::Scalar(_) | Kind::Seq(_) | Kind::Map(_) if shown.is_some() => {
+                Value::String(shown.unwrap_or_default())
+            }
             Kind::Scalar(s) => Value::String(s.value.clone()),
-            Kind::Seq(items) => Value::Array(items.iter().map(|i| go(i, path, redact)).collect()),
+            Kind::Seq(items) => {
+                let texts = redacted_items(path, items).filter(|_| redact);
+                let shown = |i: usize| texts.as_ref().map(|t| t[i].clone());
+                let values = items.iter().enumerate();
+                Value::Array(
+                    values
+                        .map(|(i, it)| go(it, path, redact, shown(i)))
+                        .collect(),
+                )
+            }
             Kind::Map(entries) => {
                 let mut m = Map::new();
                 for e in entries {
-                    m.insert(e.key.clone(), go(&e.value, &child(path, &e.key), redact));
+                    let secret = redact && entry_is_secret(path, n, &e.key);
+                    let shown = secret.then(|| REDACTED.to_string());
+                    m.insert(
+                        e.key.clone(),
+                        go(&e.value, &child(path, &e.key), redact, shown),
+                    );
                 }
                 Value::Object(m)
             }
         }
     }
-    go(node, "", redact)
+    go(node, "", redact, None)
 }
 
 fn quote(s: &str) -> String {
@@ -72,9 +125,11 @@ pub fn to_yaml(node: &Node, explain: bool, redact: bool) -> String {
     out
 }
 
-fn scalar_text(n: &Node, path: &str, redact: bool) -> String {
+/// The YAML text of leaf `n`; `shown` replaces a value (a redaction).
+fn scalar_text(n: &Node, shown: Option<&str>) -> String {
     match &n.kind {
-        Kind::Scalar(_) if redact && is_secret(path) => quote(REDACTED),
+        Kind::Null => "null".into(),
+        _ if shown.is_some() => quote(shown.unwrap_or_default()),
         Kind::Scalar(s) if s.tag.as_deref() == Some(BINARY_TAG) => {
             format!(
                 "!!binary {}",
@@ -82,7 +137,6 @@ fn scalar_text(n: &Node, path: &str, redact: bool) -> String {
             )
         }
         Kind::Scalar(s) => quote(&s.value),
-        Kind::Null => "null".into(),
         Kind::Seq(_) => "[]".into(),
         Kind::Map(_) => "{}".into(),
     }
@@ -109,11 +163,12 @@ fn emit(n: &Node, indent: usize, path: &str, explain: bool, redact: bool, out: &
         Kind::Map(entries) => {
             for e in entries {
                 let p = child(path, &e.key);
-                if is_leaf(&e.value) {
+                let secret = redact && entry_is_secret(path, n, &e.key);
+                if secret || is_leaf(&e.value) {
                     out.push_str(&format!(
                         "{pad}{}: {}{}\n",
                         plain_key(&e.key),
-                        scalar_text(&e.value, &p, redact),
+                        scalar_text(&e.value, secret.then_some(REDACTED)),
                         origin(&e.value)
                     ));
                 } else {
@@ -127,11 +182,13 @@ fn emit(n: &Node, indent: usize, path: &str, explain: bool, redact: bool, out: &
             }
         }
         Kind::Seq(items) => {
-            for it in items {
+            let texts = redacted_items(path, items).filter(|_| redact);
+            for (i, it) in items.iter().enumerate() {
                 if is_leaf(it) {
+                    let shown = texts.as_ref().map(|t| t[i].as_str());
                     out.push_str(&format!(
                         "{pad}- {}{}\n",
-                        scalar_text(it, path, redact),
+                        scalar_text(it, shown),
                         origin(it)
                     ));
                 } else {
@@ -143,11 +200,7 @@ fn emit(n: &Node, indent: usize, path: &str, explain: bool, redact: bool, out: &
                 }
             }
         }
-        _ => out.push_str(&format!(
-            "{pad}{}{}\n",
-            scalar_text(n, path, redact),
-            origin(n)
-        )),
+        _ => out.push_str(&format!("{pad}{}{}\n", scalar_text(n, None), origin(n))),
     }
 }
 

@@ -135,16 +135,11 @@ pub fn parse_layer(
     strict: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Layer> {
-    let pos1 = yaml::Pos {
-        file: file.into(),
-        line: 1,
-        col: 1,
-    };
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
             diags.push(Diagnostic::error(
-                pos1,
+                yaml::Pos::of_offset(file, bytes, e.valid_up_to()),
                 "",
                 format!("file is not UTF-8 text (invalid byte at offset {}); use `encoding: base64` or `!!binary` for binary content", e.valid_up_to()),
             ));

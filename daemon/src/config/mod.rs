@@ -11,11 +11,12 @@ pub mod explain;
 pub mod layers;
 pub mod model;
 pub mod rollout;
+pub mod secrets;
 pub mod spec;
 pub mod window;
 pub mod yaml;
 
-pub use convert::ConvertOptions;
+pub use convert::{ConvertOptions, DEFAULT_STATE_DIR};
 pub use diag::{ConfigError, Diagnostic, Severity};
 pub use model::*;
 
@@ -26,6 +27,18 @@ pub struct LoadOptions {
     /// Unknown keys are errors instead of warnings.
     pub strict: bool,
     pub convert: ConvertOptions,
+}
+
+impl LoadOptions {
+    /// Default options for a node whose files live under `root` and whose state dir is
+    /// `state_dir` (host paths): `write_files` may not write into that state dir
+    /// ([`ConvertOptions::with_state_dir`]). Pure.
+    pub fn for_node(root: &std::path::Path, state_dir: &std::path::Path) -> Self {
+        LoadOptions {
+            strict: false,
+            convert: ConvertOptions::default().with_state_dir(root, state_dir),
+        }
+    }
 }
 
 /// A node's config, with where it came from.
@@ -130,7 +143,11 @@ pub fn validate_repo(snapshot: &Snapshot, opts: &LoadOptions) -> Vec<Diagnostic>
             Err(e) => all.extend(e.diagnostics),
         }
     }
-    if repo.base.is_none() {
+    // A config.yaml that exists but does not parse has its own error already.
+    let base_reported = all
+        .iter()
+        .any(|d| d.is_error() && &*d.pos.file == "config.yaml");
+    if repo.base.is_none() && !base_reported {
         all.push(Diagnostic::error(
             yaml::Pos {
                 file: "config.yaml".into(),

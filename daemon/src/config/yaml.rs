@@ -44,6 +44,18 @@ pub struct Pos {
 }
 
 impl Pos {
+    /// The position (1-based line, column in characters) of byte `offset` of `bytes`, whose
+    /// first `offset` bytes are UTF-8 (e.g. the valid prefix before an invalid byte). Pure.
+    pub fn of_offset(file: &str, bytes: &[u8], offset: usize) -> Pos {
+        let before = std::str::from_utf8(&bytes[..offset.min(bytes.len())]).unwrap_or_default();
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Pos {
+            file: file.into(),
+            line: before.matches('\n').count() + 1,
+            col: before[line_start..].chars().count() + 1,
+        }
+    }
+
     pub fn origin(&self) -> Origin {
         Origin {
             file: self.file.to_string(),

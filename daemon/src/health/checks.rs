@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::kubeconfig::{resolve_under_root, Kubeconfig};
 use super::HealthContext;
 use crate::config::{HealthCheck, Secret};
+use crate::error_chain::error_chain;
 use crate::runner::display_argv;
 
 /// The result of running one check once.
@@ -385,20 +386,6 @@ fn request_error(url: &str, e: &reqwest::Error, ctx: &HealthContext) -> String {
     } else {
         format!("GET {url}: {chain}")
     }
-}
-
-/// `Display` of an error and all its sources, joined by `: `, with repeats dropped.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 /// 200 with body `ok` passes (kubelet healthz, apiserver readyz).

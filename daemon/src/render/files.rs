@@ -29,7 +29,7 @@ pub(crate) fn render_write_files(
                 mode: wf.mode & 0o7777,
                 uid,
                 gid,
-                secret: wf.mode & 0o004 == 0,
+                secret: crate::config::secrets::mode_is_secret(wf.mode),
                 source: FileSource {
                     key: "write_files".into(),
                     origin: Some(wf.origin.to_string()),

@@ -71,7 +71,11 @@ impl fmt::Debug for K3sInvocation {
             .env
             .iter()
             .map(|(k, v)| {
-                let v = if k == "K3S_TOKEN" { "<redacted>" } else { v };
+                let v = if crate::config::secrets::env_name_is_secret(k) {
+                    crate::config::secrets::REDACTED
+                } else {
+                    v
+                };
                 (k.as_str(), v)
             })
             .collect();
@@ -188,14 +192,7 @@ pub fn systemd_quote(word: &str) -> String {
 /// `--datastore-endpoint` with a password, `--etcd-s3-secret-key`, …). Conservative: a false
 /// positive only hides the drop-in's content from plans.
 pub fn args_carry_secret(args: &[String]) -> bool {
-    args.iter().any(|a| {
-        let a = a.to_ascii_lowercase();
-        a == "-t"
-            || a.starts_with("-t=")
-            || ["token", "secret", "password", "datastore-endpoint"]
-                .iter()
-                .any(|w| a.contains(w))
-    })
+    crate::config::secrets::k3s_args_carry_secret(args)
 }
 
 pub(crate) fn render_k3s(

@@ -210,7 +210,7 @@ pub(crate) fn root_file(path: &str, content: Vec<u8>, mode: u32, key: &str) -> D
         mode,
         uid: 0,
         gid: 0,
-        secret: mode & 0o004 == 0,
+        secret: crate::config::secrets::mode_is_secret(mode),
         source: FileSource {
             key: key.to_string(),
             origin: None,

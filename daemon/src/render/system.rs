@@ -275,12 +275,14 @@ pub(crate) fn render_environment(
             push_line(&mut out, &format!("{k}={}", quote_env_value(v)));
         }
     }
-    b.put(root_file(
-        ENVIRONMENT,
-        out.into_bytes(),
-        0o644,
-        "k3os.environment",
-    ));
+    // World-readable, as it must be; secret to plans when any variable's name says so.
+    let secret = out
+        .lines()
+        .filter_map(assigned_key)
+        .any(crate::config::secrets::env_name_is_secret);
+    let mut f = root_file(ENVIRONMENT, out.into_bytes(), 0o644, "k3os.environment");
+    f.secret = secret;
+    b.put(f);
     Ok(())
 }
 

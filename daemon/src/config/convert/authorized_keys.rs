@@ -25,8 +25,14 @@ pub(super) fn authorized_keys(cx: &mut Cx, root: &Node) -> Vec<AuthorizedKey> {
 }
 
 /// Where one entry's keys come from, or `None` (reported) when the entry is none of the forms.
+/// A control character inside the entry (after trimming) is always an error: a line break
+/// would write a second `authorized_keys` line of the author's choosing.
 fn key_source(cx: &mut Cx, line: &str, pos: &Pos, field: &str) -> Option<KeySource> {
     let line = line.trim();
+    if let Some(e) = control_character(line) {
+        cx.err(pos, field, e);
+        return None;
+    }
     let user_ok = |u: &str| {
         !u.is_empty()
             && u.len() <= 255
@@ -71,4 +77,11 @@ fn key_source(cx: &mut Cx, line: &str, pos: &Pos, field: &str) -> Option<KeySour
             None
         }
     }
+}
+
+/// The error for the first control character in `entry` (a tab, which separates fields in
+/// `authorized_keys`, is allowed), or `None`.
+pub fn control_character(entry: &str) -> Option<String> {
+    super::syntax::control_character(entry, &['\t'])
+        .map(|e| format!("{e}; expected one key entry on one line"))
 }

@@ -87,6 +87,11 @@ fn build(cx: &mut Cx, it: &Node, field: &str, ty: &str) -> Result<HealthCheck, R
     let kubeconfig = s("kubeconfig").unwrap_or_else(|| DEFAULT_KUBECONFIG.into());
     Ok(match ty {
         "unit" => match s("name") {
+            Some(name) if name.contains(char::is_control) => {
+                let msg = format!("{name:?} contains a control character; expected a unit name");
+                cx.err(&it.pos, &join(field, "name"), msg);
+                return Err(Reported);
+            }
             Some(name) if !name.is_empty() => HealthCheck::Unit { name },
             _ => {
                 cx.err(
@@ -120,7 +125,9 @@ fn url(cx: &mut Cx, it: &Node, field: &str) -> Result<Option<String>, Reported> 
     };
     let u = text(n).unwrap_or_default();
     match reqwest::Url::parse(&u) {
-        Ok(p) if matches!(p.scheme(), "http" | "https") => Ok(Some(u)),
+        Ok(p) if matches!(p.scheme(), "http" | "https") && !u.contains(char::is_control) => {
+            Ok(Some(u))
+        }
         _ => {
             let msg = format!("{u:?} is not an http(s) URL");
             cx.err(&n.pos, &join(field, "url"), msg);
@@ -172,6 +179,11 @@ fn command(cx: &mut Cx, it: &Node, field: &str) -> Result<HealthCheck, Reported>
             &join(field, "argv"),
             "missing; a command check needs argv: [program, args…]",
         );
+        return Err(Reported);
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        let msg = "an argument contains a NUL byte, which no command line can carry";
+        cx.err(&it.pos, &join(field, "argv"), msg);
         return Err(Reported);
     }
     Ok(HealthCheck::Command { argv })

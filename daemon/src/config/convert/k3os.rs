@@ -3,7 +3,7 @@
 //! how k3s joins a cluster (server URL, token, args, environment) and how the node registers
 //! (labels, taints).
 
-use super::syntax::valid_hostname;
+use super::syntax::{control_character, valid_hostname};
 use super::tree::{join, key_pos, list, map, text};
 use super::Cx;
 use crate::config::model::{K3os, Secret, Wifi};
@@ -72,11 +72,11 @@ fn kernel_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
                 &field,
                 "invalid sysctl name; expected a dotted name such as net.ipv4.ip_forward",
             );
-        } else if val.contains('\n') {
+        } else if let Some(e) = control_character(&val, &['\t']) {
             cx.err(
                 &pos,
                 &field,
-                "value contains a newline; expected a single-line value",
+                format!("value {e}; expected a single-line value"),
             );
         } else {
             out.sysctls.insert(key, val);
@@ -98,7 +98,7 @@ fn network_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
         }
     }
     for (s, pos) in list(k.get("ntp_servers")) {
-        if !s.is_empty() && !s.contains(char::is_whitespace) {
+        if !s.is_empty() && !s.contains(char::is_whitespace) && !s.contains(char::is_control) {
             out.ntp_servers.push(s);
         } else {
             cx.err(
@@ -131,7 +131,7 @@ fn wifi(cx: &mut Cx, it: &Node, field: &str) -> Option<Wifi> {
     }
     match it.get("passphrase").and_then(text) {
         Some(p)
-            if (8..=63).contains(&p.len())
+            if ((8..=63).contains(&p.len()) && p.bytes().all(|b| (0x20..0x7f).contains(&b)))
                 || (p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit())) =>
         {
             Some(Wifi {
@@ -144,7 +144,7 @@ fn wifi(cx: &mut Cx, it: &Node, field: &str) -> Option<Wifi> {
             cx.err(
                 pos,
                 &join(field, "passphrase"),
-                "expected a WPA passphrase of 8 to 63 characters (or 64 hex digits)",
+                "expected a WPA passphrase of 8 to 63 characters of printable ASCII (or 64 hex digits)",
             );
             None
         }
@@ -159,9 +159,17 @@ fn wifi(cx: &mut Cx, it: &Node, field: &str) -> Option<Wifi> {
     }
 }
 
-/// `password` of the `rancher` account: any non-empty text (plain or a `$…` crypt hash).
+/// `password` of the `rancher` account: any non-empty text (plain or a `$…` crypt hash)
+/// without `:` or control characters, which the `/etc/shadow` line cannot hold. The value is
+/// never echoed.
 fn password(cx: &mut Cx, n: &Node) -> Option<Secret> {
     match text(n) {
+        Some(p) if p.contains(':') || p.contains(char::is_control) => {
+            let msg = "contains ':' or a control character (a line break…), which /etc/shadow \
+                       cannot hold; expected a password or a `$…` crypt hash";
+            cx.err(&n.pos, "k3os.password", msg);
+            None
+        }
         Some(p) if !p.is_empty() => Some(Secret(p)),
         _ => {
             cx.err(
@@ -180,7 +188,13 @@ fn k3s_join_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
     if let Some(n) = k.get("server_url") {
         let u = text(n).unwrap_or_default();
         match reqwest::Url::parse(&u) {
-            Ok(url) if url.scheme() == "https" && url.host().is_some() => out.server_url = Some(u),
+            Ok(url)
+                if url.scheme() == "https"
+                    && url.host().is_some()
+                    && !u.contains(char::is_control) =>
+            {
+                out.server_url = Some(u)
+            }
             _ => cx.err(
                 &n.pos,
                 "k3os.server_url",
@@ -190,13 +204,17 @@ fn k3s_join_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
     }
     if let Some(n) = k.get("token") {
         match text(n) {
-            Some(t) if !t.is_empty() && !t.contains(char::is_whitespace) => {
+            Some(t)
+                if !t.is_empty()
+                    && !t.contains(char::is_whitespace)
+                    && !t.contains(char::is_control) =>
+            {
                 out.token = Some(Secret(t))
             }
             _ => cx.err(
                 &n.pos,
                 "k3os.token",
-                "expected a non-empty token without spaces",
+                "expected a non-empty token without spaces or control characters",
             ),
         }
     }
@@ -204,6 +222,12 @@ fn k3s_join_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
     if let Some((first, pos)) = args.first() {
         if first != "server" && first != "agent" {
             cx.err(pos, "k3os.k3s_args[0]", format!("{first:?}: the first element must be `server` or `agent` (k3s_args are exec-style, one argument per element)"));
+        }
+    }
+    for (i, (a, pos)) in args.iter().enumerate() {
+        if let Some(e) = control_character(a, &[]) {
+            let msg = format!("{e}; expected one k3s argument per element");
+            cx.err(pos, &format!("k3os.k3s_args[{i}]"), msg);
         }
     }
     out.k3s_args = args.into_iter().map(|(s, _)| s).collect();
@@ -225,12 +249,8 @@ fn environment(cx: &mut Cx, k: &Node, out: &mut K3os) {
                 &field,
                 "invalid variable name; expected letters, digits and '_' not starting with a digit",
             );
-        } else if val.contains('\n') {
-            cx.err(
-                &pos,
-                &field,
-                "value contains a newline; expected a single line",
-            );
+        } else if let Some(e) = control_character(&val, &[]) {
+            cx.err(&pos, &field, format!("value {e}; expected a single line"));
         } else {
             out.environment.insert(key, val);
         }
@@ -259,10 +279,11 @@ fn registration_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
         }
     }
     for (t, pos) in list(k.get("taints")) {
-        let ok = t.rsplit_once(':').is_some_and(|(kv, effect)| {
-            matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
-                && valid_label_key(kv.split_once('=').map_or(kv, |(k, _)| k))
-        });
+        let ok = !t.contains(char::is_control)
+            && t.rsplit_once(':').is_some_and(|(kv, effect)| {
+                matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+                    && valid_label_key(kv.split_once('=').map_or(kv, |(k, _)| k))
+            });
         if ok {
             out.taints.push(t);
         } else {

@@ -29,6 +29,7 @@ mod tree;
 mod upgrade;
 mod write_files;
 
+pub use authorized_keys::control_character as key_entry_control_character;
 pub use syntax::{check_path, parse_duration, valid_hostname};
 pub use write_files::{parse_mode, parse_owner};
 
@@ -42,13 +43,41 @@ use tree::{list, text};
 pub struct ConvertOptions {
     /// Largest decoded write_files content accepted, in bytes. Default 64 MiB.
     pub max_file_size: u64,
+    /// bosun's state dir as a node path (absolute, normalised): `write_files` may not write
+    /// there. Default [`DEFAULT_STATE_DIR`]; see [`ConvertOptions::with_state_dir`].
+    pub state_dir: String,
 }
+
+/// The state dir of a node that does not configure another (`/var/lib/bosun`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/bosun";
 
 impl Default for ConvertOptions {
     fn default() -> Self {
         ConvertOptions {
             max_file_size: 64 << 20,
+            state_dir: DEFAULT_STATE_DIR.into(),
         }
+    }
+}
+
+impl ConvertOptions {
+    /// These options with the effective state dir `state_dir` (a host path) of a node whose
+    /// files live under `root`: its node path when it lies inside the root, else the default
+    /// (a state dir outside the root is out of reach of node paths, and the default keeps
+    /// plan and apply at least as strict as `bosun validate`). Pure (no file system access).
+    pub fn with_state_dir(mut self, root: &std::path::Path, state_dir: &std::path::Path) -> Self {
+        let inside = state_dir.strip_prefix(root).ok().map(|rel| {
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            format!("/{}", parts.join("/"))
+        });
+        self.state_dir = match inside {
+            Some(p) if p != "/" => p,
+            _ => DEFAULT_STATE_DIR.into(),
+        };
+        self
     }
 }
 
@@ -84,6 +113,7 @@ pub fn convert(root: &Node, opts: &ConvertOptions, diags: &mut Vec<Diagnostic>) 
     }
     cfg.ssh_authorized_keys = authorized_keys::authorized_keys(&mut cx, root);
     cfg.write_files = write_files::write_files(&mut cx, root);
+    nested_write_files(&mut cx, &cfg.write_files);
     cfg.init_cmd = commands(&mut cx, root.get("init_cmd"), "init_cmd");
     cfg.boot_cmd = commands(&mut cx, root.get("boot_cmd"), "boot_cmd");
     cfg.run_cmd = commands(&mut cx, root.get("run_cmd"), "run_cmd");
@@ -102,15 +132,46 @@ pub fn convert(root: &Node, opts: &ConvertOptions, diags: &mut Vec<Diagnostic>) 
     cfg
 }
 
-/// `hostname`: a valid host name, or `None` (reported) when it is not. A non-scalar value gives
-/// `None` without a diagnostic here: the layer parser already reported its shape.
+/// Longest host name the kernel takes (`HOST_NAME_MAX`).
+const HOST_NAME_MAX: usize = 64;
+
+/// `hostname`: a valid host name of at most 64 bytes, or `None` (reported) when it is not. A
+/// non-scalar value gives `None` without a diagnostic here: the layer parser already reported
+/// its shape.
 fn hostname(cx: &mut Cx, n: &Node) -> Option<String> {
     let h = text(n)?;
-    if valid_hostname(&h) {
+    if valid_hostname(&h) && h.len() <= HOST_NAME_MAX {
         return Some(h);
     }
-    cx.err(&n.pos, "hostname", format!("{h:?} is not a valid hostname; expected letters, digits and '-' in dot-separated labels of at most 63 characters"));
+    cx.err(&n.pos, "hostname", format!("{h:?} is not a valid hostname; expected letters, digits and '-' in dot-separated labels of at most 63 characters, at most {HOST_NAME_MAX} in all"));
     None
+}
+
+/// A `write_files` path inside another entry's path: that one would have to be a file and a
+/// directory at once, which apply can only fail on. Reported at the inner entry.
+fn nested_write_files(cx: &mut Cx, files: &[WriteFile]) {
+    let by_path: std::collections::BTreeMap<&str, &WriteFile> =
+        files.iter().map(|f| (f.path.as_str(), f)).collect();
+    for f in files {
+        let outer = std::path::Path::new(&f.path)
+            .ancestors()
+            .skip(1)
+            .find_map(|a| by_path.get(a.to_str().unwrap_or_default()));
+        if let Some(outer) = outer {
+            let o = &f.origin;
+            let pos = Pos {
+                file: o.file.as_str().into(),
+                line: o.line,
+                col: o.col,
+            };
+            let msg = format!(
+                "{:?} is inside {}, which the entry at {} writes as a file; a path cannot be \
+                 both a file and a directory",
+                f.path, outer.path, outer.origin
+            );
+            cx.err(&pos, &format!("write_files[{}].path", f.path), msg);
+        }
+    }
 }
 
 /// `init_cmd`, `boot_cmd`, `run_cmd`: shell command lines; an empty one is an error.
@@ -123,6 +184,9 @@ fn commands(cx: &mut Cx, n: Option<&Node>, field: &str) -> Vec<String> {
                 &format!("{field}[{i}]"),
                 "empty command; expected a shell command line",
             );
+        } else if c.contains('\0') {
+            let msg = "contains a NUL byte, which no command line can carry";
+            cx.err(&pos, &format!("{field}[{i}]"), msg);
         } else {
             out.push(c);
         }

@@ -50,13 +50,13 @@ fn required(cx: &mut Cx, u: &Node, key: &str) -> Result<(String, Pos), Reported>
     }
 }
 
-/// `version`: any text without spaces.
+/// `version`: any text without spaces or control characters.
 fn check_version(cx: &mut Cx, v: String, pos: &Pos) -> Result<String, Reported> {
-    if v.trim().is_empty() || v.contains(char::is_whitespace) {
+    if v.trim().is_empty() || v.contains(char::is_whitespace) || v.contains(char::is_control) {
         cx.err(
             pos,
             "upgrade.version",
-            "expected a version string without spaces",
+            "expected a version string without spaces or control characters",
         );
         return Err(Reported);
     }

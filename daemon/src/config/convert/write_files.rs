@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::decoding::decode_content;
-use super::syntax::check_path;
+use super::syntax::check_file_path;
 use super::tree::{join, scalar, text};
 use super::{Cx, Reported};
 use crate::config::model::{IdOrName, OwnerSpec, WriteFile};
@@ -69,7 +69,7 @@ fn file_path(cx: &mut Cx, item: &Node, i: usize) -> Result<String, Reported> {
         return Err(Reported);
     };
     let raw = text(pnode).unwrap_or_default();
-    check_path(raw.trim()).map_err(|e| {
+    check_file_path(raw.trim(), &cx.opts.state_dir).map_err(|e| {
         cx.err(&pnode.pos, &join(&base, "path"), e);
         Reported
     })
