@@ -140,6 +140,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// # Safety
 /// libgit2's transport registry is an unsynchronised global: this must run before any other
 /// thread uses libgit2 (bosun calls it from `main`, through `init_git_globals`).
+#[allow(unsafe_code)] // libgit2's transport registry is a C global: see `# Safety`.
 pub unsafe fn register() -> Result<(), git2::Error> {
     for scheme in ["http", "https"] {
         // SAFETY: forwarded to the caller's contract.
