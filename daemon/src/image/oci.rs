@@ -117,7 +117,7 @@ pub struct RootfsSection {
 /// A resolved image: its config and its layers, bottom first.
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// Digest of the chosen manifest (printed with the slot, for provenance).
+    /// Digest of the manifest chosen for the platform (kept for provenance; not printed today).
     pub manifest_digest: String,
     /// The image config (verified and checked against the manifest and the platform).
     pub config: ImageConfig,

@@ -46,6 +46,8 @@ pub const MAX_INSTALL_ATTEMPTS: u32 = 5;
 /// when both match.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ImageId {
+    /// The `upgrade.version` the config gives (also the `IMAGE_VERSION` the image reports once
+    /// booted).
     pub version: String,
     /// Lowercase hex SHA-256 of the image as downloaded.
     pub sha256: String,
@@ -101,38 +103,65 @@ pub enum Lifecycle {
     /// Writing `target` into `slot` (resumable: an interrupted write starts again). `attempts`
     /// counts started installs of this target.
     Downloading {
+        /// The image being written.
         target: ImageId,
+        /// The inactive slot it is written into.
         slot: Slot,
+        /// Installs of this target started so far (at most [`MAX_INSTALL_ATTEMPTS`]).
         attempts: u32,
+        /// The error of the last failed attempt, for `bosun upgrade status`.
         last_error: Option<String>,
     },
     /// `slot` holds `target`, fully written and synced; the trial is (being) scheduled.
-    Staged { target: ImageId, slot: Slot },
+    Staged {
+        /// The image the slot holds.
+        target: ImageId,
+        /// The slot holding it.
+        slot: Slot,
+    },
     /// Booted `slot` on trial (unix seconds `since`), waiting for the health verdict.
     Trial {
+        /// The image on trial.
         target: ImageId,
+        /// The slot booted on trial.
         slot: Slot,
+        /// When the trial began (Unix seconds); the trial timeout counts from here.
         since: u64,
     },
     /// `slot` was marked bad (or is being); waiting to boot the other slot.
     RollingBack {
+        /// The image being rolled back, when bosun knows which it is (quarantined once the other
+        /// slot booted).
         target: Option<ImageId>,
+        /// The slot being left.
         slot: Slot,
+        /// Why.
         reason: RollbackReason,
     },
     /// `version` runs from `slot`, committed as good.
-    Committed { image: ImageId, slot: Slot },
+    Committed {
+        /// The committed image.
+        image: ImageId,
+        /// The slot it runs from.
+        slot: Slot,
+    },
     /// The upgrade to `target` in `slot` was rolled back; `target` is quarantined.
     RolledBack {
+        /// The image that was rolled back (quarantined), when known.
         target: Option<ImageId>,
+        /// The slot it was in (marked bad).
         slot: Slot,
+        /// Why it was rolled back.
         reason: RollbackReason,
     },
     /// Installing `target` failed [`MAX_INSTALL_ATTEMPTS`] times; not retried until the config
     /// names another image.
     Failed {
+        /// The image that could not be installed.
         target: ImageId,
+        /// The slot the installs wrote to.
         slot: Slot,
+        /// The last install error.
         error: String,
     },
 }
@@ -314,18 +343,23 @@ impl Lifecycle {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("upgrade transition {transition} is not allowed from state {from}")]
 pub struct TransitionError {
+    /// The transition attempted (`installed`, `fell_back`, `manual_rollback`, …).
     pub transition: &'static str,
+    /// The state it was attempted from ([`Lifecycle::name`]).
     pub from: &'static str,
 }
 
 /// Which image bosun last wrote to each slot (`None`: unknown or being overwritten).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotImages {
+    /// Image in slot A.
     pub a: Option<ImageId>,
+    /// Image in slot B.
     pub b: Option<ImageId>,
 }
 
 impl SlotImages {
+    /// The image bosun last wrote to `slot`, if known.
     pub fn get(&self, slot: Slot) -> Option<&ImageId> {
         match slot {
             Slot::A => self.a.as_ref(),
@@ -333,6 +367,7 @@ impl SlotImages {
         }
     }
 
+    /// Records `image` as the content of `slot` (`None` while it is being overwritten).
     pub fn set(&mut self, slot: Slot, image: Option<ImageId>) {
         match slot {
             Slot::A => self.a = image,
@@ -344,8 +379,12 @@ impl SlotImages {
 /// `upgrades_total{result=…}` counters, persisted so they survive reboots.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeCounters {
+    /// Trial boots that were healthy and committed (plus `mark-good` of a trial).
     pub committed: u64,
+    /// Trials judged unhealthy (or timed out) and manual rollbacks, completed by booting the other
+    /// slot.
     pub rolled_back: u64,
+    /// Trials the bootloader gave up on (tries exhausted) and fell back from.
     pub fallback: u64,
     /// The config named a quarantined image (counted once per image in a row).
     pub refused: u64,
@@ -356,11 +395,15 @@ pub struct UpgradeCounters {
 /// Everything bosun persists about upgrades (the state file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeState {
+    /// State file format version ([`STATE_FORMAT`]).
     pub format: u32,
+    /// The current upgrade's lifecycle.
     pub lifecycle: Lifecycle,
+    /// Which image bosun last wrote to each slot.
     pub slots: SlotImages,
     /// Images that were rolled back; never installed again.
     pub quarantine: Vec<ImageId>,
+    /// The `upgrades_total` counters.
     pub counters: UpgradeCounters,
     /// The last quarantined image the config named (so `refused` counts once).
     pub last_refused: Option<ImageId>,
@@ -380,6 +423,7 @@ impl Default for UpgradeState {
 }
 
 impl UpgradeState {
+    /// Whether `image` was rolled back before (same version and sha256): it is not installed again.
     pub fn is_quarantined(&self, image: &ImageId) -> bool {
         self.quarantine.contains(image)
     }
@@ -468,7 +512,9 @@ pub enum HealthInput {
     /// No verdict yet (checks still running or not started).
     #[default]
     Pending,
+    /// The health gate passed for this boot.
     Healthy,
+    /// The health gate failed or timed out; the text becomes the rollback reason.
     Unhealthy(String),
 }
 
@@ -481,6 +527,7 @@ pub struct Inputs<'a> {
     pub booted: Option<Slot>,
     /// The boot environment; `None` when no slots/boot environment are configured.
     pub env: Option<BootState>,
+    /// The health verdict for the current boot (only read while a trial is on).
     pub health: HealthInput,
     /// Unix seconds.
     pub now: u64,
@@ -501,9 +548,19 @@ pub enum Step {
     /// overwritten, or the trial is cancelled/over). The other slot becomes primary.
     MarkBad(Slot),
     /// Write the desired image into `slot`, verify it, sync it.
-    Install { slot: Slot, image: ImageId },
+    Install {
+        /// The inactive slot to write (already marked bad when needed).
+        slot: Slot,
+        /// The image to write.
+        image: ImageId,
+    },
     /// Boot env: schedule a trial of `slot` with `tries` attempts.
-    SetTrial { slot: Slot, tries: u8 },
+    SetTrial {
+        /// The freshly written slot.
+        slot: Slot,
+        /// Boot attempts the bootloader makes before falling back.
+        tries: u8,
+    },
     /// Boot env: commit `slot` as the good primary.
     MarkGood(Slot),
     /// Reboot the node (last step of a decision).
@@ -520,7 +577,10 @@ pub enum Note {
     /// Cannot start an upgrade safely right now.
     Blocked(String),
     /// Waiting for the health verdict of a trial boot.
-    AwaitingHealth { slot: Slot },
+    AwaitingHealth {
+        /// The slot on trial.
+        slot: Slot,
+    },
     /// Waiting for the reboot that was requested.
     AwaitingReboot,
     /// Installs of this image failed too often; not retried.
@@ -551,7 +611,9 @@ impl fmt::Display for Note {
 /// What to do this step: `steps` in order, plus notes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Decision {
+    /// Effects to perform, in order; stop at the first failure.
     pub steps: Vec<Step>,
+    /// Messages for the log and `bosun upgrade status`.
     pub notes: Vec<Note>,
 }
 
@@ -918,9 +980,13 @@ fn start_install(
 /// Metrics the daemon exports, derived from the persisted state and the booted slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UpgradeMetrics {
+    /// The persisted outcome counters.
     pub counters: UpgradeCounters,
+    /// The lifecycle state's name ([`Lifecycle::name`]).
     pub lifecycle: &'static str,
+    /// The slot booted now (`bosun.slot=`), if any.
     pub booted_slot: Option<Slot>,
+    /// The version running from the booted slot as far as bosun knows (it wrote or adopted it).
     pub current_version: Option<String>,
 }
 
