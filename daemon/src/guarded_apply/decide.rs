@@ -13,12 +13,21 @@ pub enum GateReason {
     /// `health.gate: all`.
     All,
     /// The plan creates, updates or deletes k3s configuration files.
-    K3sConfigChanged { paths: Vec<String> },
+    K3sConfigChanged {
+        /// The k3s configuration paths the plan touches.
+        paths: Vec<String>,
+    },
     /// The plan restarts the k3s unit.
-    K3sRestarted { unit: String },
+    K3sRestarted {
+        /// The unit restarted (`k3s` or `k3s-agent`).
+        unit: String,
+    },
     /// The config on disk (commit `commit`) was never verified healthy: its trial was
     /// interrupted (bosun stopped before the verdict) or it failed and was kept.
-    UnverifiedOnDisk { commit: String },
+    UnverifiedOnDisk {
+        /// The commit on disk.
+        commit: String,
+    },
 }
 
 impl std::fmt::Display for GateReason {
@@ -127,9 +136,15 @@ pub enum Stage {
     /// The commit arrived; nothing was done for it yet.
     Arrived,
     /// Its plan is computed; `gate` says whether (and why) the apply is health-gated.
-    Planned { gate: Option<GateReason> },
+    Planned {
+        /// Why the apply is gated; `None`: not gated.
+        gate: Option<GateReason>,
+    },
     /// It was applied under a gate and the health gate gave its verdict.
-    Judged { healthy: bool },
+    Judged {
+        /// Whether the health checks passed before the timeout.
+        healthy: bool,
+    },
 }
 
 /// One step of a health-gated apply, executed in order by the driver.
