@@ -62,14 +62,16 @@ pub enum UpgradeCommand {
     },
 }
 
-/// The health verdict `bosun upgrade step --health` passes to the state machine.
+/// The health verdict `bosun upgrade step --health` passes to the state machine: `pending` (no
+/// verdict yet: a trial keeps waiting), `healthy` (commit the trial boot) or `unhealthy` (roll
+/// it back, with `--reason`).
+// The variants have no `///`: clap would turn it into per-value help and change the layout of
+// `--help` (see [`crate::cli::Format`]).
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum HealthArg {
-    /// No verdict yet: a trial keeps waiting.
     Pending,
-    /// The trial boot is healthy: commit it.
     Healthy,
-    /// The trial boot is unhealthy: roll it back (with `--reason`).
     Unhealthy,
 }
 
