@@ -156,7 +156,8 @@ pub enum SourceError {
     },
     /// The source or verification settings cannot work: an empty or malformed reference, a URL
     /// scheme bosun does not fetch, a token over plain `http://` to a non-loopback host, or
-    /// verification on with no trusted key.
+    /// verification on with no trusted key. (The daemon also reports a poll task that panicked
+    /// this way.)
     #[error("source config: {0}")]
     InvalidConfig(String),
     /// The remote does not advertise the configured branch or tag.
