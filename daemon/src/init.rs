@@ -18,6 +18,7 @@ use crate::agent::{
     UpgradeSection, VerificationSection,
 };
 
+/// Flags of `bosun init`.
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
     /// Where to write the agent config.

@@ -85,7 +85,9 @@ impl CodePages {
 /// One mapping line of `/proc/<pid>/maps` that may be advised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapping {
+    /// First address of the mapping.
     pub start: usize,
+    /// One past its last address.
     pub end: usize,
 }
 

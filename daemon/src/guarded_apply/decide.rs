@@ -19,7 +19,7 @@ pub enum GateReason {
     },
     /// The plan restarts the k3s unit.
     K3sRestarted {
-        /// The unit restarted (`k3s` or `k3s-agent`).
+        /// The unit restarted (`k3s.service` or `k3s-agent.service`).
         unit: String,
     },
     /// The config on disk (commit `commit`) was never verified healthy: its trial was
