@@ -67,7 +67,7 @@ pub enum Command {
         /// Config repo directory (holding config.yaml, groups/, nodes/).
         #[arg(long, default_value = ".")]
         repo: PathBuf,
-        /// Node name selecting groups and nodes/<hostname>.yaml.
+        /// Node name selecting groups and `nodes/<hostname>.yaml`.
         #[arg(long)]
         hostname: String,
         /// Output format.
@@ -113,7 +113,7 @@ pub enum Command {
     /// Run the GitOps loop: poll the config repo, verify, apply, revert drift. Runs until
     /// SIGTERM/SIGINT (exit 0); SIGHUP polls now.
     Daemon {
-        /// Agent config file. Default: <root>/etc/bosun/agent.yaml (drop-ins: agent.d/*.yaml
+        /// Agent config file. Default: `<root>/etc/bosun/agent.yaml` (drop-ins: agent.d/*.yaml
         /// next to it).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -160,7 +160,7 @@ pub struct HealthArgs {
     /// state dir by health-gated applies.
     #[arg(long)]
     pub repo: Option<PathBuf>,
-    /// bosun's state. Default: <root>/var/lib/bosun.
+    /// bosun's state. Default: `<root>/var/lib/bosun`.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 }
@@ -182,13 +182,13 @@ pub struct TargetArgs {
     /// Config repo directory (holding config.yaml, groups/, nodes/).
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
-    /// Node name selecting groups and nodes/<hostname>.yaml. Default: this system's hostname.
+    /// Node name selecting groups and `nodes/<hostname>.yaml`. Default: this system's hostname.
     #[arg(long)]
     pub hostname: Option<String>,
     /// Resolve every node path under this directory; effects are only run when it is /.
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
-    /// bosun's state (journal, managed-file set, key cache). Default: <root>/var/lib/bosun.
+    /// bosun's state (journal, managed-file set, key cache). Default: `<root>/var/lib/bosun`.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Treat unknown keys as errors (k3os ignored them silently).

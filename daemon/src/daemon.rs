@@ -25,6 +25,8 @@
 //!
 //! What the loop did is recorded in the [`Ledger`] (status file and metrics together). The
 //! node's capabilities (runners, boot env, upgrade actor) come from [`crate::node`].
+//!
+//! [`apply::recover`]: crate::apply::recover
 
 mod report;
 mod schedule;

@@ -11,7 +11,7 @@
 //! production code path. Which runner a command of bosun gets, and with which timeout, is
 //! decided in one place: [`crate::node`].
 //!
-//! Invariants: argv is passed verbatim (argv[0] is the program, looked up in `PATH`); an empty
+//! Invariants: argv is passed verbatim (`argv[0]` is the program, looked up in `PATH`); an empty
 //! argv is an error, never a no-op; a runner never returns before the child is reaped.
 
 use std::io;

@@ -23,7 +23,7 @@ use super::model::Origin;
 pub const BINARY_TAG: &str = "tag:yaml.org,2002:binary";
 
 /// Largest estimated in-memory size of one document's tree, counting every node (its struct, as
-/// [`NODE_COST`]), every string byte, every alias expansion and the copy kept per anchor.
+/// `NODE_COST`), every string byte, every alias expansion and the copy kept per anchor.
 /// Twice the largest config file ([`MAX_CONFIG_FILE`](crate::snapshot::MAX_CONFIG_FILE)): any
 /// real file fits with its per-node overhead, while the tree plus the text stays well below the
 /// 64 MiB a refused document may cost the process (the daemon's unit allows 256 MiB in all).

@@ -89,6 +89,8 @@ pub struct BadCommit {
 
 /// Persistent record of which commits were good or bad. Load with [`CommitHistory::load`];
 /// [`apply_guarded`] updates and saves it.
+///
+/// [`apply_guarded`]: super::apply_guarded
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitHistory {
     path: PathBuf,
@@ -280,7 +282,7 @@ impl CommitHistory {
         (g.commit != a && self.bad(a).is_some()).then_some(a)
     }
 
-    /// What the history says about `commit`, the input of [`super::decide`] (pure).
+    /// What the history says about `commit`, the input of [`super::decide()`] (pure).
     pub fn facts(&self, commit: &str) -> super::Facts<'_> {
         super::Facts {
             bad: self.bad(commit).is_some(),

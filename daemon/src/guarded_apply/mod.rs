@@ -8,7 +8,7 @@
 //!   (`commit-history.json`, mode 0600 because config files carry tokens) written with
 //!   [`statefile::write_atomic`];
 //! - [`gate_reason`]: the pure decision whether an apply is gated (`health.gate`);
-//! - [`decide`]: the pure ordered steps of an apply, its verdict and its rollback;
+//! - [`decide()`]: the pure ordered steps of an apply, its verdict and its rollback;
 //! - [`apply_guarded`]: the driver that executes them: refuse bad commits, prepare + apply,
 //!   wait for health, and on a timeout revert to the last good snapshot through the same
 //!   transactional apply;
@@ -39,6 +39,9 @@
 //!
 //! The revert itself is not health-gated: it returns to a config that was healthy before and
 //! there is nothing older to fall back to. `bosun health` shows the state after it.
+//!
+//! [`statefile::write_atomic`]: crate::statefile::write_atomic
+//! [`SnapshotApplier`]: crate::reconcile::SnapshotApplier
 
 mod applier;
 mod decide;
@@ -417,7 +420,7 @@ impl Run<'_> {
 }
 
 /// Applies `new` with a health gate and automatic rollback (see the module docs): a loop that
-/// asks [`decide`] for the next steps and executes them in order.
+/// asks [`decide()`] for the next steps and executes them in order.
 ///
 /// Side effects: writes under the root and the state dir (files, journal, the history),
 /// runs effects through `runner` (k3s restarts), HTTP requests and commands of the health

@@ -2,7 +2,7 @@
 //!
 //! This module owns the chain of custody from a remote repository to a [`Snapshot`]:
 //!
-//! 1. [`fetch`] keeps a bare repository cache in `cache_dir`. Every poll first reads the ref
+//! 1. [`fetch()`] keeps a bare repository cache in `cache_dir`. Every poll first reads the ref
 //!    advertisement; when the advertised id equals what the cache holds, no pack is fetched
 //!    ([`FetchOutcome::Unchanged`]). Otherwise only the configured ref is fetched (shallow when
 //!    `depth` is set and the transport supports it).

@@ -81,10 +81,10 @@ pub struct NodeArgs {
     /// Root of the node; the reboot command only runs when it is /.
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
-    /// bosun's state dir. Default: <root>/var/lib/bosun.
+    /// bosun's state dir. Default: `<root>/var/lib/bosun`.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Kernel command line carrying bosun.slot=. Default: <root>/proc/cmdline.
+    /// Kernel command line carrying bosun.slot=. Default: `<root>/proc/cmdline`.
     #[arg(long)]
     pub cmdline: Option<PathBuf>,
     /// Slot a device (or file).
