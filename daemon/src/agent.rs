@@ -79,6 +79,7 @@ pub struct AgentFile {
     pub coordination: Option<crate::rollout::coordination::CoordinationSection>,
 }
 
+/// `source:`: the Git repository config commits come from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
@@ -122,6 +123,7 @@ pub enum ModeValue {
     Head,
 }
 
+/// `verification:`: which commits are trusted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerificationSection {
@@ -139,6 +141,7 @@ pub struct VerificationSection {
     pub allow_history_rewrite: Option<bool>,
 }
 
+/// `keys:`: where `github:USER` and `gitlab:USER` ssh key sources are fetched.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeysSection {
@@ -150,6 +153,7 @@ pub struct KeysSection {
     pub gitlab_base: Option<String>,
 }
 
+/// `metrics:`: the Prometheus endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
@@ -164,6 +168,7 @@ pub struct MetricsSection {
     pub allow_non_loopback: Option<bool>,
 }
 
+/// `drift:`: reverting manual edits of managed files.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DriftSection {
@@ -179,8 +184,11 @@ pub struct DriftSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BootloaderKind {
+    /// A GRUB environment block (`grubenv`) with `boot/grub.cfg`.
     Grub,
+    /// A U-Boot environment described by `fw_env.config`, with bosun's `boot/boot.scr.txt` script.
     Uboot,
+    /// ChromeOS/gptprio attribute bits on the slot partitions.
     Gpt,
 }
 
@@ -191,6 +199,7 @@ pub struct UpgradeSection {
     /// Slot devices (block devices, or files in tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<SlotsSection>,
+    /// Which boot environment holds the A/B state: `grub`, `uboot` or `gpt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootloader: Option<BootloaderKind>,
     /// GRUB environment block file (bootloader `grub`).
@@ -213,11 +222,14 @@ pub struct UpgradeSection {
     pub reboot_command: Option<Vec<String>>,
 }
 
+/// The two slot devices of an A/B upgrade.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlotsSection {
+    /// Slot a device (or file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub a: Option<PathBuf>,
+    /// Slot b device (or file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub b: Option<PathBuf>,
 }
@@ -226,7 +238,9 @@ pub struct SlotsSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum DurationValue {
+    /// Whole seconds.
     Seconds(u64),
+    /// A number with a unit: `250ms`, `30s`, `5m`, `1h`.
     Text(String),
 }
 
@@ -265,20 +279,33 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The validated agent config (stage 3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
+    /// Where config commits come from.
     pub source: SourceConfig,
+    /// Signature checks and anti-rollback.
     pub verify: VerifyConfig,
+    /// Time between polls (before jitter).
     pub interval: Duration,
+    /// Random spread added to each interval, in percent of it (0–50).
     pub jitter_percent: u32,
+    /// The node name: selects groups and `nodes/<name>.yaml`.
     pub node_name: String,
+    /// bosun's state directory, as a host path (default `<root>/var/lib/bosun`).
     pub state_dir: PathBuf,
+    /// Every node path is resolved under it; effects run only when it is `/`.
     pub root: PathBuf,
+    /// The login user receiving keys and the password.
     pub ssh_user: String,
+    /// Base URL of `github:USER` key sources.
     pub github_base: String,
+    /// Base URL of `gitlab:USER` key sources.
     pub gitlab_base: String,
     /// `None`: metrics disabled.
     pub metrics_listen: Option<SocketAddr>,
+    /// Watch managed files and revert manual changes.
     pub drift_enabled: bool,
+    /// Time between full re-plans of the last applied commit.
     pub resync_interval: Duration,
+    /// A/B upgrade settings, passed through to the upgrade actor; `None`: no A/B upgrades.
     pub upgrade: Option<UpgradeSection>,
     /// Fleet rollout coordination (locks, drains, Node labels).
     pub coordination: crate::rollout::coordination::CoordinationConfig,
@@ -290,22 +317,39 @@ pub struct AgentConfig {
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// Default full re-plan interval.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
+/// Default metrics address: loopback only (the endpoint has no authentication).
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9101";
 
+/// Why the agent config could not be loaded. Each names the file(s).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentConfigError {
+    /// A config file could not be read.
     #[error("agent config {}: {source}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A file is not valid YAML for the agent config (unknown key, wrong type), with line and
+    /// column.
     #[error("agent config {}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// The merged config has a bad value (missing URL, bad scheme, duration, address, jitter,
+    /// bootloader settings).
     #[error("agent config ({files}): {field}: {message}")]
     Invalid {
+        /// The files the config was merged from, comma-separated.
         files: String,
+        /// The offending key (`source.url`, `metrics.listen`, …).
         field: &'static str,
+        /// What is wrong and what is expected.
         message: String,
     },
 }

@@ -16,6 +16,7 @@ use crate::plan;
 use crate::reconcile;
 use crate::snapshot::Snapshot;
 
+/// The `bosun` command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "bosun",
@@ -23,10 +24,16 @@ use crate::snapshot::Snapshot;
     about = "GitOps node daemon for K3s fleets (k3os config.yaml compatible)"
 )]
 pub struct Cli {
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Output format of `validate`, `render` and `plan`: `yaml` (`render`; the other commands print
+/// text), `json`, or `text` (human-readable; `render` prints YAML).
+// The variants have no `///`: clap would turn it into per-value help and change the layout of
+// every `--help` that shows `--format`.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Format {
     Yaml,
@@ -34,6 +41,7 @@ pub enum Format {
     Text,
 }
 
+/// The subcommands of `bosun`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate a config repo (every layer file, and every node that has a nodes/ file) or the
@@ -60,10 +68,13 @@ pub enum Command {
     },
     /// Print the merged config of one node.
     Render {
+        /// Config repo directory (holding config.yaml, groups/, nodes/).
         #[arg(long, default_value = ".")]
         repo: PathBuf,
+        /// Node name selecting groups and `nodes/<hostname>.yaml`.
         #[arg(long)]
         hostname: String,
+        /// Output format.
         #[arg(long, value_enum, default_value = "yaml")]
         format: Format,
         /// Annotate every value with the file:line:col it came from (YAML only).
@@ -73,6 +84,7 @@ pub enum Command {
         /// world-readable, secret-named environment values) instead of `<redacted>`.
         #[arg(long)]
         show_secrets: bool,
+        /// Treat unknown keys as errors (k3os ignored them silently).
         #[arg(long)]
         strict: bool,
     },
@@ -80,14 +92,17 @@ pub enum Command {
     /// owner) or delete, with diffs (secrets redacted), and the effects that would run.
     /// Exit 0 when nothing would change, 2 when something would, 1 on errors.
     Plan {
+        /// Which node, root and repo.
         #[command(flatten)]
         target: TargetArgs,
+        /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
     /// Plan and apply once, as one crash-safe transaction, then run the triggered effects.
     /// With a --root other than /, effects are printed, not run.
     Apply {
+        /// Which node, root and repo.
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -103,7 +118,7 @@ pub enum Command {
     /// Run the GitOps loop: poll the config repo, verify, apply, revert drift. Runs until
     /// SIGTERM/SIGINT (exit 0); SIGHUP polls now.
     Daemon {
-        /// Agent config file. Default: <root>/etc/bosun/agent.yaml (drop-ins: agent.d/*.yaml
+        /// Agent config file. Default: `<root>/etc/bosun/agent.yaml` (drop-ins: agent.d/*.yaml
         /// next to it).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -150,11 +165,15 @@ pub struct HealthArgs {
     /// state dir by health-gated applies.
     #[arg(long)]
     pub repo: Option<PathBuf>,
-    /// bosun's state. Default: <root>/var/lib/bosun.
+    /// bosun's state. Default: `<root>/var/lib/bosun`.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 }
 
+/// Log format of `bosun daemon` on stderr: `plain` (human-readable lines), `json` (one JSON
+/// object per line) or `journald` (structured records to the systemd journal).
+// The variants have no `///`: clap would turn it into per-value help (see [`Format`]).
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     Plain,
@@ -168,15 +187,16 @@ pub struct TargetArgs {
     /// Config repo directory (holding config.yaml, groups/, nodes/).
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
-    /// Node name selecting groups and nodes/<hostname>.yaml. Default: this system's hostname.
+    /// Node name selecting groups and `nodes/<hostname>.yaml`. Default: this system's hostname.
     #[arg(long)]
     pub hostname: Option<String>,
     /// Resolve every node path under this directory; effects are only run when it is /.
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
-    /// bosun's state (journal, managed-file set, key cache). Default: <root>/var/lib/bosun.
+    /// bosun's state (journal, managed-file set, key cache). Default: `<root>/var/lib/bosun`.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Treat unknown keys as errors (k3os ignored them silently).
     #[arg(long)]
     pub strict: bool,
     /// Base URL for `github:USER` key sources.
@@ -194,6 +214,11 @@ pub struct TargetArgs {
     pub durability: DurabilityArg,
 }
 
+/// `--durability`: how staged files are made durable before the commit point: `fsync` each
+/// staged file ([`crate::apply::Durability::FsyncEach`]) or one `syncfs` per filesystem
+/// holding staged files ([`crate::apply::Durability::SyncfsOnce`]).
+// The variants have no `///`: clap would turn it into per-value help (see [`Format`]).
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum DurabilityArg {
     Fsync,

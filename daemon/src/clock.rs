@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 /// A monotonic clock with an async sleep.
 pub trait Clock: Send + Sync {
+    /// The current instant (monotonic).
     fn now(&self) -> Instant;
     /// Waits `d` (real or virtual time, depending on the clock).
     fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;

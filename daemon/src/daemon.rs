@@ -25,6 +25,8 @@
 //!
 //! What the loop did is recorded in the [`Ledger`] (status file and metrics together). The
 //! node's capabilities (runners, boot env, upgrade actor) come from [`crate::node`].
+//!
+//! [`apply::recover`]: crate::apply::recover
 
 mod ab;
 mod gates;
@@ -33,8 +35,9 @@ mod schedule;
 mod startup;
 mod wait;
 
+pub use startup::DaemonError;
+
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,10 +46,8 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::agent::AgentConfig;
-use crate::apply::ApplyError;
 use crate::config;
-use crate::drift::{DriftError, DriftStreak, DriftWatcher};
-use crate::fsroot::FsError;
+use crate::drift::{DriftStreak, DriftWatcher};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::node::Node;
 use crate::reconcile::{ApplyOutcome, Applying, Disposition, Permit, SnapshotApplier};
@@ -54,46 +55,11 @@ use crate::rollout::driver::Rollout;
 use crate::service::Systemd;
 use crate::snapshot::Snapshot;
 use crate::source::{self, Oid, SourceError, TransferCounters, Verdict};
-use crate::status::{short, Ledger, Status, StatusError};
+use crate::status::{short, Ledger, Status};
 use crate::upgrade::actor::UpgradeActor;
 
 pub use schedule::{backoff, jittered, BACKOFF_BASE, BACKOFF_CAP};
 use schedule::{now_unix, random_u64};
-
-/// Why the daemon stopped or could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error("state dir {}: {source}", path.display())]
-    StateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Status(#[from] StatusError),
-    #[error("recovering an interrupted apply: {0}")]
-    Recover(#[from] ApplyError),
-    #[error(transparent)]
-    Root(#[from] FsError),
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error("metrics: cannot listen on {addr}: {source}")]
-    Metrics {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("installing signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
-    #[error(transparent)]
-    Drift(#[from] DriftError),
-    #[error("status file {}: anti-rollback baseline {commit:?} is not a commit id", path.display())]
-    BadBaseline { path: PathBuf, commit: String },
-    #[error("upgrade: {0}")]
-    Upgrade(String),
-    #[error(transparent)]
-    Rollout(#[from] crate::rollout::driver::RolloutError),
-}
 
 /// Why the last good commit is re-applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

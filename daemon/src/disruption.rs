@@ -13,9 +13,18 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disruption<'a> {
     /// Restart the k3s unit because commit `commit` changed its configuration.
-    RestartK3s { unit: &'a str, commit: &'a str },
+    RestartK3s {
+        /// The unit to restart (`k3s.service` or `k3s-agent.service`).
+        unit: &'a str,
+        /// The commit whose apply restarts it.
+        commit: &'a str,
+    },
     /// Reboot the node (A/B trial, rollback or fallback), for the reason given.
-    Reboot { why: &'a str },
+    Reboot {
+        /// The lifecycle state rebooted into or out of (`staged`, `rolling_back`, `manual
+        /// rollback`, …).
+        why: &'a str,
+    },
 }
 
 impl fmt::Display for Disruption<'_> {

@@ -86,8 +86,10 @@ impl DriftStreak {
     }
 }
 
+/// Why drift watching could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DriftError {
+    /// The inotify watcher could not be created (inotify limits, no inotify).
     #[error("starting the file watcher: {0}")]
     Start(#[source] notify::Error),
 }

@@ -34,32 +34,63 @@ const MAX_SYMLINKS: usize = 40;
 /// Errors from resolving or reading paths under the root. Each carries the node path.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
+    /// The root directory cannot be opened (missing, not a directory, no permission).
     #[error("cannot open root directory {root}: {source}")]
     OpenRoot {
+        /// The root directory.
         root: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A managed path is not absolute and normalised (relative, `.`/`..`, NUL, trailing `/`);
+    /// refused before any I/O.
     #[error("invalid managed path {path:?}: {reason} (expected an absolute, normalised path such as /etc/hostname)")]
-    InvalidPath { path: String, reason: &'static str },
+    InvalidPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The kernel refused the lookup as crossing out of the root (`EXDEV`); `RESOLVE_IN_ROOT`
     /// keeps symlinks and `..` inside, so this is not expected from them.
     #[error("{path}: the kernel refused to resolve it inside the root {root} (EXDEV); refusing")]
-    Escape { path: String, root: PathBuf },
-    #[error("{path}: too many levels of symbolic links under root {root}")]
-    SymlinkLoop { path: String, root: PathBuf },
-    #[error("{path}: parent {component:?} is a {found}, expected a directory (under root {root})")]
-    NotADirectory {
+    Escape {
+        /// The node path.
         path: String,
-        component: String,
-        found: EntryKind,
+        /// The root directory.
         root: PathBuf,
     },
+    /// More than 40 symlinks on the way (ELOOP).
+    #[error("{path}: too many levels of symbolic links under root {root}")]
+    SymlinkLoop {
+        /// The node path.
+        path: String,
+        /// The root directory.
+        root: PathBuf,
+    },
+    /// A parent component of the path is not a directory (a file, device, or a symlink to one).
+    #[error("{path}: parent {component:?} is a {found}, expected a directory (under root {root})")]
+    NotADirectory {
+        /// The node path.
+        path: String,
+        /// The parent component that is not a directory.
+        component: String,
+        /// What it is instead.
+        found: EntryKind,
+        /// The root directory.
+        root: PathBuf,
+    },
+    /// Any other filesystem operation on the path failed (open, stat, read, mkdir, fsync).
     #[error("{path}: {op} failed under root {root}: {source}")]
     Io {
+        /// The node path.
         path: String,
+        /// The operation that failed.
         op: &'static str,
+        /// The root directory.
         root: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -79,13 +110,21 @@ pub enum Resolver {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
+    /// A regular file.
     File,
+    /// A symbolic link (not followed).
     Symlink,
+    /// A directory.
     Directory,
+    /// A character device.
     CharDevice,
+    /// A block device.
     BlockDevice,
+    /// A named pipe.
     Fifo,
+    /// A Unix socket.
     Socket,
+    /// A type the kernel reported that none of the above covers.
     Unknown,
 }
 
@@ -123,11 +162,15 @@ impl std::fmt::Display for EntryKind {
 /// empty for every other kind (symlinks are not followed, devices are not opened).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
+    /// What is there.
     pub kind: EntryKind,
+    /// The bytes of a regular file; empty for every other kind.
     pub content: Vec<u8>,
     /// Permission bits only (`st_mode & 0o7777`).
     pub mode: u32,
+    /// Owner user id.
     pub uid: u32,
+    /// Owner group id.
     pub gid: u32,
 }
 
@@ -152,6 +195,7 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// An empty observation.
     pub fn new() -> Self {
         Self::default()
     }
@@ -171,6 +215,7 @@ impl Observation {
         self.entries.get(path).and_then(Option::as_ref)
     }
 
+    /// Every observed path in path order, with what is there (`None`: nothing).
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&Observed>)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
     }
@@ -179,6 +224,7 @@ impl Observation {
 /// An open directory under the root plus the final component of the path inside it.
 #[derive(Debug)]
 pub struct ParentDir {
+    /// The open parent directory (beneath the root).
     pub dir: OwnedFd,
     /// The final path component (a single file name, no `/`).
     pub name: String,
@@ -269,6 +315,7 @@ impl Root {
         &self.path
     }
 
+    /// How this root resolves paths (`openat2`, or the walk fallback).
     pub fn resolver(&self) -> Resolver {
         self.resolver
     }

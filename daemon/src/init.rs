@@ -18,6 +18,7 @@ use crate::agent::{
     UpgradeSection, VerificationSection,
 };
 
+/// Flags of `bosun init`.
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
     /// Where to write the agent config.
@@ -29,7 +30,7 @@ pub struct InitArgs {
     /// Branch, tag or full commit id to follow.
     #[arg(long = "ref", default_value = "main")]
     pub reference: String,
-    /// Node name selecting groups/ and nodes/<name>.yaml. Default: the hostname at run time.
+    /// Node name selecting groups/ and `nodes/<name>.yaml`. Default: the hostname at run time.
     #[arg(long)]
     pub node_name: Option<String>,
     /// git allowed_signers file trusting SSH keys (turns signature verification on).

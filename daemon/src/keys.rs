@@ -36,6 +36,7 @@ pub struct KeyFetcherConfig {
     pub github_base: String,
     /// Base of `gitlab:U` → `<gitlab_base>/U.keys`. Default `https://gitlab.com`.
     pub gitlab_base: String,
+    /// Longest wait for the TCP/TLS connection.
     pub connect_timeout: Duration,
     /// Whole request including the body.
     pub timeout: Duration,
@@ -72,37 +73,88 @@ impl KeyFetcherConfig {
 /// Why fetching one source failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// The URL is neither `https://` nor `http://` to a loopback host (a redirect to such a URL
+    /// fails as [`FetchError::Transport`]).
     #[error("{url}: refusing to fetch keys over {scheme}:// (https only; http only to loopback)")]
-    Insecure { url: String, scheme: String },
+    Insecure {
+        /// The URL.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// The source does not form a valid URL (a bad `github:`/`gitlab:` user name or base).
     #[error("{url}: not a valid URL: {reason}")]
-    BadUrl { url: String, reason: String },
+    BadUrl {
+        /// The URL as formed.
+        url: String,
+        /// The parse error.
+        reason: String,
+    },
+    /// The server answered with a status other than 200.
     #[error("{url}: HTTP status {status}")]
-    Status { url: String, status: u16 },
+    Status {
+        /// The URL.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// Connecting or reading the whole response took longer than the limit.
     #[error("{url}: timed out (limit {limit:?})")]
-    Timeout { url: String, limit: Duration },
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The limit that was hit (connect or total).
+        limit: Duration,
+    },
+    /// The body is larger than `max_body`.
     #[error("{url}: response body exceeds {limit} bytes")]
-    TooLarge { url: String, limit: usize },
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The cap in bytes.
+        limit: usize,
+    },
+    /// The body is not UTF-8.
     #[error("{url}: response is not UTF-8 text")]
-    NotText { url: String },
+    NotText {
+        /// The URL.
+        url: String,
+    },
+    /// A non-blank, non-comment line is not an OpenSSH public key; the whole response is refused.
     #[error("{url}: line {line} is not an SSH public key ({reason}): {snippet:?}")]
     NotAKey {
+        /// The URL.
         url: String,
+        /// 1-based line number in the response.
         line: usize,
+        /// The key parser's error.
         reason: String,
+        /// The line's first 40 characters, for the message.
         snippet: String,
     },
+    /// The request failed: DNS, TCP, TLS, more than 5 redirects, or a redirect to a URL that is
+    /// not allowed.
     #[error("{url}: {detail}")]
-    Transport { url: String, detail: String },
+    Transport {
+        /// The URL.
+        url: String,
+        /// The HTTP client's error.
+        detail: String,
+    },
 }
 
 /// Errors setting up the fetcher.
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
+    /// The HTTP client could not be built (TLS backend setup).
     #[error("building the HTTP client for ssh key sources: {0}")]
     Client(#[source] reqwest::Error),
+    /// An `extra_ca_pem` entry is not a PEM certificate.
     #[error("extra CA certificate #{index} for ssh key sources is not valid PEM: {source}")]
     Ca {
+        /// Position of the certificate in `extra_ca_pem` (0-based).
         index: usize,
+        /// The parse error.
         #[source]
         source: reqwest::Error,
     },
@@ -115,29 +167,47 @@ pub enum SourceOutcome {
     Literal,
     /// Fetched now (and cached).
     Fetched {
+        /// Keys the response held.
         count: usize,
         /// The fetch succeeded but the cache could not be written.
         cache_error: Option<String>,
     },
     /// Fetch failed; the last good keys from the cache are used.
-    Cached { error: FetchError, count: usize },
+    Cached {
+        /// Why the fetch failed.
+        error: FetchError,
+        /// Keys taken from the cache.
+        count: usize,
+    },
     /// Taken from the cache without fetching (`cache_first`).
-    FromCache { count: usize },
+    FromCache {
+        /// Keys taken from the cache.
+        count: usize,
+    },
     /// Fetch failed and nothing was cached: the source contributes no keys.
-    Missing { error: FetchError },
+    Missing {
+        /// Why the fetch failed.
+        error: FetchError,
+    },
 }
 
+/// What happened to one configured source (the warnings are made from it).
 #[derive(Debug)]
 pub struct SourceReport {
+    /// The configured source.
     pub source: KeySource,
+    /// Where it is configured.
     pub origin: Origin,
+    /// Whether its keys came from the network, the cache, or nowhere.
     pub outcome: SourceOutcome,
 }
 
 /// The keys of all sources, in configuration order, without duplicates.
 #[derive(Debug, Default)]
 pub struct KeyResolution {
+    /// The `authorized_keys` lines, in configuration order, without duplicates.
     pub keys: Vec<String>,
+    /// One report per configured source, in order.
     pub reports: Vec<SourceReport>,
 }
 
@@ -260,6 +330,8 @@ pub struct KeyFetcher {
 }
 
 impl KeyFetcher {
+    /// A fetcher with an HTTP client built from `cfg` (rustls, the bundled roots plus
+    /// `extra_ca_pem`, redirects only under the https rule). Touches nothing on disk.
     pub fn new(cfg: KeyFetcherConfig) -> Result<Self, KeysError> {
         let policy = reqwest::redirect::Policy::custom(|attempt| {
             if attempt.previous().len() >= 5 {
@@ -286,6 +358,7 @@ impl KeyFetcher {
         Ok(KeyFetcher { client, cfg })
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &KeyFetcherConfig {
         &self.cfg
     }

@@ -85,7 +85,9 @@ impl CodePages {
 /// One mapping line of `/proc/<pid>/maps` that may be advised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapping {
+    /// First address of the mapping.
     pub start: usize,
+    /// One past its last address.
     pub end: usize,
 }
 
@@ -111,6 +113,7 @@ pub fn read_only_mappings_of(maps: &str, inode: u64) -> Vec<Mapping> {
 
 /// Advises `MADV_PAGEOUT` on the read-only mappings of the running executable; returns the
 /// bytes advised (0 when anything is unavailable).
+#[allow(unsafe_code)] // madvise on our own mappings: see the SAFETY comment below.
 fn release_exe_pages() -> u64 {
     let Ok(exe) = std::fs::metadata("/proc/self/exe") else {
         return 0;

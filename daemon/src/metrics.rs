@@ -38,8 +38,11 @@ pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
 /// Outcome label of `bosun_reconcile_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReconcileResult {
+    /// A commit was applied and changed files (`result="success"`).
     Success,
+    /// The poll or the apply failed, or the commit was rejected (`result="error"`).
     Error,
+    /// Nothing to change: the files already match (`result="noop"`).
     Noop,
 }
 
@@ -70,6 +73,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Metrics {
+    /// Counters at zero, sharing the git source's transfer counters.
     pub fn new(transfer: Arc<TransferCounters>) -> Self {
         Metrics {
             transfer,
@@ -90,6 +94,7 @@ impl Metrics {
         }
     }
 
+    /// Counts a refused commit under `reason` (a [`crate::source::Refusal::label`]).
     pub fn refused(&self, reason: &str) {
         *lock(&self.refused).entry(reason.to_string()).or_default() += 1;
     }
@@ -122,10 +127,12 @@ impl Metrics {
             .fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Counts `files` managed files reverted after a manual change.
     pub fn drift_corrected(&self, files: u64) {
         self.drift_corrections.fetch_add(files, Ordering::Relaxed);
     }
 
+    /// Sets the commit of `bosun_applied_commit_info`.
     pub fn set_applied_commit(&self, commit: &str) {
         *lock(&self.applied_commit) = Some(commit.to_string());
     }

@@ -165,7 +165,14 @@ pub enum BootEnvSpec {
     /// A U-Boot environment described by this `fw_env.config`.
     Uboot(PathBuf),
     /// gptprio attributes of partitions `a` and `b` on `disk`.
-    Gpt { disk: PathBuf, a: u32, b: u32 },
+    Gpt {
+        /// The disk device (or image) with the GPT.
+        disk: PathBuf,
+        /// Partition number of slot a (1-based).
+        a: u32,
+        /// Partition number of slot b (1-based).
+        b: u32,
+    },
 }
 
 impl BootEnvSpec {

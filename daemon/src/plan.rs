@@ -23,23 +23,40 @@ use sha2::{Digest, Sha256};
 use crate::desired::{DesiredFile, DesiredState, Effect, EffectRule, FileSource, Trigger};
 use crate::fsroot::{EntryKind, Observation, Observed};
 
+/// Why no plan could be made. Nothing is written.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
+    /// A desired path holds something other than a regular file or symlink (a directory, device,
+    /// socket, …).
     #[error("{path}: a {found} is there; bosun only manages regular files and will not replace it (remove it or drop the path from the config)")]
-    NotAFile { path: String, found: EntryKind },
+    NotAFile {
+        /// The node path.
+        path: String,
+        /// What is there.
+        found: EntryKind,
+    },
+    /// The observation lacks a desired or managed path (a caller bug).
     #[error("{path}: was not observed before planning (internal error: observe plan::paths_to_observe first)")]
-    NotObserved { path: String },
+    NotObserved {
+        /// The node path.
+        path: String,
+    },
 }
 
 /// A file to create or update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileChange {
+    /// The node path.
     pub path: String,
+    /// What the file must become.
     pub desired: DesiredFile,
     /// What is there now; `None` for creates. A symlink here is replaced, not followed.
     pub before: Option<Observed>,
+    /// The bytes differ (always true for creates).
     pub content_changed: bool,
+    /// The permission bits differ.
     pub mode_changed: bool,
+    /// The owner or group differs.
     pub owner_changed: bool,
     /// Never show content (see module docs).
     pub secret: bool,
@@ -48,14 +65,21 @@ pub struct FileChange {
 /// A file bosun created earlier and no longer wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deletion {
+    /// The node path.
     pub path: String,
+    /// What is there now (content never shown for deletions).
     pub before: Observed,
 }
 
+/// What an apply would do: creates, updates, deletes and the effects they fire.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// Files that do not exist yet, in path order.
     pub creates: Vec<FileChange>,
+    /// Files whose content, mode or owner differ, or a symlink to replace with the file, in path
+    /// order.
     pub updates: Vec<FileChange>,
+    /// Files bosun created earlier that the config no longer names, in path order.
     pub deletes: Vec<Deletion>,
     /// Desired files already exactly as wanted.
     pub unchanged: usize,
@@ -236,20 +260,29 @@ fn is_text(b: &[u8]) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ContentView {
+    /// The content is the same (only mode or owner changed).
     Unchanged,
     /// Unified diff (a/path → b/path); for creates the old side is empty.
     Text {
+        /// The unified diff text.
         diff: String,
     },
+    /// Non-text content (NUL bytes or not UTF-8): sizes and full SHA-256 digests.
     Binary {
+        /// Old size in bytes; `None` for creates.
         old_size: Option<usize>,
+        /// New size in bytes.
         new_size: usize,
+        /// Old SHA-256 (hex); `None` for creates.
         old_sha256: Option<String>,
+        /// New SHA-256 (hex).
         new_sha256: String,
     },
     /// Only 8-hex-digit sha256 prefixes; never the bytes.
     Secret {
+        /// First 8 hex digits of the old SHA-256; `None` for creates.
         old_sha256: Option<String>,
+        /// First 8 hex digits of the new SHA-256.
         new_sha256: String,
     },
 }

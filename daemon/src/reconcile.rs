@@ -26,13 +26,17 @@ use crate::statefile;
 /// Where and how to reconcile.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The node name: selects groups and `nodes/<hostname>.yaml`.
     pub hostname: String,
     /// Every node path is resolved under this directory (`/` on a real node).
     pub root: PathBuf,
     /// bosun's own state (journal, managed set, caches).
     pub state_dir: PathBuf,
+    /// How strictly the config is read.
     pub load: LoadOptions,
+    /// Node-local render settings (ssh user, k3s binary).
     pub render: RenderSettings,
+    /// Where ssh key sources are fetched and cached.
     pub keys: KeyFetcherConfig,
     /// How staged files are made durable before the commit point.
     pub durability: apply::Durability,
@@ -58,26 +62,45 @@ impl Target {
     }
 }
 
+/// Why a reconcile pass failed. A failure before the apply's commit point leaves the node's files
+/// as they were.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
+    /// The node's config does not load (errors with file:line:col).
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// A path under the root cannot be resolved or observed.
     #[error("{0}")]
     Fs(#[from] crate::fsroot::FsError),
+    /// The config cannot be rendered for this node.
     #[error("{0}")]
     Render(#[from] render::RenderError),
+    /// No plan could be made (a non-file at a desired path).
     #[error("{0}")]
     Plan(#[from] plan::PlanError),
+    /// The transaction or its recovery failed.
     #[error("{0}")]
     Apply(#[from] apply::ApplyError),
+    /// The ssh key fetcher could not be set up.
     #[error("{0}")]
     Keys(#[from] crate::keys::KeysError),
+    /// A file bosun edits in place (passwd, group, shadow, hosts, environment) is not UTF-8.
     #[error("{path}: not UTF-8 text; bosun edits this file line by line and will not guess its encoding")]
-    NotText { path: String },
+    NotText {
+        /// The node path.
+        path: String,
+    },
+    /// The OS random source failed while generating a password salt.
     #[error("generating a password salt: {0}")]
     Random(String),
+    /// The state directory or the once-per-boot record in it cannot be created or written.
     #[error("state file {path}: {message}")]
-    State { path: PathBuf, message: String },
+    State {
+        /// The state directory or file.
+        path: PathBuf,
+        /// The error.
+        message: String,
+    },
 }
 
 /// A computed plan and what led to it.
@@ -85,7 +108,9 @@ pub enum ReconcileError {
 pub struct Prepared {
     /// The validated config (shared with [`Applied`], so consumers never parse it again).
     pub loaded: Arc<config::Loaded>,
+    /// The rendered desired state and its warnings.
     pub rendered: Rendered,
+    /// The difference to what is on disk.
     pub plan: Plan,
     /// Human-readable warnings from config, rendering and key fetching (never secrets).
     pub warnings: Vec<String>,
@@ -197,7 +222,9 @@ pub fn effect_commands(effect: &Effect) -> Vec<Vec<String>> {
 /// What running effects did: one line per command.
 #[derive(Debug, Default)]
 pub struct EffectLog {
+    /// `ran: CMD` or `failed: CMD: status`, in order.
     pub lines: Vec<String>,
+    /// Commands that failed or could not be started (effects do not stop at a failure).
     pub failures: usize,
 }
 
@@ -267,7 +294,9 @@ fn phase_effects(p: &Plan, phases: &[CommandPhase]) -> Vec<Effect> {
 /// What [`apply_prepared`] did.
 #[derive(Debug)]
 pub struct Applied {
+    /// What the file transaction did.
     pub report: ApplyReport,
+    /// What the effects did.
     pub effects: EffectLog,
     /// Node paths the apply created, updated or deleted.
     pub changed_paths: Vec<String>,
@@ -346,15 +375,30 @@ impl Permit {
 pub enum Disposition {
     /// The snapshot is on disk: applied without a gate, healthy, or unhealthy but kept
     /// (`unhealthy` says why it could not be reverted).
-    Kept { unhealthy: Option<String> },
+    Kept {
+        /// Why it is unhealthy yet kept (no previous good commit, or it is the last good one);
+        /// `None`: healthy or not gated.
+        unhealthy: Option<String>,
+    },
     /// It failed its health gate (`health`: the summary) and the node was reverted to `to`.
-    RolledBack { to: String, health: String },
+    RolledBack {
+        /// The last good commit reverted to.
+        to: String,
+        /// The health summary of the failed gate.
+        health: String,
+    },
     /// Not applied: it failed its health gate before (`reason`, as recorded then).
-    Refused { reason: String },
+    Refused {
+        /// Why it was recorded bad.
+        reason: String,
+    },
     /// Not applied yet, nothing written: the rollout gates must allow it first. `restart`:
     /// the k3s unit it would restart and the fingerprint of the k3s config it brings; `None`:
     /// only the wave holds it (`rollout.waves_for_all`).
-    Deferred { restart: Option<(String, String)> },
+    Deferred {
+        /// The k3s unit the plan restarts and the fingerprint of the k3s config it brings.
+        restart: Option<(String, String)>,
+    },
 }
 
 /// What applying one snapshot did.

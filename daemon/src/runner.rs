@@ -11,7 +11,7 @@
 //! production code path. Which runner a command of bosun gets, and with which timeout, is
 //! decided in one place: [`crate::node`].
 //!
-//! Invariants: argv is passed verbatim (argv[0] is the program, looked up in `PATH`); an empty
+//! Invariants: argv is passed verbatim (`argv[0]` is the program, looked up in `PATH`); an empty
 //! argv is an error, never a no-op; a runner never returns before the child is reaped.
 
 use std::io;
@@ -24,7 +24,9 @@ use std::time::Duration;
 pub struct CommandOutput {
     /// Exit code; `None` when the process was ended by a signal.
     pub code: Option<i32>,
+    /// Everything the command wrote to stdout.
     pub stdout: Vec<u8>,
+    /// Everything the command wrote to stderr.
     pub stderr: Vec<u8>,
 }
 
@@ -71,19 +73,32 @@ impl CommandOutput {
 /// Why a command could not be run to completion. Every variant names the command.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The argv was empty (a caller bug).
     #[error("cannot run an empty command line")]
     EmptyArgv,
+    /// The process could not be started (no such program, no permission).
     #[error("cannot start `{command}`: {source}")]
     Spawn {
+        /// The command line, as [`display_argv`] shows it.
         command: String,
+        /// The spawn error.
         #[source]
         source: io::Error,
     },
+    /// The command ran longer than its timeout; its whole process group was killed.
     #[error("`{command}` did not finish within {timeout:?} and was killed")]
-    TimedOut { command: String, timeout: Duration },
+    TimedOut {
+        /// The command line.
+        command: String,
+        /// The timeout it exceeded.
+        timeout: Duration,
+    },
+    /// Waiting for the process or reading its output failed.
     #[error("waiting for `{command}` failed: {source}")]
     Wait {
+        /// The command line.
         command: String,
+        /// The I/O error.
         #[source]
         source: io::Error,
     },
@@ -122,10 +137,12 @@ impl SystemRunner {
     /// Default per-command timeout: long enough for `systemctl restart k3s`.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
+    /// A runner killing each command (and its process group) after `timeout`.
     pub fn new(timeout: Duration) -> Self {
         SystemRunner { timeout }
     }
 
+    /// The per-command timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }

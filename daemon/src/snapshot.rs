@@ -19,6 +19,8 @@ pub struct Snapshot {
 pub const MAX_CONFIG_FILE: u64 = 16 << 20;
 
 impl Snapshot {
+    /// A snapshot of `files` (repo-relative paths), from commit `commit` when it came from Git.
+    /// Pure.
     pub fn from_files(commit: Option<String>, files: BTreeMap<String, Vec<u8>>) -> Self {
         Snapshot { commit, files }
     }
@@ -61,6 +63,7 @@ impl Snapshot {
         })
     }
 
+    /// The content of the file at `path` (repo-relative), if the snapshot has it.
     pub fn get(&self, path: &str) -> Option<&[u8]> {
         self.files.get(path).map(Vec::as_slice)
     }
@@ -74,6 +77,7 @@ impl Snapshot {
             .map(|(k, v)| (k.as_str(), v.as_slice()))
     }
 
+    /// Every file, by repo-relative path.
     pub fn files(&self) -> &BTreeMap<String, Vec<u8>> {
         &self.files
     }

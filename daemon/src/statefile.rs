@@ -15,11 +15,15 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, Mode, OFlags};
 use rustix::io::Errno;
 
+/// A state file operation failed; names the file and the step.
 #[derive(Debug, thiserror::Error)]
 #[error("state file {path}: {op} failed: {source}")]
 pub struct StateFileError {
+    /// The state file (also for the fsync of its directory).
     pub path: PathBuf,
+    /// The step that failed (`create temp file`, `rename into place`, `fsync directory`, …).
     pub op: &'static str,
+    /// The I/O error.
     #[source]
     pub source: std::io::Error,
 }

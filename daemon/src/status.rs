@@ -22,9 +22,13 @@ const VERSION: u32 = 1;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Status {
+    /// Status file format version (1).
     pub version: u32,
+    /// The node name the daemon applies for.
     pub node_name: String,
+    /// The config repo URL.
     pub source_url: String,
+    /// The configured branch, tag or commit.
     pub reference: String,
     /// The commit whose files are on disk (anti-rollback baseline).
     pub last_applied_commit: Option<String>,
@@ -36,6 +40,7 @@ pub struct Status {
     pub last_success_at: Option<u64>,
     /// The last error (fetch, config, apply); cleared by the next success.
     pub last_error: Option<String>,
+    /// When the last error happened.
     pub last_error_at: Option<u64>,
     /// The last refused commit and why.
     pub last_refusal: Option<String>,
@@ -43,6 +48,7 @@ pub struct Status {
     pub refused_total: u64,
     /// Files reverted after manual changes, since the state dir was created.
     pub drift_corrections_total: u64,
+    /// When the next poll is due.
     pub next_poll_at: Option<u64>,
     /// Ref-advertisement reads (polls) of this daemon run.
     pub polls: u64,
@@ -63,16 +69,28 @@ pub struct Status {
     pub rollout_change: Option<String>,
 }
 
+/// Why the status file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
+    /// The status file exists but cannot be read.
     #[error("status file {}: {source}", path.display())]
     Read {
+        /// The status file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The status file is not valid status JSON; it holds the anti-rollback baseline, so bosun
+    /// stops instead of guessing.
     #[error("status file {}: not valid status JSON ({message}); it records the last applied commit for anti-rollback, so bosun will not guess: fix or remove it", path.display())]
-    Corrupt { path: PathBuf, message: String },
+    Corrupt {
+        /// The status file.
+        path: PathBuf,
+        /// The parse error.
+        message: String,
+    },
+    /// Writing the status file atomically failed.
     #[error(transparent)]
     Write(#[from] statefile::StateFileError),
 }

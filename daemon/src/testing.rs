@@ -16,7 +16,9 @@ use crate::runner::{CommandOutput, CommandRunner, RunError};
 
 /// One scripted answer of a [`RecordingRunner`].
 pub enum Scripted {
+    /// The command ran and gave this output.
     Output(CommandOutput),
+    /// The command could not be run (spawn failure, timeout).
     Error(RunError),
 }
 
@@ -109,6 +111,7 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// A clock at the current instant that moves only when advanced.
     pub fn new() -> Self {
         ManualClock {
             start: Instant::now(),

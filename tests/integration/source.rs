@@ -14,6 +14,7 @@ use crate::support::git::{
     pack_files, GitDaemon, GitHttpServer, GpgHome, SshKey, SshServer, WorkRepo,
 };
 
+#[allow(unsafe_code)] // `init_git_globals` sets libgit2's process globals: see the SAFETY comment.
 fn init() {
     static ONCE: Once = Once::new();
     // SAFETY: every test that uses libgit2 passes through this `Once` first, so the globals

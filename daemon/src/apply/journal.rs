@@ -21,22 +21,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::statefile::{self, StateFileError};
 
+/// Name of the [`Journal`] in the state dir; its presence means "committed, roll forward".
 pub const JOURNAL_FILE: &str = "apply-journal.json";
+/// Name of the [`Intent`] in the state dir; alone (no journal) it means "never committed, roll
+/// back".
 pub const INTENT_FILE: &str = "apply-intent.json";
 const VERSION: u32 = 1;
 
+/// Why a journal or intent could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    /// Reading, writing or removing the record failed.
     #[error(transparent)]
     Io(#[from] StateFileError),
+    /// The record is not the expected JSON (never guessed at: recovery stops).
     #[error("{path}: not a valid bosun apply record (version {VERSION} JSON expected): {source}")]
     Corrupt {
+        /// The record file.
         path: PathBuf,
+        /// The JSON error.
         #[source]
         source: serde_json::Error,
     },
+    /// The record has a version this bosun does not read.
     #[error("{path}: record version {found} is not supported (expected {VERSION})")]
-    Version { path: PathBuf, found: u32 },
+    Version {
+        /// The record file.
+        path: PathBuf,
+        /// The version it carries.
+        found: u32,
+    },
 }
 
 /// One staged file: `temp` (a file name in the directory of `path`) is renamed onto `path`.
@@ -48,19 +62,29 @@ pub struct StagedRename {
     pub temp: String,
 }
 
+/// The commit record of a transaction: written after every temp is durable; its atomic rename into
+/// place is the commit point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
+    /// Record format version (1).
     pub version: u32,
+    /// The transaction id (16 hex digits), also the suffix of its temp files.
     pub txid: String,
+    /// Temp files to rename onto their targets, in order.
     pub renames: Vec<StagedRename>,
     /// Node paths to unlink.
     pub deletes: Vec<String>,
+    /// The managed set once the transaction is applied.
     pub managed_after: BTreeSet<String>,
 }
 
+/// The start record of a transaction: written before the first temp is staged, so recovery can find
+/// and remove the temps of a transaction that never committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
+    /// Record format version (1).
     pub version: u32,
+    /// The transaction id (16 hex digits), the suffix of its temp files.
     pub txid: String,
     /// Node paths of directories that may hold this transaction's temp files.
     pub dirs: BTreeSet<String>,
@@ -71,6 +95,7 @@ pub struct Intent {
 }
 
 impl Journal {
+    /// A journal of the current version. Pure (writing it is the caller's job).
     pub fn new(
         txid: String,
         renames: Vec<StagedRename>,
@@ -88,6 +113,7 @@ impl Journal {
 }
 
 impl Intent {
+    /// An intent of the current version creating no directories. Pure.
     pub fn new(txid: String, dirs: BTreeSet<String>) -> Self {
         Intent {
             version: VERSION,

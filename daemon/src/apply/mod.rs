@@ -61,36 +61,65 @@ pub const TEMP_PREFIX: &str = ".bosun-tmp.";
 const MANAGED_VERSION: u32 = 1;
 const NAME_MAX: usize = 255;
 
+/// Why an apply or a recovery failed. Each variant names the path (and root) involved; a failure
+/// before the commit point leaves the old files in place.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// Resolving or observing a path under the root failed (a symlink escaping it, a non-directory
+    /// parent, …).
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// Reading or writing the transaction journal or intent failed, or it is corrupt.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// Writing or removing a state file (managed set, intent, journal) failed.
     #[error(transparent)]
     StateFile(#[from] StateFileError),
+    /// A filesystem operation on a node path failed: staging a temp, chown/chmod, fsync, rename or
+    /// unlink.
     #[error("{path}: {op} failed under root {root}: {source}")]
     Io {
+        /// The node path (absolute, as in the config).
         path: String,
+        /// The operation that failed (`write`, `fchown`, `rename`, …).
         op: &'static str,
+        /// The root the path was resolved under.
         root: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// Recovery found a committed transaction whose staged temp and target are both gone (removed
+    /// by someone else); nothing is guessed.
     #[error("{path}: transaction {txid} committed but neither its staged file {temp} nor the target exists under root {root}; something removed them. Restore the file or remove {journal} to give up on this transaction")]
     StagedFileLost {
+        /// The node path whose file is missing.
         path: String,
+        /// The staged temp file's name.
         temp: String,
+        /// The committed transaction.
         txid: String,
+        /// The root the path is under.
         root: PathBuf,
+        /// The journal file to remove to give up on the transaction.
         journal: PathBuf,
     },
+    /// The managed-set file in the state dir is not the expected JSON.
     #[error("{path}: not a valid managed-set file (expected {{\"version\":1,\"paths\":[...]}}): {reason}")]
-    ManagedCorrupt { path: PathBuf, reason: String },
+    ManagedCorrupt {
+        /// The managed-set file.
+        path: PathBuf,
+        /// The parse error.
+        reason: String,
+    },
+    /// Creating the state directory or taking its `apply.lock` failed.
     #[error("state directory {path}: {op} failed: {source}")]
     StateDir {
+        /// The state directory.
         path: PathBuf,
+        /// The operation that failed (`create`, `open lock file`, `lock`).
         op: &'static str,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -99,13 +128,18 @@ pub enum ApplyError {
 /// How staged temp files are made durable before the commit point (see module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
+    /// fsync every staged temp file (flushes only bosun's data; `--durability fsync`).
     FsyncEach,
+    /// One `syncfs` per filesystem holding temps (fewer journal commits; also flushes other
+    /// writers' dirty data). The default.
     #[default]
     SyncfsOnce,
 }
 
+/// Options of [`apply`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyOptions {
+    /// How staged files are made durable before the commit point.
     pub durability: Durability,
 }
 
@@ -116,8 +150,11 @@ pub struct RecoveryReport {
     pub rolled_forward: Option<String>,
     /// The txid of an uncommitted transaction whose temps were removed.
     pub rolled_back: Option<String>,
+    /// Temps renamed onto their targets while rolling forward.
     pub renamed: usize,
+    /// Pruned files unlinked while rolling forward.
     pub deleted: usize,
+    /// Temp files removed while rolling back.
     pub removed_temps: usize,
 }
 
@@ -126,7 +163,9 @@ pub struct RecoveryReport {
 pub struct ApplyReport {
     /// `None` when the plan changed no file (only the managed set may have been rewritten).
     pub txid: Option<String>,
+    /// Files created or updated (including mode- or owner-only changes).
     pub written: usize,
+    /// Files pruned (bosun created them and the config no longer names them).
     pub deleted: usize,
     /// Recovery of an earlier interrupted transaction, done first.
     pub recovery: RecoveryReport,

@@ -30,52 +30,102 @@ const MAX_ARRAY_BYTES: u64 = 1 << 20;
 /// Errors decoding a GPT or mapping its attributes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GptError {
+    /// The sector where a header belongs does not start with `EFI PART` (no GPT, or a 4Kn disk).
     #[error("{which} header: no \"EFI PART\" signature at LBA {lba}")]
-    NoSignature { which: &'static str, lba: u64 },
+    NoSignature {
+        /// `primary` or `backup`.
+        which: &'static str,
+        /// The sector read.
+        lba: u64,
+    },
+    /// The header declares a size outside 92..=512 bytes.
     #[error("{which} header at LBA {lba}: header size {size} out of range 92..=512")]
     BadHeaderSize {
+        /// `primary` or `backup`.
         which: &'static str,
+        /// The sector read.
         lba: u64,
+        /// The declared header size.
         size: u32,
     },
+    /// The header's CRC32 does not match (torn or corrupt header).
     #[error("{which} header at LBA {lba}: header CRC32 mismatch")]
-    BadHeaderCrc { which: &'static str, lba: u64 },
+    BadHeaderCrc {
+        /// `primary` or `backup`.
+        which: &'static str,
+        /// The sector read.
+        lba: u64,
+    },
+    /// The declared entry size is not a multiple of 128.
     #[error("{which} header at LBA {lba}: entry size {size} must be a multiple of 128")]
     BadEntrySize {
+        /// `primary` or `backup`.
         which: &'static str,
+        /// The sector read.
         lba: u64,
+        /// The declared entry size in bytes.
         size: u32,
     },
+    /// The declared number of entries is 0 or above 16384.
     #[error("{which} header at LBA {lba}: {count} entries is out of range 1..=16384")]
     BadEntryCount {
+        /// `primary` or `backup`.
         which: &'static str,
+        /// The sector read.
         lba: u64,
+        /// The declared number of entries.
         count: u32,
     },
+    /// The entry array would exceed 1 MiB (a corrupt header; bounds memory).
     #[error("{which} header at LBA {lba}: entry array of {bytes} bytes exceeds 1 MiB")]
     ArrayTooLarge {
+        /// `primary` or `backup`.
         which: &'static str,
+        /// The sector read.
         lba: u64,
+        /// The array size the header implies.
         bytes: u64,
     },
+    /// The header's own LBA field disagrees with where it was read (a copied or stale header).
     #[error("{which} header read at LBA {lba} says it lives at LBA {claimed}")]
     WrongMyLba {
+        /// `primary` or `backup`.
         which: &'static str,
+        /// The sector read.
         lba: u64,
+        /// The LBA the header names as its own.
         claimed: u64,
     },
+    /// The entry array's CRC32 does not match the header's (torn or corrupt array).
     #[error("{which} partition entry array at LBA {lba}: CRC32 mismatch")]
-    BadArrayCrc { which: &'static str, lba: u64 },
+    BadArrayCrc {
+        /// `primary` or `backup`.
+        which: &'static str,
+        /// First sector of the array.
+        lba: u64,
+    },
+    /// Neither the primary nor the backup table is valid; nothing is written.
     #[error("both GPT tables are invalid: primary: {primary}; backup: {backup}")]
-    NoValidTable { primary: String, backup: String },
+    NoValidTable {
+        /// Why the primary table is invalid.
+        primary: String,
+        /// Why the backup table is invalid.
+        backup: String,
+    },
+    /// A slot partition number is 0 or beyond the table (number, table size).
     #[error("partition {0} does not exist (numbers start at 1, table has {1} entries)")]
     NoSuchPartition(u32, u32),
+    /// A slot partition number names an unused entry (zero type GUID).
     #[error("partition {0} is an unused entry")]
     UnusedPartition(u32),
+    /// Slots a and b were given the same partition number.
     #[error("slots a and b must be different partitions, both are {0}")]
     SamePartition(u32),
+    /// The disk (size in bytes) cannot hold two GPTs.
     #[error("disk is too small ({0} bytes) for a GPT")]
     TooSmall(u64),
+    /// Neither slot partition is marked successful with a non-zero priority, so the disk has no
+    /// fallback to boot; bosun does not guess one.
     #[error(
         "no slot is bootable-good (successful bit 56 set and priority > 0); provision one, e.g. \
          `sgdisk -A N:set:56 -A N:set:49 DISK`"
@@ -86,11 +136,17 @@ pub enum GptError {
 /// A decoded GPT header (only what the codec needs, plus its raw sector for re-encoding).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GptHeader {
+    /// The LBA this header says it is at (1 for the primary).
     pub my_lba: u64,
+    /// The LBA of the other header (the last LBA for the primary).
     pub alternate_lba: u64,
+    /// First LBA of this header's entry array.
     pub entries_lba: u64,
+    /// Number of entries in the array.
     pub num_entries: u32,
+    /// Size of one entry in bytes (128 usually).
     pub entry_size: u32,
+    /// CRC32 of the entry array, as stored.
     pub array_crc: u32,
     header_size: u32,
     raw: Vec<u8>,
@@ -210,12 +266,14 @@ pub struct PrioAttrs {
     pub priority: u8,
     /// 0..=15; boot attempts left while not successful.
     pub tries: u8,
+    /// Bit 56: the slot booted successfully (known good).
     pub successful: bool,
 }
 
 const PRIO_MASK: u64 = 0x1ff << 48;
 
 impl PrioAttrs {
+    /// The gptprio fields of an attribute word (other bits ignored).
     pub fn from_bits(attrs: u64) -> PrioAttrs {
         PrioAttrs {
             priority: ((attrs >> 48) & 0xf) as u8,
@@ -314,6 +372,7 @@ pub struct GptPrio {
     pub disk: PathBuf,
     /// Partition numbers (1-based, as `sgdisk` counts) of slots a and b.
     pub part_a: u32,
+    /// Partition number of slot b (1-based).
     pub part_b: u32,
 }
 
@@ -327,6 +386,7 @@ struct Tables {
 }
 
 impl GptPrio {
+    /// The backend for slot partitions `part_a` and `part_b` of `disk`. Touches nothing.
     pub fn new(disk: impl Into<PathBuf>, part_a: u32, part_b: u32) -> GptPrio {
         GptPrio {
             disk: disk.into(),

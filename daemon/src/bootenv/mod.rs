@@ -79,7 +79,9 @@ pub const MAX_TRIES: u8 = 15;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {
+    /// Slot a: `a` in the boot environment and in `bosun.slot=a`.
     A,
+    /// Slot b: `b` in the boot environment and in `bosun.slot=b`.
     B,
 }
 
@@ -128,6 +130,7 @@ impl FromStr for Slot {
 /// A pending (or exhausted, when `tries_left == 0`) trial boot of a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Trial {
+    /// The slot on trial (never the primary).
     pub slot: Slot,
     /// Boot attempts the bootloader will still make. 0 means the trial is exhausted and the
     /// bootloader boots the primary slot.
@@ -137,11 +140,14 @@ pub struct Trial {
 /// Which slots are known good (booted and committed, not since marked bad or overwritten).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GoodSlots {
+    /// Slot a is known good.
     pub a: bool,
+    /// Slot b is known good.
     pub b: bool,
 }
 
 impl GoodSlots {
+    /// Whether `slot` is known good.
     pub fn get(&self, slot: Slot) -> bool {
         match slot {
             Slot::A => self.a,
@@ -165,20 +171,32 @@ pub struct BootState {
     pub primary: Slot,
     /// A trial boot of the other slot, pending (`tries_left > 0`) or exhausted.
     pub trial: Option<Trial>,
+    /// Which slots are known good; the primary always is in a written state.
     pub good: GoodSlots,
 }
 
 /// A transition that would break the contract; nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
+    /// A trial's tries are 0 or above [`MAX_TRIES`].
     #[error("tries must be 1..={MAX_TRIES}, got {0}")]
     TriesOutOfRange(u8),
+    /// A trial was asked for the primary slot; only the other slot can be tried.
     #[error("slot {0} is the primary slot; a trial is only for the other slot")]
     TrialOfPrimary(Slot),
+    /// The primary slot is not marked good, so a trial would have no fallback (or the state may not
+    /// be written).
     #[error("primary slot {0} is not marked good, so there is no safe fallback for a trial")]
     PrimaryNotGood(Slot),
+    /// Marking `slot` bad was refused: the other slot is not good, so nothing bootable would
+    /// remain.
     #[error("refusing to mark slot {slot} bad: slot {other} is not marked good, no bootable slot would remain")]
-    NoGoodFallback { slot: Slot, other: Slot },
+    NoGoodFallback {
+        /// The slot to mark bad.
+        slot: Slot,
+        /// The slot that would become primary, not good.
+        other: Slot,
+    },
 }
 
 impl BootState {
@@ -199,6 +217,7 @@ impl BootState {
         }
     }
 
+    /// Whether `slot` is known good.
     pub fn is_good(&self, slot: Slot) -> bool {
         self.good.get(slot)
     }
@@ -320,44 +339,69 @@ pub trait BootEnv {
 /// Errors of the boot environment backends. Each names the file or device involved.
 #[derive(Debug, thiserror::Error)]
 pub enum BootEnvError {
+    /// Opening, reading, writing, syncing or renaming the environment file or device failed.
     #[error("{op} {path}: {source}")]
     Io {
+        /// The operation that failed (`open for writing`, `fsync`, …).
         op: &'static str,
+        /// The file or device.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The GRUB environment block is malformed (size, header, line syntax) or the new one does not
+    /// fit in 1024 bytes.
     #[error("GRUB environment block {path}: {source}")]
     Grub {
+        /// The `grubenv` file.
         path: PathBuf,
+        /// What is wrong with the block.
         #[source]
         source: grub::GrubEnvError,
     },
+    /// No valid U-Boot environment copy (CRC, size), or the new environment does not fit.
     #[error("U-Boot environment {path}: {source}")]
     Uboot {
+        /// The environment device or file.
         path: PathBuf,
+        /// What is wrong with it.
         #[source]
         source: uboot::UbootEnvError,
     },
+    /// `fw_env.config` cannot be used (syntax, an unsupported layout).
     #[error("U-Boot environment config {path}: {source}")]
     UbootConfig {
+        /// The `fw_env.config` file.
         path: PathBuf,
+        /// What is wrong with it.
         #[source]
         source: uboot::ConfigError,
     },
+    /// The GPT cannot be read or updated (bad headers or CRCs, the slot partitions not found).
     #[error("GPT on {path}: {source}")]
     Gpt {
+        /// The disk device or image.
         path: PathBuf,
+        /// What is wrong with the table.
         #[source]
         source: gpt::GptError,
     },
+    /// A `bosun_*` variable has a value outside the contract (hand-edited or written by something
+    /// else).
     #[error("boot environment {path}: variable {name}={value:?} is invalid: expected {expected}")]
     Var {
+        /// The environment file or device.
         path: PathBuf,
+        /// The variable (`bosun_tries`, …).
         name: &'static str,
+        /// Its value.
         value: String,
+        /// What the contract allows.
         expected: &'static str,
     },
+    /// The change would break the contract (no good fallback, trial of the primary, tries out of
+    /// range); nothing was written.
     #[error("boot state transition refused: {0}")]
     Transition(#[from] TransitionError),
 }
@@ -374,10 +418,15 @@ impl BootEnvError {
 
 /// Names of the environment variables of the contract (GRUB and U-Boot).
 pub mod vars {
+    /// The slot booted when no trial is pending: `a` or `b` (default `a`).
     pub const PRIMARY: &str = "bosun_primary";
+    /// The slot to try on the next boots, empty for none.
     pub const TRIAL: &str = "bosun_trial";
+    /// Boot attempts left for the trial slot, canonical decimal `0`..=`15`.
     pub const TRIES: &str = "bosun_tries";
+    /// Whether slot a is known good: `1` or `0` (default: whether it is primary).
     pub const GOOD_A: &str = "bosun_good_a";
+    /// Whether slot b is known good: `1` or `0` (default: whether it is primary).
     pub const GOOD_B: &str = "bosun_good_b";
 }
 
@@ -497,8 +546,11 @@ pub(crate) fn set_var(list: &mut Vec<(String, String)>, name: &str, value: &str)
 /// Plans are exposed so crash tests can apply only a prefix of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskWrite {
+    /// The file or device written.
     pub path: PathBuf,
+    /// Byte offset of the write.
     pub offset: u64,
+    /// The bytes written.
     pub data: Vec<u8>,
 }
 

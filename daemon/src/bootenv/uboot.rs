@@ -36,24 +36,62 @@ pub const MAX_ENV_SIZE: u64 = 16 << 20;
 /// Errors decoding or encoding one environment copy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UbootEnvError {
+    /// The copy is not larger than its header (a mistyped size in `fw_env.config`).
     #[error("environment size {size} is too small (needs more than {header} header bytes)")]
-    TooSmall { size: usize, header: usize },
+    TooSmall {
+        /// The copy's size in bytes.
+        size: usize,
+        /// The header size: 4 (CRC) or 5 (CRC and flag, redundant).
+        header: usize,
+    },
+    /// A copy has another length than the configured size. Not returned today: copies are read at
+    /// exactly the configured size.
     #[error("copy is {got} bytes, expected {expected}")]
-    WrongLength { got: usize, expected: usize },
+    WrongLength {
+        /// Bytes found.
+        got: usize,
+        /// The configured environment size.
+        expected: usize,
+    },
+    /// The stored CRC32 does not match the data area (torn write, or never provisioned).
     #[error("CRC32 mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    BadCrc { stored: u32, computed: u32 },
+    BadCrc {
+        /// The CRC in the copy's header.
+        stored: u32,
+        /// The CRC of its data area.
+        computed: u32,
+    },
+    /// The data area has no double NUL ending the variables.
     #[error("data area has no terminating double NUL")]
     Unterminated,
+    /// An entry has no `=`.
     #[error("entry at data offset {offset} has no '=' (expected name=value)")]
-    MissingEquals { offset: usize },
+    MissingEquals {
+        /// Offset of the entry in the data area.
+        offset: usize,
+    },
+    /// An entry is not UTF-8.
     #[error("entry at data offset {offset} is not valid UTF-8")]
-    NotUtf8 { offset: usize },
+    NotUtf8 {
+        /// Offset of the entry in the data area.
+        offset: usize,
+    },
+    /// Encoding: a variable name is empty or contains `=` or NUL.
     #[error("invalid variable name {0:?}: must be non-empty and contain no '=' or NUL")]
     BadName(String),
+    /// Encoding: the value of this variable contains NUL.
     #[error("value of {0} contains a NUL byte")]
     BadValue(String),
+    /// Encoding: the variables do not fit in the data area.
     #[error("variables need {needed} bytes, the data area holds {capacity}")]
-    TooLarge { needed: usize, capacity: usize },
+    TooLarge {
+        /// Bytes the entries need, with the terminating NULs.
+        needed: usize,
+        /// Size of the data area.
+        capacity: usize,
+    },
+    /// No copy decodes (each copy's error is in the message): the environment is not provisioned or
+    /// both copies are torn.
     #[error("no copy has a valid CRC ({0})")]
     NoValidCopy(String),
 }
@@ -68,6 +106,7 @@ pub struct EnvCopy {
 }
 
 impl EnvCopy {
+    /// The value of `name` (the first occurrence).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vars
             .iter()
@@ -75,6 +114,7 @@ impl EnvCopy {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Sets `name` to `value`: replaces the first occurrence and drops duplicates, or appends.
     pub fn set(&mut self, name: &str, value: &str) {
         set_var(&mut self.vars, name, value);
     }
@@ -191,29 +231,48 @@ pub fn select_current(flag0: Option<u8>, flag1: Option<u8>) -> Option<usize> {
 /// One line of `fw_env.config`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvDevice {
+    /// The device or file holding the copy.
     pub path: PathBuf,
     /// Byte offset; negative counts back from the end of the device.
     pub offset: i64,
+    /// Size of the copy in bytes (hexadecimal in the file).
     pub env_size: u64,
+    /// Flash sector size, when given (parsed, not used: only files and block devices are
+    /// supported).
     pub sector_size: Option<u64>,
+    /// Number of sectors, when given (parsed, not used).
     pub sectors: Option<u64>,
 }
 
 /// A parsed `fw_env.config`: one device line, or two for a redundant environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UbootConfig {
+    /// One device line (single copy) or two (redundant copies, same size).
     pub devices: Vec<EnvDevice>,
 }
 
 /// Errors parsing `fw_env.config`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A device line has the wrong number of fields, an unparsable number, an env size out of range
+    /// or an MTD/UBI device.
     #[error("line {line}: {msg}; expected \"DEVICE OFFSET ENV_SIZE [SECTOR_SIZE [SECTORS]]\"")]
-    Line { line: usize, msg: String },
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// The file has no device line.
     #[error("no device line found; expected one line (single copy) or two (redundant)")]
     Empty,
+    /// A third device line.
     #[error("line {line}: more than two device lines; expected one or two")]
-    TooMany { line: usize },
+    TooMany {
+        /// 1-based line number of the third line.
+        line: usize,
+    },
+    /// The two copies have different sizes (in bytes).
     #[error("the two copies have different sizes ({0:#x} and {1:#x}); they must match")]
     SizeMismatch(u64, u64),
 }
@@ -279,10 +338,12 @@ impl UbootConfig {
         }
     }
 
+    /// Whether the environment has two copies (flag byte, alternating writes).
     pub fn redundant(&self) -> bool {
         self.devices.len() == 2
     }
 
+    /// Size of one copy in bytes.
     pub fn env_size(&self) -> usize {
         self.devices[0].env_size as usize
     }
@@ -328,6 +389,7 @@ fn parse_hex(s: &str) -> Option<u64> {
 /// board's own variables such as `bootcmd` would be lost); provision it with `fw_setenv`.
 #[derive(Debug, Clone)]
 pub struct UbootEnv {
+    /// The parsed `fw_env.config`: where the copies are.
     pub config: UbootConfig,
     /// Where the config came from (for error messages).
     pub config_path: PathBuf,
@@ -345,6 +407,7 @@ pub const DEFAULT_LOCK_FILE: &str = "/var/lock/fw_printenv.lock";
 /// The decoded current copy and where the next write goes.
 #[derive(Debug, Clone)]
 pub struct LoadedEnv {
+    /// The copy U-Boot would use (valid CRC; the higher flag when both are valid).
     pub current: EnvCopy,
     /// Index of the device holding the current copy.
     pub current_index: usize,

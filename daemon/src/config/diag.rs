@@ -7,22 +7,32 @@ use std::fmt;
 
 use super::yaml::Pos;
 
+/// How bad a diagnostic is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Suspicious but usable (unknown key, not-applicable k3os key); the config still loads.
     Warning,
+    /// The value is unusable; the layer (or the node's config) is rejected.
     Error,
 }
 
+/// One finding in a config file: where, which field, what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// Warning or error.
     pub severity: Severity,
+    /// Where the offending value (or key) is.
     pub pos: Pos,
+    /// Dotted path of the value in the merged config (`k3os.labels`,
+    /// `write_files[/etc/foo].content`); empty for file-level problems.
     pub field: String,
+    /// What is wrong and what was expected.
     pub message: String,
 }
 
 impl Diagnostic {
+    /// An error at `pos` for `field`.
     pub fn error(pos: Pos, field: &str, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Error,
@@ -32,6 +42,7 @@ impl Diagnostic {
         }
     }
 
+    /// A warning at `pos` for `field`.
     pub fn warning(pos: Pos, field: &str, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Warning,
@@ -41,6 +52,7 @@ impl Diagnostic {
         }
     }
 
+    /// Whether this is an error (not a warning).
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
@@ -62,10 +74,12 @@ impl fmt::Display for Diagnostic {
 /// The config was rejected: one or more error diagnostics (warnings are kept for context).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
+    /// Every diagnostic of the load, errors and warnings, in file and position order.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl ConfigError {
+    /// The error diagnostics only (what [`Display`](std::fmt::Display) prints).
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics.iter().filter(|d| d.is_error())
     }

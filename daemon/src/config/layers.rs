@@ -22,12 +22,17 @@ use crate::snapshot::Snapshot;
 /// One parsed, canonicalised layer file.
 #[derive(Debug, Clone)]
 pub struct Layer {
+    /// Path of the file in the snapshot (`config.yaml`, `groups/edge.yaml`, `nodes/edge-1.yaml`).
     pub file: String,
+    /// Its canonical tree (keys canonicalised, values coerced; `match:` removed from groups); an
+    /// empty file is an empty mapping.
     pub root: Node,
 }
 
+/// A `groups/*.yaml` layer and the hostname globs that select it.
 #[derive(Debug, Clone)]
 pub struct Group {
+    /// The group's settings (without `match:`).
     pub layer: Layer,
     /// Hostname globs (`*`, `?`, `[a-z]`, `[!x]`).
     pub matches: Vec<String>,
@@ -36,7 +41,9 @@ pub struct Group {
 /// Every layer file of a snapshot, parsed once.
 #[derive(Debug, Clone)]
 pub struct Repo {
+    /// `config.yaml`, when the snapshot has one that parsed.
     pub base: Option<Layer>,
+    /// `groups/*.yaml` layers that parsed, in file-name order (the merge order).
     pub groups: Vec<Group>,
     /// Keyed by hostname.
     pub nodes: BTreeMap<String, Layer>,
@@ -129,6 +136,8 @@ fn is_yaml(file: &str) -> bool {
     file.ends_with(".yaml") || file.ends_with(".yml")
 }
 
+/// Parses and canonicalises one layer file (pure): UTF-8 and YAML checks, keys canonicalised and
+/// values coerced against [`spec::TOP`]. Problems go to `diags`; `None` when the file is unusable.
 pub fn parse_layer(
     file: &str,
     bytes: &[u8],

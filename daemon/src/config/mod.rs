@@ -22,10 +22,12 @@ pub use model::*;
 
 use crate::snapshot::Snapshot;
 
+/// How strictly [`load`] reads a node's config.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Unknown keys are errors instead of warnings.
     pub strict: bool,
+    /// Limits of the typed conversion (decoded file size).
     pub convert: ConvertOptions,
 }
 
@@ -44,12 +46,15 @@ impl LoadOptions {
 /// A node's config, with where it came from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The node the config was loaded for (selects groups and `nodes/<hostname>.yaml`).
     pub hostname: String,
+    /// The typed, validated config.
     pub config: NodeConfig,
     /// The merged, canonical tree (for `render`).
     pub merged: yaml::Node,
     /// Layer files applied, in order.
     pub layers: Vec<String>,
+    /// Warnings of the layers that applied (errors would have refused the load), sorted.
     pub warnings: Vec<Diagnostic>,
 }
 

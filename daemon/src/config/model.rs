@@ -12,8 +12,11 @@ use std::time::Duration;
 /// Where a value came from: a layer file and a 1-based line and column.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize)]
 pub struct Origin {
+    /// The layer file, as messages name it (repo-relative, e.g. `nodes/edge-1.yaml`).
     pub file: String,
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column.
     pub col: usize,
 }
 
@@ -28,6 +31,8 @@ impl fmt::Display for Origin {
 pub struct Secret(pub String);
 
 impl Secret {
+    /// The secret text, for the code that must write it (shadow hash, env file, keyfile); never for
+    /// messages or logs.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -42,23 +47,36 @@ impl fmt::Debug for Secret {
 /// The merged, validated configuration of one node.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeConfig {
+    /// `hostname`: /etc/hostname and the `127.0.1.1` line of /etc/hosts; also the node name health
+    /// checks default to.
     pub hostname: Option<String>,
+    /// `ssh_authorized_keys`: key sources for the ssh user's `authorized_keys`, in order.
     pub ssh_authorized_keys: Vec<AuthorizedKey>,
+    /// `write_files`, merged by `path` across layers, in order.
     pub write_files: Vec<WriteFile>,
     /// Shell command lines (run with `sh -c`), as k3os ran them.
     pub init_cmd: Vec<String>,
+    /// `boot_cmd`: shell command lines run once per boot, before the first apply (after
+    /// `init_cmd`).
     pub boot_cmd: Vec<String>,
+    /// `run_cmd`: shell command lines run once per boot, after the first successful apply.
     pub run_cmd: Vec<String>,
+    /// The `k3os:` block.
     pub k3os: K3os,
+    /// bosun's `upgrade:` block; `None`: the node stays on the OS it runs.
     pub upgrade: Option<UpgradeConfig>,
+    /// bosun's `health:` block (defaults when absent).
     pub health: HealthConfig,
     /// bosun: the fleet rollout policy (`rollout:`).
     pub rollout: super::rollout::RolloutConfig,
 }
 
+/// One `ssh_authorized_keys` entry with the place it was configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizedKey {
+    /// Where the keys come from.
     pub source: KeySource,
+    /// The entry's position, for messages (a failed fetch names it).
     pub origin: Origin,
 }
 
@@ -78,9 +96,13 @@ pub enum KeySource {
 /// How a `write_files` entry's content was encoded in YAML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
+    /// No `encoding` (or `""`): the content as written.
     Plain,
+    /// `b64` / `base64`.
     Base64,
+    /// `gz` / `gzip` on a plain string: the string's bytes are gunzipped.
     Gzip,
+    /// `gz+base64`, `gzip+base64`, `gz+b64`, `gzip+b64`: base64 of gzip.
     GzipBase64,
     /// A `!!binary` YAML scalar.
     YamlBinary,
@@ -89,7 +111,9 @@ pub enum Encoding {
 /// A user or group given by number or by name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IdOrName {
+    /// A numeric id, used as is.
     Id(u32),
+    /// A name, resolved through the node's own passwd/group.
     Name(String),
 }
 
@@ -106,7 +130,9 @@ impl fmt::Display for IdOrName {
 /// With no group, the user's primary group is used.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OwnerSpec {
+    /// The owning user.
     pub user: IdOrName,
+    /// The owning group; `None`: the user's primary group.
     pub group: Option<IdOrName>,
 }
 
@@ -119,6 +145,7 @@ impl Default for OwnerSpec {
     }
 }
 
+/// One `write_files` entry, decoded and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteFile {
     /// Absolute, normalised path (no `..`, no `//`, not under /proc, /sys, /dev).
@@ -127,14 +154,20 @@ pub struct WriteFile {
     pub content: Vec<u8>,
     /// Permission bits (0o7777 at most). Default 0o644.
     pub mode: u32,
+    /// `owner:`, resolved through the node's passwd/group at render time. Default `root`.
     pub owner: OwnerSpec,
+    /// How the content was encoded in the YAML (informational: `content` is already decoded).
     pub encoding: Encoding,
+    /// The entry's position (its `path:`), for messages.
     pub origin: Origin,
 }
 
+/// One `k3os.wifi` entry: a NetworkManager keyfile `bosun-<name>.nmconnection`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wifi {
+    /// The SSID.
     pub name: String,
+    /// The WPA passphrase (`passphrase`, `pass` or `password`); written only into the 0600 keyfile.
     pub passphrase: Secret,
 }
 
@@ -143,19 +176,30 @@ pub struct Wifi {
 pub struct K3os {
     /// Accepted for compatibility; not applicable to bosun (warned).
     pub data_sources: Vec<String>,
+    /// Kernel modules: /etc/modules-load.d/bosun.conf, and modprobe when it changes.
     pub modules: Vec<String>,
+    /// Sysctl keys and values: /etc/sysctl.d/90-bosun.conf, loaded when it changes.
     pub sysctls: BTreeMap<String, String>,
+    /// IP addresses: systemd-resolved's `FallbackDNS=` (fallback servers, as k3os meant).
     pub dns_nameservers: Vec<String>,
+    /// systemd-timesyncd's `FallbackNTP=`.
     pub ntp_servers: Vec<String>,
+    /// Wi-Fi networks, one NetworkManager keyfile each.
     pub wifi: Vec<Wifi>,
     /// Plaintext or a `$…` crypt hash.
     pub password: Option<Secret>,
+    /// K3s server to join; set and non-empty, the node defaults to the agent role.
     pub server_url: Option<String>,
+    /// `K10…` node token or cluster secret, passed to k3s as `K3S_TOKEN` in a 0600 env file.
     pub token: Option<Secret>,
+    /// Node labels, each passed as `--kubelet-arg node-labels=<k>=<v>`, sorted.
     pub labels: BTreeMap<String, String>,
     /// k3os semantics: exec-style, first element `server` or `agent`.
     pub k3s_args: Vec<String>,
+    /// Variables for /etc/environment (merged) and the k3s service's env file.
     pub environment: BTreeMap<String, String>,
+    /// Taints `key[=value]:Effect`, each passed as `--kubelet-arg register-with-taints=<taint>`, in
+    /// order.
     pub taints: Vec<String>,
     /// Whether an `install:` block was present (accepted, not applicable).
     pub install_present: bool,
@@ -167,7 +211,9 @@ pub struct K3os {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum K3sRole {
+    /// `k3s server`: the control plane (unit `k3s`).
     Server,
+    /// `k3s agent`: joins `server_url` (unit `k3s-agent`).
     Agent,
 }
 
@@ -253,14 +299,18 @@ impl K3os {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// Uncompressed: the download is the slot image.
     None,
+    /// gzip.
     Gzip,
+    /// zstd.
     Zstd,
 }
 
 /// bosun's `upgrade:` block: the OS image this node should run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeConfig {
+    /// The OS version this node should run (compared with the booted image's `IMAGE_VERSION`).
     pub version: String,
     /// `https://…`, `http://…` (loopback only in tests) or an absolute local path.
     pub image: String,
@@ -296,6 +346,7 @@ pub struct HealthConfig {
     pub interval: Duration,
     /// Consecutive successes each check needs. Default 3.
     pub successes: u32,
+    /// Which config applies wait for the health verdict. Default [`HealthGate::K3s`].
     pub gate: HealthGate,
     /// Empty means the defaults for the node's role (unit active, kubelet, apiserver on servers).
     pub checks: Vec<HealthCheck>,
@@ -317,30 +368,48 @@ impl Default for HealthConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheck {
     /// `systemctl is-active UNIT` succeeds.
-    Unit { name: String },
+    Unit {
+        /// The unit, as `systemctl is-active` takes it (`k3s`, `containerd.service`).
+        name: String,
+    },
     /// GET `url` (default `http://127.0.0.1:10248/healthz`) returns 200 with body `ok`.
-    Kubelet { url: String },
+    Kubelet {
+        /// The kubelet healthz URL.
+        url: String,
+    },
     /// GET `<server>/readyz` using the kubeconfig's server, CA and credentials
     /// (default kubeconfig `/etc/rancher/k3s/k3s.yaml`, server overridable by `url`).
     Apiserver {
+        /// Kubeconfig on the node giving the server, CA and credentials.
         kubeconfig: String,
+        /// Server URL overriding the kubeconfig's.
         url: Option<String>,
     },
     /// GET `/api/v1/nodes/<node>` with the kubeconfig and require condition Ready=True.
     /// `node` defaults to the node's hostname.
     NodeReady {
+        /// Kubeconfig on the node giving the server, CA and credentials.
         kubeconfig: String,
+        /// The node name to look up; `None`: the node's hostname.
         node: Option<String>,
     },
     /// GET `url`; expect `status` (default 200) and, if set, a body containing `body`.
     Http {
+        /// The URL to GET (`https://`, or `http://`).
         url: String,
+        /// CA bundle on the node, the only CA trusted for this check; `None`: the built-in Mozilla
+        /// roots (webpki-roots).
         ca: Option<String>,
+        /// The status code that passes.
         status: u16,
+        /// A substring the body must contain.
         body: Option<String>,
     },
     /// Run argv; exit status 0 passes.
-    Command { argv: Vec<String> },
+    Command {
+        /// The command and its arguments (not through a shell).
+        argv: Vec<String>,
+    },
 }
 
 #[cfg(test)]

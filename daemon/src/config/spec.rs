@@ -10,6 +10,7 @@
 
 use serde_json::{json, Map, Value};
 
+/// The kind of value a key takes: drives coercion in `layers` and the key's JSON Schema.
 #[derive(Debug, Clone, Copy)]
 pub enum Shape {
     /// Any scalar, read as text.
@@ -32,6 +33,7 @@ pub enum Shape {
     Content,
     /// One of a fixed set of words.
     Enum(&'static [&'static str]),
+    /// A mapping with these fields (unknown keys warned, or refused with `--strict`).
     Object(&'static [Field]),
     /// A list of objects; a lone object becomes a one-element list.
     ObjList(&'static [Field]),
@@ -39,13 +41,16 @@ pub enum Shape {
     Any,
 }
 
+/// One key of the config: its canonical name, extra spellings, shape and description.
 #[derive(Debug)]
 pub struct Field {
     /// Canonical snake_case name.
     pub name: &'static str,
     /// Extra spellings beyond the fuzzy rule (e.g. wifi `pass`).
     pub aliases: &'static [&'static str],
+    /// The kind of value it takes.
     pub shape: Shape,
+    /// One-line description, the key's `description` in the JSON Schema.
     pub doc: &'static str,
 }
 
@@ -58,6 +63,7 @@ const fn f(name: &'static str, shape: Shape, doc: &'static str) -> Field {
     }
 }
 
+/// The accepted `write_files[].encoding` values (`""` is plain text).
 pub const ENCODINGS: &[&str] = &[
     "",
     "b64",
@@ -70,6 +76,7 @@ pub const ENCODINGS: &[&str] = &[
     "gzip+b64",
 ];
 
+/// The fields of one `write_files` entry.
 pub const WRITE_FILE: &[Field] = &[
     f("path", Shape::Str, "Absolute path of the file on the node."),
     f("content", Shape::Content, "File content, encoded as `encoding` says; `!!binary` scalars are decoded to bytes."),
@@ -78,6 +85,7 @@ pub const WRITE_FILE: &[Field] = &[
     f("permissions", Shape::Permissions, "Octal mode such as '0644'. Default 0644."),
 ];
 
+/// The fields of one `k3os.wifi` entry.
 pub const WIFI: &[Field] = &[
     f("name", Shape::Str, "SSID."),
     Field {
@@ -88,6 +96,7 @@ pub const WIFI: &[Field] = &[
     },
 ];
 
+/// The fields of the `k3os:` block.
 pub const K3OS: &[Field] = &[
     f(
         "data_sources",
@@ -153,6 +162,7 @@ pub const K3OS: &[Field] = &[
     ),
 ];
 
+/// The fields of bosun's `upgrade:` block.
 pub const UPGRADE: &[Field] = &[
     f("version", Shape::Str, "OS version this node should run."),
     f(
@@ -182,6 +192,7 @@ pub const UPGRADE: &[Field] = &[
     ),
 ];
 
+/// The keys of one `rollout.waves` entry.
 pub const WAVE: &[Field] = &[
     f(
         "after",
@@ -195,6 +206,7 @@ pub const WAVE: &[Field] = &[
     ),
 ];
 
+/// The keys of one `rollout.window` entry.
 pub const WINDOW: &[Field] = &[
     f(
         "days",
@@ -210,12 +222,14 @@ pub const WINDOW: &[Field] = &[
     ),
 ];
 
+/// The keys of `rollout.drain`.
 pub const DRAIN: &[Field] = &[f(
     "timeout",
     Shape::Duration,
     "Give up draining after this long: uncordon, release the slot, back off. Default 10m.",
 )];
 
+/// The keys of `rollout:` (fleet policy; see `config::rollout`).
 pub const ROLLOUT: &[Field] = &[
     f(
         "waves",
@@ -265,6 +279,7 @@ pub const ROLLOUT: &[Field] = &[
     ),
 ];
 
+/// The accepted `health.checks[].type` values.
 pub const CHECK_TYPES: &[&str] = &[
     "unit",
     "kubelet",
@@ -274,6 +289,7 @@ pub const CHECK_TYPES: &[&str] = &[
     "command",
 ];
 
+/// The fields of one `health.checks` entry (which apply depends on `type`).
 pub const CHECK: &[Field] = &[
     f("type", Shape::Enum(CHECK_TYPES), "Kind of check."),
     f(
@@ -306,6 +322,7 @@ pub const CHECK: &[Field] = &[
     ),
 ];
 
+/// The fields of bosun's `health:` block.
 pub const HEALTH: &[Field] = &[
     f(
         "timeout",
@@ -334,6 +351,7 @@ pub const HEALTH: &[Field] = &[
     ),
 ];
 
+/// The top-level keys of a layer file (`match` is handled apart: it is valid only in groups).
 pub const TOP: &[Field] = &[
     f(
         "ssh_authorized_keys",

@@ -23,7 +23,7 @@ use super::model::Origin;
 pub const BINARY_TAG: &str = "tag:yaml.org,2002:binary";
 
 /// Largest estimated in-memory size of one document's tree, counting every node (its struct, as
-/// [`NODE_COST`]), every string byte, every alias expansion and the copy kept per anchor.
+/// `NODE_COST`), every string byte, every alias expansion and the copy kept per anchor.
 /// Twice the largest config file ([`MAX_CONFIG_FILE`](crate::snapshot::MAX_CONFIG_FILE)): any
 /// real file fits with its per-node overhead, while the tree plus the text stays well below the
 /// 64 MiB a refused document may cost the process (the daemon's unit allows 256 MiB in all).
@@ -38,8 +38,11 @@ const MAX_DEPTH: usize = 64;
 /// Position of a node: shared file name plus 1-based line and column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pos {
+    /// The layer file, shared by every node of the document.
     pub file: Arc<str>,
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column.
     pub col: usize,
 }
 
@@ -56,6 +59,7 @@ impl Pos {
         }
     }
 
+    /// The same position as an owned [`Origin`], for the typed config and messages.
     pub fn origin(&self) -> Origin {
         Origin {
             file: self.file.to_string(),
@@ -71,6 +75,7 @@ impl std::fmt::Display for Pos {
     }
 }
 
+/// A scalar value with what YAML resolution needs (raw text, style, tag).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scalar {
     /// The value after YAML escape processing.
@@ -81,29 +86,41 @@ pub struct Scalar {
     pub tag: Option<String>,
 }
 
+/// One `key: value` pair of a mapping.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
+    /// The key's text (keys are scalars; canonicalisation happens later, in `layers`).
     pub key: String,
+    /// Where the key is, for messages about the key itself (unknown, duplicate).
     pub key_pos: Pos,
+    /// The value.
     pub value: Node,
 }
 
+/// What a node holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     /// `~`, `null`, `Null`, `NULL` or nothing at all.
     Null,
+    /// A string, number or bool, unresolved: its text plus whether it was plain.
     Scalar(Scalar),
+    /// A sequence, in order.
     Seq(Vec<Node>),
+    /// A mapping, in document order, keys unique.
     Map(Vec<Entry>),
 }
 
+/// A value of the document with its position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
+    /// What it holds.
     pub kind: Kind,
+    /// Where it starts in the file.
     pub pos: Pos,
 }
 
 impl Node {
+    /// What the node is, for messages: `null`, `a scalar`, `a list`, `a mapping`.
     pub fn kind_name(&self) -> &'static str {
         match &self.kind {
             Kind::Null => "null",
@@ -113,6 +130,7 @@ impl Node {
         }
     }
 
+    /// The entries when the node is a mapping.
     pub fn as_map(&self) -> Option<&[Entry]> {
         match &self.kind {
             Kind::Map(m) => Some(m),
@@ -120,6 +138,7 @@ impl Node {
         }
     }
 
+    /// The value of `key` when the node is a mapping that has it (exact key text).
     pub fn get(&self, key: &str) -> Option<&Node> {
         self.as_map()?
             .iter()

@@ -2,6 +2,8 @@
 //! by its health gate, refused by verification, or a failure (backoff). Each updates the
 //! [`Ledger`] (status and metrics), logs once, and returns the delay until the next poll with
 //! the status line for systemd.
+//!
+//! [`Ledger`]: crate::status::Ledger
 
 use std::time::Duration;
 

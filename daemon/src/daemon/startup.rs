@@ -4,16 +4,81 @@
 
 use tracing::{info, warn};
 
-use super::{Daemon, DaemonError, LastGood};
+use std::path::PathBuf;
+
+use super::{Daemon, LastGood};
 use crate::apply;
+use crate::apply::ApplyError;
+use crate::drift::DriftError;
+use crate::fsroot::FsError;
 use crate::fsroot::Root;
 use crate::metrics;
 use crate::node::{BootEnvSpec, UpgradeWiring};
 use crate::reconcile::SnapshotApplier;
 use crate::rollout::coordination::BackendKind;
 use crate::snapshot::Snapshot;
+use crate::source::SourceError;
 use crate::source::{self, Oid};
 use crate::status;
+use crate::status::StatusError;
+
+/// Why the daemon stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state directory cannot be created, or the interrupted-apply recovery task failed.
+    #[error("state dir {}: {source}", path.display())]
+    StateDir {
+        /// The state directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing `status.json` failed.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// Recovering an interrupted apply at start-up failed.
+    #[error("recovering an interrupted apply: {0}")]
+    Recover(#[from] ApplyError),
+    /// The root cannot be opened.
+    #[error(transparent)]
+    Root(#[from] FsError),
+    /// The Git source failed in a way that stops the daemon (cleaning stale locks in the cache at
+    /// start-up).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The metrics endpoint cannot listen on its address.
+    #[error("metrics: cannot listen on {addr}: {source}")]
+    Metrics {
+        /// The configured listen address.
+        addr: std::net::SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Installing the SIGTERM/SIGINT/SIGHUP handlers failed.
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The drift watcher cannot be started.
+    #[error(transparent)]
+    Drift(#[from] DriftError),
+    /// `status.json` records a last applied commit that is not a commit id; bosun will not guess
+    /// its anti-rollback baseline.
+    #[error("status file {}: anti-rollback baseline {commit:?} is not a commit id", path.display())]
+    BadBaseline {
+        /// The status file.
+        path: PathBuf,
+        /// The recorded value.
+        commit: String,
+    },
+    /// The upgrade actor cannot be built from the agent config (an unreadable `fw_env.config`, bad
+    /// GPT partitions, …).
+    #[error("upgrade: {0}")]
+    Upgrade(String),
+    /// The rollout driver's state or coordination config could not be loaded.
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::driver::RolloutError),
+}
 
 impl<A: SnapshotApplier> Daemon<A> {
     /// Start-up: creates the state dir, clears stale git locks, recovers an interrupted apply,

@@ -14,12 +14,21 @@ pub enum GateReason {
     /// `health.gate: all`.
     All,
     /// The plan creates, updates or deletes k3s configuration files.
-    K3sConfigChanged { paths: Vec<String> },
+    K3sConfigChanged {
+        /// The k3s configuration paths the plan touches.
+        paths: Vec<String>,
+    },
     /// The plan restarts the k3s unit.
-    K3sRestarted { unit: String },
+    K3sRestarted {
+        /// The unit restarted (`k3s.service` or `k3s-agent.service`).
+        unit: String,
+    },
     /// The config on disk (commit `commit`) was never verified healthy: its trial was
     /// interrupted (bosun stopped before the verdict) or it failed and was kept.
-    UnverifiedOnDisk { commit: String },
+    UnverifiedOnDisk {
+        /// The commit on disk.
+        commit: String,
+    },
 }
 
 impl std::fmt::Display for GateReason {
@@ -116,7 +125,12 @@ pub enum Deferral {
     /// The plan restarts `unit` (a disruptive action) and the node holds no permit for it.
     /// `fingerprint` identifies the k3s configuration it brings (SHA-256 of the desired
     /// k3s config files), so a later commit that leaves it alone is the same change.
-    RestartK3s { unit: String, fingerprint: String },
+    RestartK3s {
+        /// The k3s unit the plan restarts.
+        unit: String,
+        /// SHA-256 (hex) of the desired k3s config files.
+        fingerprint: String,
+    },
     /// The plan changes files, `rollout.waves_for_all` is on and the node's wave has not
     /// started.
     Wave,
@@ -164,9 +178,15 @@ pub enum Stage {
     /// The commit arrived; nothing was done for it yet.
     Arrived,
     /// Its plan is computed; `gate` says whether (and why) the apply is health-gated.
-    Planned { gate: Option<GateReason> },
+    Planned {
+        /// Why the apply is gated; `None`: not gated.
+        gate: Option<GateReason>,
+    },
     /// It was applied under a gate and the health gate gave its verdict.
-    Judged { healthy: bool },
+    Judged {
+        /// Whether the health checks passed before the timeout.
+        healthy: bool,
+    },
     /// Its plan needs what the permit does not allow yet (see [`deferral`]): nothing is written.
     Held(Deferral),
 }

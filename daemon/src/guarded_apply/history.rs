@@ -26,20 +26,34 @@ const MAX_REASON: usize = 2000;
 /// Errors reading or writing the commit history.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
+    /// The history file exists but cannot be read.
     #[error("commit history {path}: cannot read: {source}")]
     Read {
+        /// The history file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The history file is not the expected JSON (or a stored snapshot file is not valid base64);
+    /// nothing is guessed.
     #[error("commit history {path}: {message}; move it away to start a fresh history (bad-commit marks are lost)")]
-    Corrupt { path: PathBuf, message: String },
+    Corrupt {
+        /// The history file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The state directory cannot be created before the first save.
     #[error("state dir {path}: cannot create: {source}")]
     StateDir {
+        /// The state directory.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// Writing the history atomically failed.
     #[error(transparent)]
     Write(#[from] StateFileError),
 }
@@ -47,6 +61,7 @@ pub enum HistoryError {
 /// The last commit that was applied and stayed healthy (or was not gated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoodCommit {
+    /// The commit id.
     pub commit: String,
     /// Unix seconds when it was recorded good.
     pub recorded_at: u64,
@@ -64,6 +79,7 @@ impl GoodCommit {
 /// A commit that failed its health gate.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BadCommit {
+    /// The commit id.
     pub commit: String,
     /// Health report summary (never secrets: check details never carry them).
     pub reason: String,
@@ -73,6 +89,8 @@ pub struct BadCommit {
 
 /// Persistent record of which commits were good or bad. Load with [`CommitHistory::load`];
 /// [`apply_guarded`] updates and saves it.
+///
+/// [`apply_guarded`]: super::apply_guarded
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitHistory {
     path: PathBuf,
@@ -222,6 +240,7 @@ impl CommitHistory {
         self.applied.as_deref()
     }
 
+    /// The last commit recorded good, with its files; `None` before the first good apply.
     pub fn last_good(&self) -> Option<&GoodCommit> {
         self.last_good.as_ref()
     }
@@ -263,7 +282,7 @@ impl CommitHistory {
         (g.commit != a && self.bad(a).is_some()).then_some(a)
     }
 
-    /// What the history says about `commit`, the input of [`super::decide`] (pure).
+    /// What the history says about `commit`, the input of [`super::decide()`] (pure).
     pub fn facts(&self, commit: &str) -> super::Facts<'_> {
         super::Facts {
             bad: self.bad(commit).is_some(),

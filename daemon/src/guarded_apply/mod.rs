@@ -8,7 +8,7 @@
 //!   (`commit-history.json`, mode 0600 because config files carry tokens) written with
 //!   [`statefile::write_atomic`];
 //! - [`gate_reason`]: the pure decision whether an apply is gated (`health.gate`);
-//! - [`decide`]: the pure ordered steps of an apply, its verdict and its rollback;
+//! - [`decide()`]: the pure ordered steps of an apply, its verdict and its rollback;
 //! - [`apply_guarded`]: the driver that executes them: refuse bad commits, prepare + apply,
 //!   wait for health, and on a timeout revert to the last good snapshot through the same
 //!   transactional apply;
@@ -39,6 +39,9 @@
 //!
 //! The revert itself is not health-gated: it returns to a config that was healthy before and
 //! there is nothing older to fall back to. `bosun health` shows the state after it.
+//!
+//! [`statefile::write_atomic`]: crate::statefile::write_atomic
+//! [`SnapshotApplier`]: crate::reconcile::SnapshotApplier
 
 mod applier;
 mod decide;
@@ -66,23 +69,35 @@ pub use history::{
 /// Errors of [`apply_guarded`]. Each names the commit.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardedError {
+    /// The snapshot was read from a directory, not a commit; commit history needs commit ids.
     #[error("the snapshot has no commit id; health-gated applies track commits, so they need a snapshot from git")]
     NoCommit,
+    /// Loading, rendering, planning or applying the commit failed (a failed apply leaves the
+    /// previous files, see [`crate::apply`]).
     #[error("commit {commit}: {source}")]
     Apply {
+        /// The commit being applied.
         commit: String,
+        /// What failed.
         #[source]
         source: ReconcileError,
     },
+    /// The commit failed its health gate and was recorded bad, but applying the last good snapshot
+    /// failed; the next apply retries the revert.
     #[error("commit {commit} failed its health gate and is recorded bad, but reverting to the last good commit {to} failed (retried on the next apply): {source}")]
     Revert {
+        /// The unhealthy commit.
         commit: String,
+        /// The last good commit the revert was to.
         to: String,
+        /// What failed.
         #[source]
         source: ReconcileError,
     },
+    /// Reading or writing the commit history state file failed.
     #[error(transparent)]
     History(#[from] HistoryError),
+    /// The blocking apply task of [`GuardedApplier`] panicked or was cancelled.
     #[error("the apply task failed: {0}")]
     Task(String),
 }
@@ -93,35 +108,57 @@ pub enum GuardedError {
 #[allow(clippy::large_enum_variant)]
 pub enum GuardedOutcome {
     /// Applied without a health gate; recorded good.
-    Applied { commit: String, applied: Applied },
+    Applied {
+        /// The applied commit.
+        commit: String,
+        /// What the apply did.
+        applied: Applied,
+    },
     /// Applied, gated, healthy before the timeout; recorded good.
     Healthy {
+        /// The applied commit.
         commit: String,
+        /// What the apply did.
         applied: Applied,
+        /// Why the apply was gated.
         gate: GateReason,
+        /// The health checks' final report.
         report: HealthReport,
     },
     /// Applied, gated, not healthy before the timeout: recorded bad and reverted to `to`.
     RolledBack {
+        /// The unhealthy commit, now recorded bad.
         commit: String,
+        /// The last good commit reverted to.
         to: String,
+        /// What applying the unhealthy commit did.
         applied: Applied,
+        /// Why the apply was gated.
         gate: GateReason,
+        /// The health checks' report at the timeout.
         report: HealthReport,
+        /// What applying the last good snapshot did.
         revert: Applied,
     },
     /// Applied, gated, not healthy, and not reverted (see [`KeptReason`]).
     Kept {
+        /// The unhealthy commit.
         commit: String,
+        /// What the apply did.
         applied: Applied,
+        /// Why the apply was gated.
         gate: GateReason,
+        /// The health checks' report at the timeout.
         report: HealthReport,
+        /// Why nothing was reverted.
         why: KeptReason,
     },
     /// Held: the rollout gates have not allowed what the plan needs (see [`Deferral`]);
     /// nothing was written.
     Deferred {
+        /// The held commit.
         commit: String,
+        /// What the plan needs that the gates have not allowed.
         deferral: Deferral,
         /// The commit's config (its `rollout:` policy judges the deferral).
         loaded: std::sync::Arc<crate::config::Loaded>,
@@ -129,13 +166,17 @@ pub enum GuardedOutcome {
     /// Refused: the commit failed its health gate before. Nothing was applied for it;
     /// `revert` is set when an unfinished revert to the last good commit was completed now.
     Refused {
+        /// The refused commit.
         commit: String,
+        /// When and why it was recorded bad.
         bad: BadCommit,
+        /// The revert to the last good commit that was completed now, if one was pending.
         revert: Option<Applied>,
     },
 }
 
 impl GuardedOutcome {
+    /// The commit the outcome is about (the new one, not a revert target).
     pub fn commit(&self) -> &str {
         match self {
             GuardedOutcome::Applied { commit, .. }

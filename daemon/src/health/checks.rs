@@ -21,12 +21,14 @@ use crate::runner::display_argv;
 /// The result of running one check once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckOutcome {
+    /// Whether the check passed.
     pub ok: bool,
     /// What was observed: a short confirmation on success, the reason on failure.
     pub detail: String,
 }
 
 impl CheckOutcome {
+    /// A passing outcome with `detail`.
     pub fn pass(detail: impl Into<String>) -> Self {
         CheckOutcome {
             ok: true,
@@ -34,6 +36,7 @@ impl CheckOutcome {
         }
     }
 
+    /// A failing outcome with `detail` (what failed and where).
     pub fn fail(detail: impl Into<String>) -> Self {
         CheckOutcome {
             ok: false,

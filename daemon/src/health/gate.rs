@@ -79,6 +79,7 @@ impl Gate {
         self.verdict
     }
 
+    /// The verdict as of the last [`Self::record_round`] or [`Self::poll`].
     pub fn verdict(&self) -> Verdict {
         self.verdict
     }
@@ -88,10 +89,12 @@ impl Gate {
         self.rounds
     }
 
+    /// Consecutive successes each check needs.
     pub fn required(&self) -> u32 {
         self.required
     }
 
+    /// When the gate times out.
     pub fn deadline(&self) -> Instant {
         self.deadline
     }

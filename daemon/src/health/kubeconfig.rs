@@ -22,19 +22,35 @@ use crate::config::Secret;
 /// A kubeconfig problem, always naming the kubeconfig (as given, before root resolution).
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
+    /// The kubeconfig or a file it references (CA, client certificate or key, token) cannot be
+    /// read.
     #[error("kubeconfig {path}: cannot read {file}: {source}")]
     Read {
+        /// The kubeconfig, as given.
         path: String,
+        /// The host path that could not be read (with the field naming it, for referenced files).
         file: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The text is not a kubeconfig YAML document.
     #[error("kubeconfig {path}: not a valid kubeconfig YAML document: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// The kubeconfig, as given.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A field is missing or unusable: no cluster or server, an unknown context, bad base64 or
+    /// PEM, an empty token file, a server URL that is not `http(s)://`.
     #[error("kubeconfig {path}: {field}: {reason}")]
     Field {
+        /// The kubeconfig, as given.
         path: String,
+        /// The field (`clusters[default].cluster.server`, …).
         field: String,
+        /// What is wrong with it.
         reason: String,
     },
 }
@@ -65,11 +81,17 @@ pub struct KubeconfigRefs {
     pub cluster_name: String,
     /// `users[NAME]`, when a user was selected.
     pub user_name: Option<String>,
+    /// `cluster.server`: the apiserver base URL.
     pub server: String,
+    /// `certificate-authority(-data)`: the CA to trust.
     pub ca: Option<DataRef>,
+    /// `insecure-skip-tls-verify`: do not verify the server's certificate.
     pub insecure_skip_tls_verify: bool,
+    /// `client-certificate(-data)`.
     pub client_cert: Option<DataRef>,
+    /// `client-key(-data)`.
     pub client_key: Option<DataRef>,
+    /// `token` or `tokenFile`: a bearer token.
     pub token: Option<DataRef>,
 }
 
@@ -369,7 +391,9 @@ fn pick(
 /// PEM client certificate chain and key.
 #[derive(Clone)]
 pub struct ClientIdentity {
+    /// The PEM certificate chain.
     pub cert_pem: Vec<u8>,
+    /// The PEM private key (never printed).
     pub key_pem: Secret,
 }
 
@@ -403,8 +427,11 @@ pub struct Kubeconfig {
     pub server: String,
     /// PEM CA bundle to trust (instead of the built-in roots) when set.
     pub ca_pem: Option<Vec<u8>>,
+    /// Do not verify the server's certificate (the kubeconfig asks for it).
     pub insecure_skip_tls_verify: bool,
+    /// Client certificate and key, when the user has them.
     pub identity: Option<ClientIdentity>,
+    /// Bearer token, when the user has one.
     pub token: Option<Secret>,
 }
 

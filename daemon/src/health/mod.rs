@@ -110,7 +110,10 @@ pub struct HealthContext {
 }
 
 impl HealthContext {
+    /// Default [`Self::connect_timeout`]. A check that cannot connect in time fails that round;
+    /// the gate's next round tries again.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Default [`Self::request_timeout`]. A check whose answer takes longer fails that round.
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     /// Node objects carry image lists; 4 MiB is far above a real node and far below 1 GB RAM.
     pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
@@ -154,7 +157,9 @@ impl fmt::Debug for HealthContext {
 /// The result of one check in a one-shot run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckResult {
+    /// The check that ran.
     pub check: HealthCheck,
+    /// Whether it passed, and the detail.
     pub outcome: CheckOutcome,
 }
 

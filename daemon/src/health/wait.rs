@@ -17,6 +17,7 @@ use crate::config::{HealthCheck, HealthConfig};
 /// Where one check stood when the driver finished.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckStatus {
+    /// The check.
     pub check: HealthCheck,
     /// The last outcome; `None` when no round ran.
     pub last: Option<CheckOutcome>,
@@ -31,14 +32,18 @@ pub struct CheckStatus {
 pub struct HealthReport {
     /// `Healthy` or `TimedOut`.
     pub verdict: Verdict,
+    /// Rounds of checks run.
     pub rounds: u32,
     /// Clock time from the start to the verdict.
     pub elapsed: Duration,
+    /// Consecutive successes each check needed.
     pub required: u32,
+    /// Where each check stood, in configuration order.
     pub checks: Vec<CheckStatus>,
 }
 
 impl HealthReport {
+    /// Whether the verdict is healthy.
     pub fn healthy(&self) -> bool {
         self.verdict == Verdict::Healthy
     }

@@ -64,6 +64,7 @@ const GRUB_MODULES: &[&str] = &[
     "configfile",
 ];
 
+/// Flags of `bosun image disk`.
 #[derive(Debug, clap::Args)]
 pub struct DiskArgs {
     /// Slot image from `bosun image slot` (.img.zst or raw).
@@ -101,9 +102,14 @@ pub struct DiskArgs {
 /// One GPT partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
+    /// Partition number (1-based, in table order: bios, esp, root-a, root-b, data).
     pub number: u32,
+    /// GPT partition name (`bios`, `esp`, `root-a`, `root-b`, `data`); `root-a`/`root-b` are the
+    /// labels the boot env and `bosun upgrade` find the slots by.
     pub name: &'static str,
+    /// GPT partition type GUID (BIOS boot, EFI system, Linux filesystem).
     pub type_guid: &'static str,
+    /// Unique partition GUID, derived from the layout seed (reproducible).
     pub uuid: String,
     /// First sector.
     pub start: u64,
@@ -112,10 +118,12 @@ pub struct Part {
 }
 
 impl Part {
+    /// Byte offset of the partition in the disk image.
     pub fn offset(&self) -> u64 {
         self.start * SECTOR
     }
 
+    /// Length of the partition in bytes.
     pub fn bytes(&self) -> u64 {
         self.sectors * SECTOR
     }
@@ -124,14 +132,19 @@ impl Part {
 /// The whole disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
+    /// Disk GUID of the GPT, derived from the layout seed (reproducible).
     pub disk_guid: String,
+    /// The partitions, in table order.
     pub parts: Vec<Part>,
+    /// Size of the whole image in bytes, including 1 MiB at the end for the backup GPT.
     pub total_bytes: u64,
     /// FAT volume id of the ESP (GRUB's fs-uuid is `xxxx-xxxx` of it).
     pub esp_volume_id: u32,
 }
 
 impl Layout {
+    /// The partition named `name`; the first partition when there is none (callers pass only names
+    /// [`layout`] creates).
     pub fn part(&self, name: &str) -> &Part {
         self.parts
             .iter()

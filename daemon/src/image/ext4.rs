@@ -21,6 +21,7 @@ use super::rootfs::{Node, NodeKind};
 use super::{argv, io_err, run_tool, ImageError};
 use crate::runner::CommandRunner;
 
+/// Filesystem block size in bytes (`mke2fs -b 4096`); sizes are rounded down to whole blocks.
 pub const BLOCK: u64 = 4096;
 const INODE_SIZE: u64 = 256;
 /// Room left in the inode body for xattrs before they need a block of their own (approx.).
@@ -223,11 +224,18 @@ pub fn debugfs_script(
 
 /// What to build.
 pub struct Ext4Spec<'a> {
+    /// The staging tree `mke2fs -d` copies names and contents from.
     pub staging: &'a Path,
+    /// Every inode of the tree, for the `debugfs` pass (owners, modes, xattrs, device nodes,
+    /// times).
     pub nodes: &'a [Node],
+    /// Filesystem label (`mke2fs -L`).
     pub label: &'a str,
+    /// Filesystem UUID (`mke2fs -U`), also the directory hash seed.
     pub uuid: &'a str,
+    /// Filesystem size in bytes.
     pub size: u64,
+    /// Number of inodes to create (`mke2fs -N`), from [`estimate`].
     pub inodes: u64,
     /// SOURCE_DATE_EPOCH: the time e2fsprogs sees, and every ctime/crtime.
     pub epoch: i64,

@@ -18,7 +18,9 @@ pub type RelPath = String;
 /// Owner, permissions, time and extended attributes of an entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
+    /// Owner user id, from the tar header or a PAX `uid` record (user names are not looked up).
     pub uid: u32,
+    /// Owner group id, from the tar header or a PAX `gid` record.
     pub gid: u32,
     /// Permission bits including setuid/setgid/sticky (`0o7777` mask).
     pub mode: u32,
@@ -44,21 +46,30 @@ impl Meta {
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
+    /// A directory.
     Dir,
+    /// A regular file (contents follow in the tar).
     File,
+    /// A symbolic link with this target, stored as written (may be absolute).
     Symlink(String),
     /// A hard link to another path of the same root filesystem.
     HardLink(RelPath),
+    /// A character device (major, minor).
     Char(u32, u32),
+    /// A block device (major, minor).
     Block(u32, u32),
+    /// A named pipe.
     Fifo,
 }
 
 /// One entry of a layer, its path checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// Normalised path inside the root filesystem.
     pub path: RelPath,
+    /// What the entry is.
     pub kind: Kind,
+    /// Owner, permissions, time and xattrs.
     pub meta: Meta,
 }
 

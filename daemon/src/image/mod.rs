@@ -38,6 +38,7 @@ use crate::runner::{display_argv, CommandRunner, RunError};
 /// How long one image tool (mke2fs of a multi-GiB slot, grub-mkimage, qemu-img) may run.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// The `bosun image` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Build an ext4 A/B slot image from a root filesystem directory, a tarball, or an OCI
@@ -60,47 +61,90 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
 /// Why an image could not be built. Each variant names the input, entry or tool at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// Reading or writing a file of the build (input tree, layer blob, staging dir, output) failed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory the I/O was on.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The OCI input is unusable: unreadable index, manifest or config, or no manifest for the
+    /// requested platform.
     #[error("OCI image {origin}: {message}")]
-    Oci { origin: String, message: String },
+    Oci {
+        /// The OCI archive or layout directory, as given on the command line.
+        origin: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A blob's size or SHA-256 differs from its descriptor (corrupt or tampered OCI input).
     #[error(
         "OCI blob {digest}: {what} mismatch: the descriptor says {expected}, the blob has {actual}"
     )]
     BlobMismatch {
+        /// The blob's digest, as named by its descriptor.
         digest: String,
+        /// Which property disagrees: `"size"` or `"sha256"`.
         what: &'static str,
+        /// The value the descriptor states.
         expected: String,
+        /// The value measured on the blob.
         actual: String,
     },
+    /// One tar entry of a layer is refused: an unsafe path (`..`, absolute), an unsupported type or
+    /// a bad PAX record, or it cannot be applied to the staging tree.
     #[error("layer {layer}: entry {entry:?}: {reason}")]
     Entry {
+        /// The layer the entry is in (blob digest or tarball path).
         layer: String,
+        /// The entry's path as stored in the tar (lossily decoded).
         entry: String,
+        /// Why it was refused.
         reason: String,
     },
+    /// A whole layer is unusable: not a readable tar, or its uncompressed content does not match
+    /// the image config's `diff_id`.
     #[error("layer {layer}: {reason}")]
-    Layer { layer: String, reason: String },
+    Layer {
+        /// The layer (blob digest or tarball path).
+        layer: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The staged tree lacks parts an A/B slot boots with (kernel, initrd, an executable
+    /// `/usr/bin/bosun`, …); lists every missing part with a hint.
     #[error("the root filesystem is not bootable as an A/B slot: {}", .0.join("; "))]
     NotBootable(Vec<String>),
+    /// The content does not fit the requested size: `--size` below the estimate, mke2fs running out
+    /// of space or inodes, or a slot image larger than its disk partition.
     #[error(
         "the image needs at least {needed} bytes ({} MiB) but --size is {size} bytes ({} MiB); \
          raise --size or leave it out to size the image automatically",
         needed.div_ceil(1 << 20), size / (1 << 20)
     )]
-    TooBig { needed: u64, size: u64 },
+    TooBig {
+        /// Bytes the content needs at least.
+        needed: u64,
+        /// Bytes available (the requested or partition size).
+        size: u64,
+    },
+    /// A flag value is invalid (version string, kernel command line, disk layout); the message says
+    /// which and why.
     #[error("{0}")]
     Invalid(String),
+    /// An external tool (mke2fs, debugfs, sfdisk, grub-mkimage, …) exited unsuccessfully.
     #[error("`{command}` failed ({status}): {stderr}")]
     Tool {
+        /// The command line, shell-quoted for display.
         command: String,
+        /// Its exit status, as text (`exit status 1`, `killed by a signal`).
         status: String,
+        /// Its stderr (stdout when stderr was empty), trimmed.
         stderr: String,
     },
+    /// The tool could not be started or timed out ([`CommandRunner`] error).
     #[error(transparent)]
     Run(#[from] RunError),
 }

@@ -23,7 +23,11 @@ use super::{io_err, ImageError};
 /// Largest JSON document (index, manifest, config) read into memory.
 const MAX_JSON: u64 = 4 << 20;
 
+/// Media type of an OCI image index (`index.json` or a nested index); Docker's manifest list is
+/// accepted as the same thing.
 pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of an OCI image manifest; Docker's v2 manifest (and an empty media type) are accepted
+/// as the same thing.
 pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -32,20 +36,30 @@ const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// What the blob is ([`MT_INDEX`], [`MT_MANIFEST`], a layer type, …); empty when the descriptor
+    /// omits it.
     #[serde(default)]
     pub media_type: String,
+    /// The blob's content address, `sha256:<64 hex>` (other algorithms are refused).
     pub digest: String,
+    /// The blob's length in bytes; the blob store checks it before the digest.
     pub size: u64,
+    /// The platform a manifest is for (in an index); picks the manifest for `--platform`.
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// Free-form annotations such as `org.opencontainers.image.ref.name` (read, not interpreted).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
 
+/// The platform of a manifest in an image index (OCI image-spec `image-index.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Platform {
+    /// CPU architecture in Go's spelling (`amd64`, `arm64`).
     pub architecture: String,
+    /// Operating system (`linux`).
     pub os: String,
+    /// CPU variant (`v8` for arm64), when the index gives one.
     #[serde(default)]
     pub variant: Option<String>,
 }
@@ -54,7 +68,9 @@ pub struct Platform {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
+    /// Image-spec schema version (2 for every OCI and Docker v2 document).
     pub schema_version: u32,
+    /// The manifests or nested indexes it lists, with their platforms.
     #[serde(default)]
     pub manifests: Vec<Descriptor>,
 }
@@ -63,8 +79,11 @@ pub struct Index {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
+    /// Image-spec schema version (2).
     pub schema_version: u32,
+    /// The image config blob.
     pub config: Descriptor,
+    /// The layer blobs, bottom first.
     #[serde(default)]
     pub layers: Vec<Descriptor>,
 }
@@ -72,17 +91,25 @@ pub struct Manifest {
 /// The parts of the image config bosun uses.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageConfig {
+    /// CPU architecture the image was built for (`amd64`); empty when unspecified.
     #[serde(default)]
     pub architecture: String,
+    /// Operating system the image was built for (`linux`); empty when unspecified, which skips the
+    /// platform check.
     #[serde(default)]
     pub os: String,
+    /// The layer list of the root filesystem.
     pub rootfs: RootfsSection,
 }
 
+/// The `rootfs` section of an image config: the uncompressed digests of the layers.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RootfsSection {
+    /// Always `"layers"` (anything else is refused).
     #[serde(rename = "type")]
     pub kind: String,
+    /// SHA-256 of each layer's uncompressed tar, bottom first, one per manifest layer; checked with
+    /// [`DiffIdReader`] after the layer is applied.
     #[serde(default)]
     pub diff_ids: Vec<String>,
 }
@@ -90,8 +117,12 @@ pub struct RootfsSection {
 /// A resolved image: its config and its layers, bottom first.
 #[derive(Debug, Clone)]
 pub struct Image {
+    /// Digest of the manifest chosen for the platform (kept for provenance; not printed today).
     pub manifest_digest: String,
+    /// The image config (verified and checked against the manifest and the platform).
     pub config: ImageConfig,
+    /// The layer blobs, bottom first (not yet verified: the blob store verifies each when it is
+    /// read).
     pub layers: Vec<Descriptor>,
 }
 
@@ -377,6 +408,7 @@ pub struct DiffIdReader<R> {
 }
 
 impl<R: Read> DiffIdReader<R> {
+    /// Wraps `inner`; every byte read through it is hashed.
     pub fn new(inner: R) -> Self {
         DiffIdReader {
             inner,

@@ -30,13 +30,19 @@ const MAX_LINKS: usize = 40;
 /// What one inode of the final tree is, for sizing and for the `debugfs` pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeKind {
+    /// A directory.
     Dir {
+        /// Number of entries in it (for sizing its directory blocks).
         entries: u64,
     },
+    /// A regular file.
     File {
+        /// Its length in bytes.
         size: u64,
     },
+    /// A symbolic link.
     Symlink {
+        /// Length of its target in bytes (targets of 60 bytes or more need a block of their own).
         target_len: u64,
     },
     /// Char, block or FIFO: created by `debugfs mknod`.
@@ -46,8 +52,11 @@ pub enum NodeKind {
 /// One inode of the final tree: its first path (in sorted walk order) and metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
+    /// The inode's first path in sorted walk order (hard links share one node).
     pub path: RelPath,
+    /// What the inode is.
     pub kind: NodeKind,
+    /// Owner, mode, time and xattrs written by the `debugfs` pass.
     pub meta: Meta,
 }
 

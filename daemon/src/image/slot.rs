@@ -20,6 +20,7 @@ use super::rootfs::{self, Staging};
 use super::{io_err, temp_next_to, Cleanup, ImageError, TOOL_TIMEOUT};
 use crate::runner::{CommandRunner, SystemRunner};
 
+/// Flags of `bosun image slot`.
 #[derive(Debug, clap::Args)]
 pub struct SlotArgs {
     /// Root filesystem: a directory, or a tarball (.tar, .tar.gz, .tar.zst).
@@ -64,11 +65,13 @@ pub struct SlotArgs {
 /// What was built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotReport {
+    /// The file written (`--out`).
     pub out: PathBuf,
     /// Size of the ext4 filesystem.
     pub fs_size: u64,
     /// SHA-256 and size of the file at `out` (what a node downloads).
     pub sha256: String,
+    /// Length of the file at `out` in bytes.
     pub size: u64,
 }
 

@@ -27,16 +27,22 @@ use crate::config::{IdOrName, NodeConfig, Secret};
 /// One parsed `/etc/passwd` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswdEntry {
+    /// Login name.
     pub name: String,
+    /// Numeric user id.
     pub uid: u32,
+    /// Primary group id.
     pub gid: u32,
+    /// Home directory (where `.ssh/authorized_keys` goes for the ssh user).
     pub home: String,
 }
 
 /// One parsed `/etc/group` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupEntry {
+    /// Group name.
     pub name: String,
+    /// Numeric group id.
     pub gid: u32,
 }
 
@@ -44,11 +50,14 @@ pub struct GroupEntry {
 /// preserved in the files).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountDb {
+    /// The users, in file order.
     pub users: Vec<PasswdEntry>,
+    /// The groups, in file order.
     pub groups: Vec<GroupEntry>,
 }
 
 impl AccountDb {
+    /// Parses the text of passwd and group (pure); malformed lines are skipped.
     pub fn parse(passwd: &str, group: &str) -> AccountDb {
         let users = passwd
             .lines()
@@ -81,26 +90,32 @@ impl AccountDb {
         AccountDb { users, groups }
     }
 
+    /// The first user named `name`.
     pub fn user(&self, name: &str) -> Option<&PasswdEntry> {
         self.users.iter().find(|u| u.name == name)
     }
 
+    /// The first user with `uid`.
     pub fn user_by_uid(&self, uid: u32) -> Option<&PasswdEntry> {
         self.users.iter().find(|u| u.uid == uid)
     }
 
+    /// The first group named `name`.
     pub fn group(&self, name: &str) -> Option<&GroupEntry> {
         self.groups.iter().find(|g| g.name == name)
     }
 
+    /// The first group with `gid`.
     pub fn group_by_gid(&self, gid: u32) -> Option<&GroupEntry> {
         self.groups.iter().find(|g| g.gid == gid)
     }
 
+    /// Every user name, in file order (for "known users" in messages).
     pub fn user_names(&self) -> Vec<String> {
         self.users.iter().map(|u| u.name.clone()).collect()
     }
 
+    /// Every group name, in file order (for "known groups" in messages).
     pub fn group_names(&self) -> Vec<String> {
         self.groups.iter().map(|g| g.name.clone()).collect()
     }
@@ -126,13 +141,17 @@ pub fn ssh_user_needed(cfg: &NodeConfig, name: &str) -> bool {
 /// The account files after the ssh user is ensured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accounts {
+    /// The full new `/etc/passwd` text (other lines byte for byte).
     pub passwd: String,
+    /// The full new `/etc/group` text.
     pub group: String,
+    /// The full new `/etc/shadow` text (secret: holds password hashes).
     pub shadow: String,
     /// The ssh user as it ends up in `passwd`.
     pub user: PasswdEntry,
     /// gid of the `shadow` group, 0 when there is none.
     pub shadow_gid: u32,
+    /// The parsed accounts after the edit, for resolving `write_files` owners.
     pub db: AccountDb,
 }
 

@@ -39,6 +39,8 @@ use super::{root_file, Builder, RenderError, RenderSettings};
 use crate::config::{K3sRole, NodeConfig};
 use crate::desired::{Effect, EffectRule, Trigger};
 
+/// The k3s service's environment file (0600, secret: holds `K3S_TOKEN`), named by
+/// `EnvironmentFile=` in the drop-in.
 pub const K3S_ENV_FILE: &str = "/etc/rancher/k3s/bosun.env";
 
 /// k3s's configuration directory: `config.yaml`, `config.yaml.d/`, `registries.yaml` are read
@@ -58,10 +60,13 @@ pub enum TokenKind {
 /// environment.
 #[derive(Clone, PartialEq, Eq)]
 pub struct K3sInvocation {
+    /// Server or agent: which unit runs it.
     pub role: K3sRole,
     /// Everything after the binary, starting with `server` or `agent`.
     pub args: Vec<String>,
+    /// Variables for the env file: `k3os.environment` plus `K3S_TOKEN` and `K3S_URL` when set.
     pub env: BTreeMap<String, String>,
+    /// How k3os would have read `k3os.token`, when one is set.
     pub token_kind: Option<TokenKind>,
 }
 

@@ -42,9 +42,14 @@ pub use k3s::{k3s_invocation, k3s_role, K3sInvocation, TokenKind, K3S_CONFIG_DIR
 
 /// Files bosun edits in place. Their current content comes in through [`RenderEnv`].
 pub const PASSWD: &str = "/etc/passwd";
+/// Edited in place (the ssh user's primary group); content in [`RenderEnv::group`].
 pub const GROUP: &str = "/etc/group";
+/// Edited in place (the ssh user's password hash); content in [`RenderEnv::shadow`].
 pub const SHADOW: &str = "/etc/shadow";
+/// Edited in place (the `127.0.1.1` line); content in [`RenderEnv::hosts`].
 pub const HOSTS: &str = "/etc/hosts";
+/// Edited in place (the `k3os.environment` variables); content in
+/// [`RenderEnv::environment`].
 pub const ENVIRONMENT: &str = "/etc/environment";
 
 /// Node-local settings that are not part of the fleet config (they come from the agent config).
@@ -111,6 +116,7 @@ pub struct RenderEnv {
     pub password_salt: String,
     /// The node identity the layers were selected by (used to warn when `hostname:` differs).
     pub node_hostname: String,
+    /// Node-local settings from the agent config (ssh user, k3s binary).
     pub settings: RenderSettings,
 }
 
@@ -119,33 +125,56 @@ pub struct RenderEnv {
 /// contain secrets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rendered {
+    /// Every managed file and the effects it triggers.
     pub state: DesiredState,
+    /// Human-readable warnings, free of secrets.
     pub warnings: Vec<String>,
 }
 
+/// Why a config could not be rendered for this node. Nothing is written; the config (or the node's
+/// account files) must change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RenderError {
+    /// A `write_files` owner is not in the root's passwd/group.
     #[error("{0}")]
     UnknownOwner(Box<UnknownOwner>),
+    /// The ssh user must be created but every id in its range is taken.
     #[error(
         "cannot create ssh user '{user}': every {kind} from {first} to {last} is taken in the \
          root's account files; configure an existing user as ssh_user"
     )]
     NoFreeId {
+        /// The ssh user to create.
         user: String,
+        /// `uid` or `gid`.
         kind: &'static str,
+        /// The first id tried (the configured `ssh_uid`/`ssh_gid`).
         first: u32,
+        /// The last id tried.
         last: u32,
     },
+    /// The agent config names `root` as the ssh user.
     #[error("the ssh user must not be root (k3os never gave root keys or a password)")]
     SshUserIsRoot,
+    /// A value cannot be written safely: a server address with spaces, a bad SSID or passphrase, a
+    /// control character in `k3s_args` or the token, a bad ssh user name or home, a `:` or line
+    /// break in the password, or a bad password salt.
     #[error("invalid value for {key}: {reason}")]
-    InvalidValue { key: String, reason: String },
+    InvalidValue {
+        /// The config key (or `ssh user`, `password salt`).
+        key: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// `k3os.k3s_args` starts with a word that is neither `server` nor `agent`.
     #[error(
         "k3os.k3s_args: first element '{first}' is not a k3s command; expected 'server' or \
          'agent' (or a flag, to let server_url decide)"
     )]
-    K3sCommand { first: String },
+    K3sCommand {
+        /// That word.
+        first: String,
+    },
 }
 
 /// A `write_files` owner that the root's account files do not know.
@@ -156,13 +185,17 @@ pub enum RenderError {
     known.join(", ")
 )]
 pub struct UnknownOwner {
+    /// Where the `write_files` entry is.
     pub origin: Origin,
+    /// The file's path.
     pub path: String,
     /// `user` or `group`.
     pub kind: &'static str,
+    /// The unknown user or group name.
     pub name: String,
     /// `/etc/passwd` or `/etc/group`.
     pub table: &'static str,
+    /// Names that do exist in that table, for the message.
     pub known: Vec<String>,
 }
 

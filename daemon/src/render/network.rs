@@ -21,8 +21,11 @@ use super::{root_file, Builder, RenderError};
 use crate::config::{NodeConfig, Wifi};
 use crate::desired::{Effect, EffectRule, Trigger};
 
+/// systemd-resolved drop-in carrying `FallbackDNS=` from `k3os.dns_nameservers`.
 pub const RESOLVED_DROPIN: &str = "/etc/systemd/resolved.conf.d/90-bosun.conf";
+/// systemd-timesyncd drop-in carrying `FallbackNTP=` from `k3os.ntp_servers`.
 pub const TIMESYNCD_DROPIN: &str = "/etc/systemd/timesyncd.conf.d/90-bosun.conf";
+/// Where the `k3os.wifi` keyfiles go (`bosun-<ssid>.nmconnection`, 0600).
 pub const NM_CONNECTIONS_DIR: &str = "/etc/NetworkManager/system-connections";
 
 const HEADER: &str = "# Managed by bosun from the node config; local edits are overwritten.\n";

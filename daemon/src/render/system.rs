@@ -16,8 +16,11 @@ use super::{push_line, root_file, Builder, RenderEnv, RenderError, ENVIRONMENT, 
 use crate::config::NodeConfig;
 use crate::desired::{Effect, EffectRule, Trigger};
 
+/// Written whole from `hostname`; a change triggers sethostname.
 pub const HOSTNAME: &str = "/etc/hostname";
+/// Written from `k3os.sysctls`; a change reloads sysctl.
 pub const SYSCTL_CONF: &str = "/etc/sysctl.d/90-bosun.conf";
+/// Written from `k3os.modules`; a change modprobes each module.
 pub const MODULES_CONF: &str = "/etc/modules-load.d/bosun.conf";
 
 const HEADER: &str = "# Managed by bosun from the node config; local edits are overwritten.\n";

@@ -41,6 +41,7 @@ pub struct AllowedSigner {
     pub valid_after: Option<i64>,
     /// Unix seconds.
     pub valid_before: Option<i64>,
+    /// The trusted public key.
     pub key: PublicKey,
 }
 
@@ -72,10 +73,12 @@ impl AllowedSigners {
         Ok(AllowedSigners { entries })
     }
 
+    /// Every parsed line, in file order.
     pub fn entries(&self) -> &[AllowedSigner] {
         &self.entries
     }
 
+    /// Whether no signer is listed (with verification on, nothing could be trusted).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

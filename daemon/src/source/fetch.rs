@@ -22,9 +22,15 @@ use super::{Cache, Oid, SourceConfig, SourceError, DEFAULT_TOKEN_USERNAME};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchOutcome {
     /// The remote ref still points where the cache has it; nothing was downloaded.
-    Unchanged { commit: Oid },
+    Unchanged {
+        /// The commit the ref points to.
+        commit: Oid,
+    },
     /// New objects were fetched; the ref now resolves to `commit`.
-    Updated { commit: Oid },
+    Updated {
+        /// The commit the ref now points to.
+        commit: Oid,
+    },
 }
 
 impl FetchOutcome {
@@ -54,15 +60,20 @@ pub struct TransferTotals {
     pub polls: u64,
     /// Fetches that negotiated a pack (whether or not it had objects).
     pub pack_fetches: u64,
+    /// Pack bytes received (as libgit2's indexer counts them).
     pub received_bytes: u64,
+    /// Objects received in packs.
     pub received_objects: u64,
 }
 
 impl TransferCounters {
+    /// Counters at zero.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A snapshot of the counters (relaxed loads: each value is exact, the set is not taken
+    /// atomically).
     pub fn totals(&self) -> TransferTotals {
         TransferTotals {
             polls: self.polls.load(Ordering::Relaxed),

@@ -2,7 +2,7 @@
 //!
 //! This module owns the chain of custody from a remote repository to a [`Snapshot`]:
 //!
-//! 1. [`fetch`] keeps a bare repository cache in `cache_dir`. Every poll first reads the ref
+//! 1. [`fetch()`] keeps a bare repository cache in `cache_dir`. Every poll first reads the ref
 //!    advertisement; when the advertised id equals what the cache holds, no pack is fetched
 //!    ([`FetchOutcome::Unchanged`]). Otherwise only the configured ref is fetched (shallow when
 //!    `depth` is set and the transport supports it).
@@ -110,72 +110,145 @@ impl SourceConfig {
 /// Errors of the Git source. Each names the URL, path or commit it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// Talking to the remote failed: connect, authentication, TLS, the ref advertisement or the
+    /// fetch itself (the transport's own reason when it has one).
     #[error("{url}: {op}: {source}")]
     Remote {
+        /// The remote URL.
         url: String,
+        /// What was being done (`connect`, `fetch`, `list refs`, …).
         op: &'static str,
+        /// libgit2's error, or the transport's reason wrapped in one.
         #[source]
         source: git2::Error,
     },
+    /// The bare cache repository could not be opened, created or updated.
     #[error("git cache {}: {op}: {source}", path.display())]
     Cache {
+        /// The cache directory.
         path: PathBuf,
+        /// What was being done (`open`, `init`, `update ref`, …).
         op: &'static str,
+        /// libgit2's error.
         #[source]
         source: git2::Error,
     },
+    /// A local file could not be read (token, known_hosts, allowed_signers) or the cache directory
+    /// could not be created or cleaned.
     #[error("reading {what} {}: {source}", path.display())]
     ReadFile {
+        /// What the file is for (`ssh known_hosts file`, `cache directory`, …).
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: io::Error,
     },
+    /// The SSH server's host key is not pinned by the configured `known_hosts` (or the host is not
+    /// listed in it).
     #[error("{url}: refusing the SSH server: {reason}")]
-    HostKeyRejected { url: String, reason: String },
+    HostKeyRejected {
+        /// The remote URL.
+        url: String,
+        /// Why ssh refused it.
+        reason: String,
+    },
+    /// The source or verification settings cannot work: an empty or malformed reference, a URL
+    /// scheme bosun does not fetch, a token over plain `http://` to a non-loopback host, or
+    /// verification on with no trusted key. (The daemon also reports a poll task that panicked
+    /// this way.)
     #[error("source config: {0}")]
     InvalidConfig(String),
+    /// The remote does not advertise the configured branch or tag.
     #[error("{url}: ref {reference:?} is not advertised by the remote (it has: {available})")]
     RefNotFound {
+        /// The remote URL.
         url: String,
+        /// The configured reference.
         reference: String,
+        /// Some refs the remote does advertise, for the message.
         available: String,
     },
+    /// The configured commit id is not reachable from any advertised branch or tag.
     #[error("{url}: commit {commit} is not reachable from any branch or tag of the remote")]
-    CommitNotFound { url: String, commit: Oid },
+    CommitNotFound {
+        /// The remote URL.
+        url: String,
+        /// The configured commit.
+        commit: Oid,
+    },
+    /// The reference points to an object that is not a commit (a tag of a tree or blob).
     #[error("{url}: ref {reference:?} points to {target}, which is not a commit")]
     NotACommit {
+        /// The remote URL.
         url: String,
+        /// The configured reference.
         reference: String,
+        /// The object it points to.
         target: Oid,
     },
+    /// The commit's tree cannot be read as a config repo: a bad `subdir`, a missing directory, a
+    /// layer that is not a regular file or exceeds the size limit.
     #[error("commit {commit}: {path}: {reason}")]
     Snapshot {
+        /// The commit read.
         commit: Oid,
+        /// The path in the repository.
         path: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// An `allowed_signers` line does not parse (key, principals, options).
     #[error("allowed signers {origin}:{line}: {reason}")]
     AllowedSigners {
+        /// The file or inline source the line came from.
         origin: String,
+        /// 1-based line number.
         line: usize,
+        /// What is wrong with it.
         reason: String,
     },
+    /// A `known_hosts` line does not parse.
     #[error("known hosts {origin}:{line}: {reason}")]
     KnownHosts {
+        /// The file the line came from.
         origin: String,
+        /// 1-based line number.
         line: usize,
+        /// What is wrong with it.
         reason: String,
     },
+    /// An `openpgp_keys` entry is not a usable OpenPGP public key.
     #[error("OpenPGP key #{index} of openpgp_keys: {reason}")]
-    OpenPgpKey { index: usize, reason: String },
+    OpenPgpKey {
+        /// Position of the key in `openpgp_keys` (0-based).
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The commit was fetched but is not trusted: unsigned, signed by an unknown key, or not
+    /// descending from the last applied commit. Nothing is applied.
     #[error("commit {commit} refused: {reason}")]
-    Refused { commit: Oid, reason: Refusal },
+    Refused {
+        /// The refused commit.
+        commit: Oid,
+        /// Why.
+        reason: Refusal,
+    },
+    /// The shallow cache lacks the history needed to tell whether the new commit descends from
+    /// the last applied one ([`check_descends`]; [`check_descends_or_deepen`] then fetches the
+    /// full history and asks once more).
     #[error(
         "commit {new}: cannot tell whether it descends from the last applied commit {last_applied}: \
          the cache is shallow and the history between them is missing (fetch deeper or unshallow)"
     )]
-    ShallowAncestry { new: Oid, last_applied: Oid },
+    ShallowAncestry {
+        /// The fetched commit.
+        new: Oid,
+        /// The commit applied last.
+        last_applied: Oid,
+    },
 }
 
 impl SourceError {
@@ -195,8 +268,7 @@ impl SourceError {
 ///
 /// Mutates C globals without synchronisation on libgit2's side: the first call must happen
 /// before any other thread exists that uses libgit2 (`main` calls it before building the tokio
-/// runtime, because openssl-probe's `setenv` and libgit2's option setters are not
-/// thread-safe).
+/// runtime, because libgit2's option setters and its transport registry are not thread-safe).
 #[allow(unsafe_code)]
 pub unsafe fn init_git_globals() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -221,14 +293,18 @@ pub unsafe fn init_git_globals() {
 pub struct Accepted {
     /// What the fetch did (`Unchanged` polls still re-verify: the trust roots may have changed).
     pub fetch: FetchOutcome,
+    /// Whose signature made the commit trusted (or that verification is off).
     pub verdict: Verdict,
+    /// How the commit relates to the last applied one.
     pub ancestry: Ancestry,
+    /// The config files read from the commit.
     pub snapshot: Snapshot,
     /// The commit's committer time (unix seconds): the clock of rollout waves.
     pub committed_at: i64,
 }
 
 impl Accepted {
+    /// The accepted commit id.
     pub fn commit(&self) -> Oid {
         self.fetch.commit()
     }

@@ -49,6 +49,7 @@ impl OpenPgpKeyring {
         Ok(OpenPgpKeyring { keys })
     }
 
+    /// Whether no key is configured.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

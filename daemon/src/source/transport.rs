@@ -140,9 +140,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// # Safety
 /// libgit2's transport registry is an unsynchronised global: this must run before any other
 /// thread uses libgit2 (bosun calls it from `main`, through `init_git_globals`).
+#[allow(unsafe_code)] // libgit2's transport registry is a C global: see `# Safety`.
 pub unsafe fn register() -> Result<(), git2::Error> {
     for scheme in ["http", "https"] {
-        // SAFETY: forwarded to the caller's contract.
+        // SAFETY: `git2::transport::register` must not race with libgit2 creating a transport
+        // (a fetch on another thread), since both use the global transport registry. This
+        // function's `# Safety` contract hands that requirement to its caller, and
+        // `init_git_globals` meets it by running before any thread uses libgit2. The factory
+        // is `Send + Sync` and reads only the calling thread's fetch scope.
         unsafe {
             git2::transport::register(scheme, |remote| {
                 let current = current();
@@ -156,7 +161,8 @@ pub unsafe fn register() -> Result<(), git2::Error> {
         }
     }
     for scheme in ["ssh", "ssh+git", "git+ssh"] {
-        // SAFETY: as above.
+        // SAFETY: as for the http(s) schemes above: the caller guarantees that no transport is
+        // created concurrently (this function's `# Safety` contract).
         unsafe {
             git2::transport::register(scheme, |remote| {
                 Transport::smart(remote, false, Ssh::new(current()))
@@ -431,9 +437,13 @@ impl Write for HttpStream {
 /// Where an ssh URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshTarget {
+    /// The login user (`git` in `git@host:repo`), when given.
     pub user: Option<String>,
+    /// Host name or address (without the brackets of an IPv6 literal).
     pub host: String,
+    /// TCP port, when given (ssh's default 22 otherwise).
     pub port: Option<u16>,
+    /// Repository path on the server; `~user/…` for a home-relative path.
     pub path: String,
 }
 

@@ -44,7 +44,10 @@ pub enum SignersSource {
 /// Verification settings from the local agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VerifyConfig {
+    /// Whether the head commit must be signed.
     pub mode: VerifyMode,
+    /// SSH keys trusted to sign commits (git's allowed signers format); `None`: no SSH key is
+    /// trusted.
     pub allowed_signers: Option<SignersSource>,
     /// Armored OpenPGP public keys.
     pub openpgp_keys: Vec<String>,
@@ -55,19 +58,39 @@ pub struct VerifyConfig {
 /// Why a commit is not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// Verification is on and the commit carries no signature.
     #[error("the commit is not signed, and verification is on")]
     Unsigned,
+    /// The signing key is not trusted: not listed, not valid at the commit's time, or restricted to
+    /// other namespaces.
     #[error("signed by {key}, which is not a trusted key (allowed_signers / openpgp_keys)")]
-    UnknownKey { key: String },
+    UnknownKey {
+        /// The key, as `SSH key SHA256:…` or `OpenPGP key <fingerprint>`, with the restriction when
+        /// there is one.
+        key: String,
+    },
+    /// The signature does not parse or does not match the commit's content.
     #[error("bad signature: {detail}")]
-    BadSignature { detail: String },
+    BadSignature {
+        /// What failed, naming the key.
+        detail: String,
+    },
+    /// The SSH signature was made for another namespace than `git` (e.g. `file`).
     #[error("SSH signature is for namespace {namespace:?}, git commits use \"git\"")]
-    WrongNamespace { namespace: String },
+    WrongNamespace {
+        /// The namespace the signature carries.
+        namespace: String,
+    },
+    /// The commit does not descend from the last applied one and `allow_history_rewrite` is off (a
+    /// force-push or a replayed old commit).
     #[error(
         "it does not descend from the last applied commit {last_applied} (history was rewritten \
          or rolled back; set allow_history_rewrite to accept this)"
     )]
-    NotDescendant { last_applied: Oid },
+    NotDescendant {
+        /// The commit applied last.
+        last_applied: Oid,
+    },
 }
 
 impl Refusal {
@@ -89,7 +112,10 @@ pub enum Verdict {
     /// Verification is off; nothing was checked.
     NotChecked,
     /// Signed by a trusted key: the SSH principals, or the OpenPGP primary key fingerprint.
-    Verified { signer: String },
+    Verified {
+        /// Who signed: the SSH key's principals field, or the OpenPGP primary key fingerprint.
+        signer: String,
+    },
 }
 
 /// How a new commit relates to the last applied one.

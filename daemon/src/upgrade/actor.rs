@@ -51,48 +51,91 @@ pub const STATE_FILE: &str = "upgrade.json";
 /// Errors of the upgrade actor. Each names the file, device or command.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
+    /// Reading or writing the upgrade state file failed.
     #[error(transparent)]
     StateFile(#[from] StateFileError),
+    /// The upgrade state file is not valid upgrade-state JSON (hand-edited or corrupt).
     #[error("upgrade state file {path}: {source}; expected bosun's upgrade state JSON (remove it to start over)")]
     StateParse {
+        /// The state file.
         path: PathBuf,
+        /// The JSON error, with line and column.
         #[source]
         source: serde_json::Error,
     },
+    /// The state file declares a format other than [`machine::STATE_FORMAT`]. Not returned today:
+    /// [`FileStateStore`] does not check `format` when it loads.
     #[error(
         "upgrade state file {path}: format {found}, this bosun reads format {}",
         machine::STATE_FORMAT
     )]
-    StateFormat { path: PathBuf, found: u32 },
+    StateFormat {
+        /// The state file.
+        path: PathBuf,
+        /// The format it declares.
+        found: u32,
+    },
+    /// The kernel command line could not be read, or its `bosun.slot=` is neither `a` nor `b`.
     #[error("kernel command line {path}: {detail}")]
-    Cmdline { path: PathBuf, detail: String },
+    Cmdline {
+        /// The command line file (`<root>/proc/cmdline`).
+        path: PathBuf,
+        /// The I/O error or the bad parameter.
+        detail: String,
+    },
+    /// Reading or writing the boot environment failed.
     #[error("boot environment: {0}")]
     BootEnv(#[from] BootEnvError),
+    /// The persisted state does not allow the transition (a hand-edited state file, or a bug).
     #[error(transparent)]
     Transition(#[from] TransitionError),
+    /// The reboot command ran but exited unsuccessfully.
     #[error("reboot command `{command}`: {detail}")]
-    Reboot { command: String, detail: String },
+    Reboot {
+        /// The reboot command line.
+        command: String,
+        /// Its exit status and stderr.
+        detail: String,
+    },
+    /// The reboot command could not be started or timed out.
     #[error("reboot command `{command}`: {source}")]
     RebootRun {
+        /// The reboot command line.
         command: String,
+        /// The runner's error.
         #[source]
         source: RunError,
     },
+    /// No slots, boot environment or `bosun.slot=` on this node, so A/B upgrades cannot run (an
+    /// overlay install).
     #[error("A/B upgrades unsupported here: {0}")]
     Unsupported(String),
+    /// `bosun upgrade rollback` was refused: the other slot is not marked good in the boot
+    /// environment.
     #[error("{0}")]
     Refused(String),
+    /// [`machine::decide`] did not settle within this many rounds in one step (a bug in the state
+    /// machine).
     #[error("the upgrade decision did not settle after {0} rounds (a bug)")]
     NoFixpoint(usize),
+    /// The decision asks to install an image the config no longer names (the config changed under
+    /// the step; nothing was written).
     #[error("the decision asks to install {wanted}, but the config names {named}")]
-    InstallMismatch { wanted: String, named: String },
+    InstallMismatch {
+        /// The image the decision wanted.
+        wanted: String,
+        /// The image the config names (`no image` when none).
+        named: String,
+    },
 }
 
 /// Why writing an image into a slot failed; the slot holds garbage and is not bootable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("installing into {slot}: {reason}")]
 pub struct InstallFailure {
+    /// The slot device or file that was written.
     pub slot: PathBuf,
+    /// Why the install failed (the installer's error chain).
     pub reason: String,
 }
 
@@ -206,10 +249,12 @@ pub trait StateStore {
 /// The state as JSON in `<state dir>/upgrade.json`, replaced with [`statefile::write_atomic`].
 #[derive(Debug, Clone)]
 pub struct FileStateStore {
+    /// The state file (`<state dir>/upgrade.json`).
     pub path: PathBuf,
 }
 
 impl FileStateStore {
+    /// The store for `<state_dir>/upgrade.json`. Touches nothing.
     pub fn in_dir(state_dir: &Path) -> FileStateStore {
         FileStateStore {
             path: state_dir.join(STATE_FILE),
@@ -249,11 +294,14 @@ impl StateStore for FileStateStore {
 /// The two slot devices (or files).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotPaths {
+    /// Device (or file) of slot A.
     pub a: PathBuf,
+    /// Device (or file) of slot B.
     pub b: PathBuf,
 }
 
 impl SlotPaths {
+    /// The device (or file) of `slot`.
     pub fn get(&self, slot: Slot) -> &Path {
         match slot {
             Slot::A => &self.a,
@@ -280,12 +328,16 @@ pub fn parse_cmdline(text: &str) -> Result<Option<Slot>, String> {
 /// What one [`UpgradeActor::step`] did.
 #[derive(Debug, Clone)]
 pub struct StepReport {
+    /// The slot booted now (`bosun.slot=`), `None` when not an A/B boot.
     pub booted: Option<Slot>,
     /// The state after the step (as persisted).
     pub state: UpgradeState,
     /// Effects performed, in order (human-readable).
     pub performed: Vec<String>,
+    /// What the operator should know (blocked, refused, awaiting health or reboot, …), without
+    /// duplicates.
     pub notes: Vec<Note>,
+    /// The last step performed was a reboot request (the node is going down).
     pub reboot_requested: bool,
     /// The install attempted this step failed (recorded in the state; retried next step).
     pub install_error: Option<String>,
@@ -304,6 +356,7 @@ enum Flow {
 /// Drives the upgrade lifecycle on this node. `Send`, so the daemon can run [`Self::step`]
 /// (blocking I/O) on a blocking thread; one actor per node.
 pub struct UpgradeActor {
+    /// Where the upgrade state is loaded from and persisted to.
     pub store: Box<dyn StateStore + Send>,
     /// Kernel command line file (`<root>/proc/cmdline`).
     pub cmdline: PathBuf,
@@ -312,8 +365,12 @@ pub struct UpgradeActor {
     pub os_release: Option<PathBuf>,
     /// `None`: no slots configured (overlay install); upgrades are reported unsupported.
     pub slots: Option<SlotPaths>,
+    /// The boot environment backend (GRUB env, U-Boot env, GPT attributes); `None`: upgrades are
+    /// reported unsupported.
     pub bootenv: Option<Box<dyn BootEnv + Send>>,
+    /// Writes images into slots.
     pub installer: Box<dyn Installer + Send>,
+    /// Runs the reboot command.
     pub runner: Arc<dyn CommandRunner>,
     /// Default `systemctl reboot`.
     pub reboot_argv: Vec<String>,
@@ -358,9 +415,13 @@ fn system_now() -> u64 {
 /// What `bosun upgrade status` shows.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct UpgradeStatus {
+    /// The slot booted now (`bosun.slot=`), `None` when not an A/B boot.
     pub booted: Option<Slot>,
+    /// The boot environment, rendered for humans; `None` without slots or boot env.
     pub boot_env: Option<String>,
+    /// The persisted upgrade state.
     pub state: UpgradeState,
+    /// Counters and the running version, as exported to Prometheus.
     pub metrics: machine::UpgradeMetrics,
 }
 

@@ -15,6 +15,7 @@ use super::machine::HealthInput;
 use crate::node::{BootEnvSpec, Node, UpgradeWiring};
 use crate::reconcile::Target;
 
+/// The `bosun upgrade` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum UpgradeCommand {
     /// Download (or read), verify and write an OS image into a slot. Never touches the boot
@@ -22,19 +23,23 @@ pub enum UpgradeCommand {
     InstallImage(InstallImageArgs),
     /// Show the upgrade state, the booted slot, the boot environment and the counters.
     Status {
+        /// The node's root, state dir, slots and boot environment.
         #[command(flatten)]
         node: NodeArgs,
+        /// Print the whole status as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Boot the other slot (if the boot environment marks it good) and quarantine the image
     /// running now. Reboots.
     Rollback {
+        /// The node's root, state dir, slots and boot environment.
         #[command(flatten)]
         node: NodeArgs,
     },
     /// Commit the booted slot as good (for images whose health is checked elsewhere).
     MarkGood {
+        /// The node's root, state dir, slots and boot environment.
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -42,6 +47,7 @@ pub enum UpgradeCommand {
     /// (for tests and manual runs; the daemon does this on every loop).
     #[command(hide = true)]
     Step {
+        /// The node's root, state dir, slots and boot environment.
         #[command(flatten)]
         node: NodeArgs,
         /// A standalone config.yaml whose `upgrade:` block names the desired image.
@@ -56,6 +62,12 @@ pub enum UpgradeCommand {
     },
 }
 
+/// The health verdict `bosun upgrade step --health` passes to the state machine: `pending` (no
+/// verdict yet: a trial keeps waiting), `healthy` (commit the trial boot) or `unhealthy` (roll
+/// it back, with `--reason`).
+// The variants have no `///`: clap would turn it into per-value help and change the layout of
+// `--help` (see [`crate::cli::Format`]).
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum HealthArg {
     Pending,
@@ -69,10 +81,10 @@ pub struct NodeArgs {
     /// Root of the node; the reboot command only runs when it is /.
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
-    /// bosun's state dir. Default: <root>/var/lib/bosun.
+    /// bosun's state dir. Default: `<root>/var/lib/bosun`.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Kernel command line carrying bosun.slot=. Default: <root>/proc/cmdline.
+    /// Kernel command line carrying bosun.slot=. Default: `<root>/proc/cmdline`.
     #[arg(long)]
     pub cmdline: Option<PathBuf>,
     /// Slot a device (or file).

@@ -12,10 +12,13 @@ use crate::upgrade::actor::Installer;
 pub struct StreamingInstaller {
     /// Progress record (and spool, next to it) in the state dir.
     pub progress_file: PathBuf,
+    /// Timeouts, checkpoint interval, spool policy and zstd window ([`Default`] in production).
     pub options: InstallOptions,
 }
 
 impl StreamingInstaller {
+    /// An installer keeping its progress record at `<state_dir>/install-progress.json`, with the
+    /// production options. Touches nothing.
     pub fn new(state_dir: &Path) -> Self {
         StreamingInstaller {
             progress_file: state_dir.join("install-progress.json"),

@@ -114,6 +114,7 @@ pub struct InstallOptions {
     pub idle_timeout: Duration,
     /// Bytes between `fdatasync` + progress checkpoints.
     pub sync_interval: u64,
+    /// Whether a compressed HTTP download is spooled (resumable) or streamed into the slot.
     pub spool: SpoolPolicy,
     /// Free space that must remain on the spool's filesystem after spooling.
     pub spool_reserve: u64,
@@ -139,15 +140,22 @@ impl Default for InstallOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstallMode {
+    /// An uncompressed image written straight into the slot; resumes from the synced offset.
     Direct,
+    /// A compressed image downloaded into the spool file, verified, then decompressed into the
+    /// slot; resumes from the spool's length.
     Spool,
+    /// A compressed image hashed and decompressed straight into the slot (no room or no size for a
+    /// spool); an interruption restarts from byte 0.
     Stream,
+    /// A local image path, read, hashed and decompressed in one pass.
     Local,
 }
 
 /// What a successful [`install`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallReport {
+    /// How the bytes were moved.
     pub mode: InstallMode,
     /// Download offset this call resumed from (0: from the start).
     pub resumed_from: u64,
@@ -167,93 +175,171 @@ pub struct InstallReport {
 /// Errors of [`install`]; each names the image, slot, spool or URL involved.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
+    /// The image source is not an `https://` URL, a loopback `http://` URL or an absolute path to a
+    /// regular file.
     #[error("image source {image:?}: {reason}")]
-    InvalidSource { image: String, reason: String },
+    InvalidSource {
+        /// The source as configured.
+        image: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The slot does not exist or is neither a block device nor a regular file.
     #[error("slot {path}: {reason}")]
-    InvalidSlot { path: PathBuf, reason: String },
+    InvalidSlot {
+        /// The slot path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Opening, sizing, writing, syncing or reading back the slot failed.
     #[error("slot {path}: {op} failed: {source}")]
     SlotIo {
+        /// The slot path.
         path: PathBuf,
+        /// The operation that failed (`open`, `write`, `fdatasync`, …).
         op: &'static str,
+        /// The underlying I/O error.
         #[source]
         source: io::Error,
     },
+    /// An uncompressed image of known size is larger than the slot block device; checked before
+    /// anything is written.
     #[error("slot {path} holds {capacity} bytes but the image needs {needed}; use a larger slot")]
     SlotTooSmall {
+        /// The slot block device.
         path: PathBuf,
+        /// The slot's size in bytes.
         capacity: u64,
+        /// The image's size in bytes.
         needed: u64,
     },
+    /// Opening or reading a local image file failed.
     #[error("image file {path}: {op} failed: {source}")]
     SourceIo {
+        /// The local image path.
         path: PathBuf,
+        /// The operation that failed (`open`, `stat`, `read`).
         op: &'static str,
+        /// The underlying I/O error.
         #[source]
         source: io::Error,
     },
+    /// Creating, writing, syncing or reading the spool file failed (ENOSPC when `spool: always` has
+    /// no room).
     #[error("spool {path}: {op} failed: {source}")]
     SpoolIo {
+        /// The spool path (next to the progress file).
         path: PathBuf,
+        /// The operation that failed.
         op: &'static str,
+        /// The underlying I/O error.
         #[source]
         source: io::Error,
     },
+    /// Reading, writing or removing the progress file failed.
     #[error(transparent)]
     Progress(#[from] StateFileError),
+    /// The HTTP request failed before the response headers arrived (connect, TLS, DNS); transient.
     #[error("GET {url}: {source}")]
     Request {
+        /// The image URL.
         url: String,
+        /// The HTTP client's error.
         #[source]
         source: reqwest::Error,
     },
+    /// The server answered something other than 200 or 206 (a 206 for a range not asked for counts
+    /// too); 5xx and 429 are transient.
     #[error("GET {url}: server answered {status}, expected 200 or 206")]
-    Status { url: String, status: u16 },
+    Status {
+        /// The image URL.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// No response headers or body bytes arrived for [`InstallOptions::idle_timeout`]; transient,
+    /// the progress is saved.
     #[error("GET {url}: no data for {idle:?} at byte {offset}; progress saved, retry resumes")]
     IdleTimeout {
+        /// The image URL.
         url: String,
+        /// How long nothing arrived.
         idle: Duration,
+        /// Download offset (bytes of the image received) when it stalled.
         offset: u64,
     },
+    /// The connection broke mid-body; transient, the progress is saved.
     #[error(
         "GET {url}: connection lost at byte {offset}; progress saved, retry resumes: {source}"
     )]
     Interrupted {
+        /// The image URL.
         url: String,
+        /// Download offset when the connection broke.
         offset: u64,
+        /// The HTTP client's error.
         #[source]
         source: reqwest::Error,
     },
+    /// The image's size differs from the configured `size` (from `Content-Length`/`Content-Range`,
+    /// the local file's length, or more bytes than declared arriving); the progress is discarded.
     #[error("image {image}: the config declares {expected} bytes but the image has {actual}")]
     SizeMismatch {
+        /// The image source.
         image: String,
+        /// The size the config declares, in bytes.
         expected: u64,
+        /// The size found, in bytes.
         actual: u64,
     },
+    /// The download ended before the declared size; transient, the progress is saved and a retry
+    /// resumes.
     #[error("image {image}: ended after {got} of {expected} bytes; progress saved, retry resumes")]
     ShortImage {
+        /// The image source.
         image: String,
+        /// Bytes received in total.
         got: u64,
+        /// The declared size in bytes.
         expected: u64,
     },
+    /// The SHA-256 of the bytes as downloaded differs from the configured hash; the progress and
+    /// spool are discarded and the slot must not be booted.
     #[error("image {image}: sha256 is {actual} but the config expects {expected}; the slot is not usable")]
     HashMismatch {
+        /// The image source.
         image: String,
+        /// The configured SHA-256 (hex).
         expected: String,
+        /// The SHA-256 of the bytes received (hex).
         actual: String,
     },
+    /// The zstd or gzip stream is corrupt or truncated (or its window exceeds
+    /// [`InstallOptions::zstd_window_log_max`]); the progress is discarded.
     #[error("image {image}: invalid {format} data: {source}")]
     Decompress {
+        /// The image source.
         image: String,
+        /// `zstd` or `gzip`.
         format: &'static str,
+        /// The decoder's error.
         #[source]
         source: io::Error,
     },
+    /// With `verify_written`, the slot read back after dropping it from the page cache hashes
+    /// differently from what was written (a bad disk); the progress is discarded.
     #[error("slot {path}: read-back sha256 {actual} differs from the written {expected}")]
     VerifyWritten {
+        /// The slot path.
         path: PathBuf,
+        /// SHA-256 of the bytes written (hex).
         expected: String,
+        /// SHA-256 of the bytes read back (hex).
         actual: String,
     },
+    /// The blocking install task (local path) panicked or was cancelled, or the progress record
+    /// could not be serialised.
     #[error("install task failed: {0}")]
     Task(String),
 }

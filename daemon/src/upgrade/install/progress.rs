@@ -50,21 +50,31 @@ pub enum ProgressPhase {
 /// The progress file's content (JSON). Only [`install`](super::install) writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallProgress {
+    /// The image source (URL or path) the record belongs to.
     pub source: String,
+    /// The expected SHA-256 of the download (hex) the record belongs to.
     pub sha256: String,
+    /// The slot the record belongs to.
     pub slot: PathBuf,
     /// `none`, `gzip` or `zstd`.
     pub compression: String,
+    /// How the bytes are moved; a resume continues in the same mode.
     pub mode: InstallMode,
+    /// How far the install got.
     pub phase: ProgressPhase,
+    /// Bytes `[0, downloaded)` of the image are durable in the slot (`direct`) or spool (`spool`);
+    /// a resume asks for `Range: bytes=<downloaded>-`.
     pub downloaded: u64,
     /// Download size when known.
     pub total: Option<u64>,
     /// Strong ETag of the response the download started with.
     pub etag: Option<String>,
+    /// `Last-Modified` of the response the download started with (the `If-Range` validator when
+    /// there is no strong ETag).
     pub last_modified: Option<String>,
     /// Set when complete.
     pub written: Option<u64>,
+    /// SHA-256 (hex) of the bytes written to the slot; set when complete.
     pub written_sha256: Option<String>,
 }
 
@@ -95,6 +105,7 @@ impl InstallProgress {
             && self.slot == req.slot
             && self.compression == compression_name(req.compression)
     }
+    /// Whether the install finished: verified, written and synced.
     pub fn is_complete(&self) -> bool {
         self.phase == ProgressPhase::Complete
     }
