@@ -1115,7 +1115,7 @@ fn daemon_rolls_back_a_config_change_that_breaks_health() {
     assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
     assert!(node
         .read(K3S_DROPIN)
-        .is_some_and(|d| d.contains("node-labels=tier=edge")));
+        .is_some_and(|d| d.contains("--node-label \\\n    tier=edge")));
     let good = files(&node.root);
     assert_eq!(k3s_restarts_logged(&agent), 1, "{}", agent.log());
     assert_eq!(agent.metric(rollbacks), Some(0.0));
@@ -1199,7 +1199,7 @@ fn daemon_rolls_back_a_config_change_that_breaks_health() {
     assert_eq!(node.read(APP).as_deref(), Some("v3\n"));
     assert!(node
         .read(K3S_DROPIN)
-        .is_some_and(|d| d.contains("node-labels=tier=core")));
+        .is_some_and(|d| d.contains("--node-label \\\n    tier=core")));
     assert!(wait_until(Duration::from_secs(5), || {
         let s = node.status();
         s["last_applied_commit"].as_str() == Some(third.as_str()) && s["last_error"].is_null()

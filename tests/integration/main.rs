@@ -5,6 +5,8 @@
 mod support;
 #[path = "support/apply.rs"]
 mod support_apply;
+#[path = "support/k3os.rs"]
+mod support_k3os;
 #[path = "support/upgrade.rs"]
 mod support_upgrade;
 
@@ -21,6 +23,7 @@ mod daemon;
 mod guarded_apply;
 mod health;
 mod image;
+mod k3os_items;
 mod keys;
 mod plan_cli;
 mod render_systemd;
