@@ -40,8 +40,10 @@ pub enum Effect {
     SysctlLoad {
         file: String,
     },
+    /// `modprobe MODULE PARAMS…` (argv, no shell).
     Modprobe {
         module: String,
+        params: Vec<String>,
     },
     DaemonReload,
     RestartUnit {

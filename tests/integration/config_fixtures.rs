@@ -80,7 +80,8 @@ fn describe(cfg: &NodeConfig, warnings: usize) -> BTreeMap<String, String> {
     put("run_cmd", list(&cfg.run_cmd));
     let k = &cfg.k3os;
     put("k3os.data_sources", list(&k.data_sources));
-    put("k3os.modules", list(&k.modules));
+    let modules: Vec<String> = k.modules.iter().map(ToString::to_string).collect();
+    put("k3os.modules", list(&modules));
     put("k3os.sysctls", map(&k.sysctls));
     put("k3os.dns_nameservers", list(&k.dns_nameservers));
     put("k3os.ntp_servers", list(&k.ntp_servers));

@@ -141,7 +141,9 @@ pub struct Wifi {
 pub struct K3os {
     /// Accepted for compatibility; not applicable to bosun (warned).
     pub data_sources: Vec<String>,
-    pub modules: Vec<String>,
+    /// Kernel modules in order, each once (an entry repeated with the same parameters is kept
+    /// once; with different ones it is refused).
+    pub modules: Vec<KernelModule>,
     pub sysctls: BTreeMap<String, String>,
     pub dns_nameservers: Vec<String>,
     pub ntp_servers: Vec<String>,
@@ -157,6 +159,36 @@ pub struct K3os {
     pub taints: Vec<String>,
     /// Whether an `install:` block was present (accepted, not applicable).
     pub install_present: bool,
+}
+
+/// One `k3os.modules` entry, `name [param=value …]` as k3os read it (`strings.Split` on spaces,
+/// the first word the module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelModule {
+    /// Letters, digits, `_` and `-`.
+    pub name: String,
+    /// `param=value` words in the order written; no blanks, quotes or shell metacharacters.
+    pub params: Vec<String>,
+}
+
+impl KernelModule {
+    /// A module without parameters.
+    pub fn named(name: &str) -> KernelModule {
+        KernelModule {
+            name: name.to_string(),
+            params: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for KernelModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        for p in &self.params {
+            write!(f, " {p}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether this node runs the K3s server (control plane) or only the agent. Rendering writes

@@ -97,7 +97,7 @@ pub const K3OS: &[Field] = &[
     f(
         "modules",
         Shape::StrList,
-        "Kernel modules to load at boot (modules-load.d) and now (modprobe).",
+        "Kernel modules to load at boot (modules-load.d) and now (modprobe), each `name [param=value …]`; parameters become an `options` line in modprobe.d.",
     ),
     f(
         "sysctls",

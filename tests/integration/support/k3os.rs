@@ -4,7 +4,7 @@
 //! `ExecStart=` (systemd's quoting, as `render/k3s.rs` writes it; the real systemd parser checks
 //! the same text in `render_systemd.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
 use crate::config_cli::bosun;
@@ -18,7 +18,8 @@ pub const K3OS_GROUP: &str = "root:x:0:root\nsudo:x:101:rancher\nrancher:x:1000:
 
 /// A repo and a root in one temp dir.
 pub struct K3osNode {
-    pub tmp: tempfile::TempDir,
+    /// Kept so the directory lives as long as the node.
+    _tmp: tempfile::TempDir,
     pub repo: PathBuf,
     pub root: PathBuf,
 }
@@ -34,7 +35,11 @@ impl K3osNode {
         std::fs::write(repo.join("config.yaml"), config).unwrap();
         std::fs::write(root.join("etc/passwd"), K3OS_PASSWD).unwrap();
         std::fs::write(root.join("etc/group"), K3OS_GROUP).unwrap();
-        K3osNode { tmp, repo, root }
+        K3osNode {
+            _tmp: tmp,
+            repo,
+            root,
+        }
     }
 
     /// Runs `bosun <cmd> --repo R --root T --hostname H <extra…>` (`plan` or `apply`).
@@ -103,8 +108,7 @@ pub fn exec_start_argv(dropin: &str) -> Vec<String> {
     let line = joined
         .lines()
         .filter_map(|l| l.strip_prefix("ExecStart="))
-        .filter(|l| !l.is_empty())
-        .last()
+        .rfind(|l| !l.is_empty())
         .unwrap_or_else(|| panic!("no ExecStart= in {dropin}"));
     let mut words = Vec::new();
     let mut chars = line.chars().peekable();
@@ -137,13 +141,6 @@ pub fn exec_start_argv(dropin: &str) -> Vec<String> {
 /// `s` as owned strings.
 pub fn strs(s: &[&str]) -> Vec<String> {
     s.iter().map(|x| x.to_string()).collect()
-}
-
-/// The mode (permission bits), uid and gid of a host file.
-pub fn meta(p: &Path) -> (u32, u32, u32) {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    (m.mode() & 0o7777, m.uid(), m.gid())
 }
 
 #[test]

@@ -44,22 +44,9 @@ fn ignored_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
     }
 }
 
-/// `modules` (kernel module names) and `sysctls` (dotted names, single-line values).
+/// `modules` (names with optional parameters) and `sysctls` (dotted names, single-line values).
 fn kernel_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
-    for (m, pos) in list(k.get("modules")) {
-        if !m.is_empty()
-            && m.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            out.modules.push(m);
-        } else {
-            cx.err(
-                &pos,
-                "k3os.modules",
-                format!("{m:?} is not a kernel module name; expected letters, digits, '_' and '-'"),
-            );
-        }
-    }
+    out.modules = super::modules::modules(cx, k.get("modules"));
     for (key, val, kpos, pos) in map(k.get("sysctls")) {
         let field = format!("k3os.sysctls.{key}");
         if key.is_empty()

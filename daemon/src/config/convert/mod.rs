@@ -12,7 +12,7 @@
 //! - `syntax`: value syntaxes used by several sections (host names, URLs, paths, durations);
 //! - `authorized_keys`: `ssh_authorized_keys`;
 //! - `write_files` and `decoding`: `write_files` entries and their content encodings;
-//! - `k3os`: the `k3os:` block;
+//! - `k3os` and `modules`: the `k3os:` block and its `modules` entries;
 //! - `upgrade`: the `upgrade:` block;
 //! - `health` and `checks`: the `health:` block and its `checks` entries.
 //!
@@ -24,11 +24,13 @@ mod checks;
 mod decoding;
 mod health;
 mod k3os;
+mod modules;
 mod syntax;
 mod tree;
 mod upgrade;
 mod write_files;
 
+pub use modules::{check_module_param, parse_module, valid_module_name};
 pub use syntax::{check_path, parse_duration, valid_hostname};
 pub use write_files::{parse_mode, parse_owner};
 
