@@ -53,6 +53,8 @@ pub struct Metrics {
     last_success: AtomicU64,
     refused: Mutex<BTreeMap<String, u64>>,
     config_rollbacks: AtomicU64,
+    /// Warnings in the applied config (a gauge).
+    config_warnings: AtomicU64,
     /// Releases of bosun's code pages after work (see `crate::memory`), and the bytes advised.
     code_page_releases: AtomicU64,
     code_page_release_bytes: AtomicU64,
@@ -100,6 +102,11 @@ impl Metrics {
     /// Starts the rollback counter from the persisted total (the commit history).
     pub fn seed_config_rollbacks(&self, total: u64) {
         self.config_rollbacks.store(total, Ordering::Relaxed);
+    }
+
+    /// Sets the number of warnings in the applied config.
+    pub fn set_config_warnings(&self, count: u64) {
+        self.config_warnings.store(count, Ordering::Relaxed);
     }
 
     /// Replaces the upgrade section of the exposition (`bosun_upgrades_total`, version, slot).
@@ -178,6 +185,11 @@ impl Metrics {
             o,
             "# HELP bosun_config_rollbacks_total Config changes rolled back because K3s was unhealthy after them.\n# TYPE bosun_config_rollbacks_total counter\nbosun_config_rollbacks_total {}",
             self.config_rollbacks.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP bosun_config_warnings Warnings in the applied config (unknown keys, k3os leniencies such as a skipped placeholder ssh key).\n# TYPE bosun_config_warnings gauge\nbosun_config_warnings {}",
+            self.config_warnings.load(Ordering::Relaxed)
         );
         o.push_str(&lock(&self.upgrade_text));
         let t = self.transfer.totals();
@@ -432,6 +444,7 @@ mod tests {
         m.drift_corrected(2);
         m.code_pages_released(8192);
         m.set_applied_commit("abc");
+        m.set_config_warnings(3);
         let t = m.render();
         for line in [
             "bosun_reconcile_total{result=\"success\"} 1",
@@ -444,6 +457,7 @@ mod tests {
             "bosun_code_page_release_bytes_total 8192",
             "bosun_source_refused_total{reason=\"unsigned\"} 2",
             "bosun_fetch_bytes_total 0",
+            "bosun_config_warnings 3",
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line:?} in\n{t}");
         }

@@ -1303,3 +1303,51 @@ fn daemon_checks_key_validity_against_its_clock_not_the_commit_date() {
     assert_eq!(node.read(APP).as_deref(), Some("v2\n"));
     assert!(agent.terminate().success());
 }
+
+/// Issue 13 item 4: the daemon applies a config with k3os leniencies (a placeholder ssh key
+/// skipped, a relative write_files path joined onto /), logs each warning once, and counts them
+/// in status.json and the `bosun_config_warnings` gauge; a clean commit brings both to 0.
+#[test]
+fn daemon_counts_config_warnings_in_status_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    repo.write(
+        "config.yaml",
+        "health:\n  gate: none\nssh_authorized_keys:\n- <key>\nwrite_files:\n- path: etc/app/app.conf\n  content: \"v1\\n\"\n",
+    );
+    let first = repo.commit("lenient");
+    let git = GitDaemon::start(tmp.path());
+    let node = Node::new(&git.url("fleet"), "");
+    let mut agent = node.start();
+    agent.wait_log(
+        &[
+            &format!("applied commit {first}"),
+            "ssh_authorized_keys[0]: not an ssh public key (placeholder?)",
+            "write_files[0].path: \"etc/app/app.conf\" is relative",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+    assert!(node.read("home/rancher/.ssh/authorized_keys").is_none());
+    assert!(
+        wait_until(Duration::from_secs(10), || node.status()["config_warnings"]
+            == 2),
+        "{}",
+        node.status()
+    );
+    assert_eq!(agent.metric("bosun_config_warnings"), Some(2.0));
+
+    repo.write("config.yaml", &app_config("v2"));
+    let second = repo.commit("clean");
+    agent.wait_log(
+        &[&format!("applied commit {second}")],
+        Duration::from_secs(20),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || node.status()["config_warnings"]
+            == 0),
+        "{}",
+        node.status()
+    );
+    assert_eq!(agent.metric("bosun_config_warnings"), Some(0.0));
+}

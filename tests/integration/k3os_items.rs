@@ -102,3 +102,89 @@ fn bad_module_parameters_are_refused_before_anything_is_written() {
         text(&out)
     );
 }
+
+/// The three k3os leniencies of one config: `(field, message)` as printed.
+const LENIENT: [(&str, &str); 3] = [
+    (
+        "config.yaml:2:3: warning: ssh_authorized_keys[0]",
+        "not an ssh public key (placeholder?)",
+    ),
+    (
+        "config.yaml:5:9: warning: write_files[0].path",
+        "\"test2.txt\" is relative; written to \"/test2.txt\"",
+    ),
+    (
+        "config.yaml:11:5: warning: k3os.k3s_args[0]",
+        "\"--node-ip=10.0.0.2\" is a flag, not `server` or `agent`; running `k3s agent`",
+    ),
+];
+
+const LENIENT_CONFIG: &str = "ssh_authorized_keys:\n- <key>\n- ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin\nwrite_files:\n- path: test2.txt\n  content: hi\nk3os:\n  server_url: https://10.0.0.1:6443\n  token: K10abc::node:def\n  k3s_args:\n  - --node-ip=10.0.0.2\n";
+
+/// Item 4: where k3os degraded one item and kept the rest, bosun does the same with a warning
+/// naming file:line:col: the placeholder key is skipped (never written) and the real one kept,
+/// the relative path lands under /, and flag-first k3s_args run as the agent the install
+/// script would have started (server_url is set).
+#[test]
+fn leniencies_apply_with_warnings() {
+    let node = K3osNode::new(LENIENT_CONFIG);
+    let out = node.apply_ok(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (at, what) in LENIENT {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(at)
+                && l.contains(what)
+                && l.ends_with("(an error with --strict)")),
+            "{at} {what} missing:\n{stderr}"
+        );
+    }
+    assert_eq!(
+        node.read("/home/rancher/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin\n"
+    );
+    assert_eq!(node.read("/test2.txt"), "hi");
+    assert_eq!(
+        node.k3s_argv("k3s-agent"),
+        strs(&["agent", "--node-ip=10.0.0.2"])
+    );
+    assert!(!node.path("/etc/systemd/system/k3s.service.d").exists());
+
+    let v = node.validate(&[]);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    assert!(text(&v).contains("valid (3 warning(s))"), "{}", text(&v));
+    let json = node.validate(&["--format", "json"]);
+    let diags: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let lenient: Vec<&serde_json::Value> = diags
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["lenient"] == true && d["severity"] == "warning")
+        .collect();
+    assert_eq!(lenient.len(), 3, "{diags}");
+}
+
+/// Item 4 under `--strict`: each leniency is an error in `validate`, `plan` and `apply`, and
+/// nothing is written.
+#[test]
+fn leniencies_are_errors_with_strict() {
+    let node = K3osNode::new(LENIENT_CONFIG);
+    let before = crate::support::tree(&node.root);
+    for cmd in ["plan", "apply"] {
+        let out = node.run(cmd, "node1", &["--strict"]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for (at, what) in LENIENT {
+            let at = at.replace("warning: ", "");
+            assert!(
+                stderr.lines().any(|l| l.starts_with(&at)
+                    && l.contains(what)
+                    && l.ends_with("(an error because of --strict)")),
+                "{cmd}: {at} {what} missing:\n{stderr}"
+            );
+        }
+        assert_eq!(crate::support::tree(&node.root), before, "{cmd} wrote");
+    }
+    let v = node.validate(&["--strict"]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(text(&v).contains("invalid: 3 error(s)"), "{}", text(&v));
+}

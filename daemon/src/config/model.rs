@@ -153,7 +153,8 @@ pub struct K3os {
     pub server_url: Option<String>,
     pub token: Option<Secret>,
     pub labels: BTreeMap<String, String>,
-    /// k3os semantics: exec-style, first element `server` or `agent`.
+    /// k3os semantics: exec-style; the first element `server`, `agent` or a flag (then the
+    /// role comes from [`K3os::k3s_role`]).
     pub k3s_args: Vec<String>,
     pub environment: BTreeMap<String, String>,
     pub taints: Vec<String>,

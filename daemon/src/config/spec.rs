@@ -138,7 +138,7 @@ pub const K3OS: &[Field] = &[
     f(
         "k3s_args",
         Shape::StrList,
-        "K3s arguments, exec-style, one per element; the first is `server` or `agent`.",
+        "K3s arguments, exec-style, one per element; the first is `server` or `agent` (a flag first is a warning: the role is agent when server_url is set, else server).",
     ),
     f(
         "environment",

@@ -18,6 +18,10 @@
 //!
 //! Invariant: a value is kept only when it is valid; a bad one is reported as an error naming its
 //! field and is left out (or its default kept), and the caller rejects a config with any error.
+//! Three exceptions, where k3os degraded one item and kept the rest (issue 13), are lenient
+//! warnings (errors under `--strict`): a literal `ssh_authorized_keys` entry that is not a
+//! public key is skipped (never written); a relative `write_files` path is joined onto `/`;
+//! `k3s_args` starting with a flag get the role the k3s install script would pick.
 
 mod authorized_keys;
 mod checks;
@@ -70,6 +74,13 @@ impl Cx<'_> {
     fn warn(&mut self, pos: &Pos, field: &str, msg: impl Into<String>) {
         self.diags
             .push(Diagnostic::warning(pos.clone(), field, msg));
+    }
+
+    /// Records a k3os leniency at `pos` for `field`: one item skipped or repaired the way k3os
+    /// degraded it, the rest of the config kept; an error under `--strict`.
+    fn lenient(&mut self, pos: &Pos, field: &str, msg: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::lenient(pos.clone(), field, msg));
     }
 }
 

@@ -58,6 +58,8 @@ fn write_file(cx: &mut Cx, item: &Node, i: usize) -> Option<WriteFile> {
 }
 
 /// The entry's `path`, normalised; errors name the entry by index (its path is not known yet).
+/// A relative path is joined onto `/` with a lenient warning; `.`, `..` and the rest of
+/// [`check_path`]'s rules still apply to the joined path.
 fn file_path(cx: &mut Cx, item: &Node, i: usize) -> Result<String, Reported> {
     let base = format!("write_files[{i}]");
     let Some(pnode) = item.get("path") else {
@@ -69,7 +71,14 @@ fn file_path(cx: &mut Cx, item: &Node, i: usize) -> Result<String, Reported> {
         return Err(Reported);
     };
     let raw = text(pnode).unwrap_or_default();
-    check_path(raw.trim()).map_err(|e| {
+    let mut path = raw.trim().to_string();
+    if !path.is_empty() && !path.starts_with('/') {
+        // k3os wrote `path.Join("/", path)`: a relative path lands under /.
+        path.insert(0, '/');
+        let msg = format!("{:?} is relative; written to {path:?} (joined onto /, as k3os did); expected an absolute path", raw.trim());
+        cx.lenient(&pnode.pos, &join(&base, "path"), msg);
+    }
+    check_path(&path).map_err(|e| {
         cx.err(&pnode.pos, &join(&base, "path"), e);
         Reported
     })
