@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bosun::config::{self, ConvertOptions, IdOrName, KeySource, LoadOptions, NodeConfig};
+use bosun::config::{
+    self, ConvertOptions, IdOrName, KeySource, LoadOptions, NodeConfig, OwnerGroup,
+};
 use sha2::Digest;
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
@@ -69,8 +71,9 @@ fn describe(cfg: &NodeConfig, warnings: usize) -> BTreeMap<String, String> {
         put(&format!("{p}.len"), wf.content.len().to_string());
         put(&format!("{p}.mode"), format!("{:04o}", wf.mode));
         let owner = match &wf.owner.group {
-            Some(g) => format!("{}:{}", id(&wf.owner.user), id(g)),
-            None => id(&wf.owner.user),
+            OwnerGroup::Named(g) => format!("{}:{}", id(&wf.owner.user), id(g)),
+            OwnerGroup::Login => format!("{}:", id(&wf.owner.user)),
+            OwnerGroup::Unchanged => id(&wf.owner.user),
         };
         put(&format!("{p}.owner"), owner);
         put(&format!("{p}.encoding"), format!("{:?}", wf.encoding));

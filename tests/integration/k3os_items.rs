@@ -188,3 +188,37 @@ fn leniencies_are_errors_with_strict() {
     assert_eq!(v.status.code(), Some(1), "{}", text(&v));
     assert!(text(&v).contains("invalid: 3 error(s)"), "{}", text(&v));
 }
+
+/// Item 5: `owner:` means what `chown OWNER` meant to k3os on the root-owned file it had just
+/// written: a user alone leaves the group root, `user:` takes the login group, `:group` leaves
+/// the user root (rancher/k3os#357 wrote `owner: rancher`).
+#[test]
+fn owners_mean_what_chown_made_of_them() {
+    let cases = [
+        ("rancher", (1000, 0)),
+        ("rancher:", (1000, 1000)),
+        ("rancher:rancher", (1000, 1000)),
+        ("rancher:sudo", (1000, 101)),
+        (":sudo", (0, 101)),
+        ("1000", (1000, 0)),
+        ("1000:", (1000, 1000)),
+        ("root", (0, 0)),
+    ];
+    let mut config = String::from("write_files:\n");
+    for (i, (owner, _)) in cases.iter().enumerate() {
+        config.push_str(&format!(
+            "- path: /o/{i}\n  owner: \"{owner}\"\n  content: x\n"
+        ));
+    }
+    let node = K3osNode::new(&config);
+    node.apply_ok(&[]);
+    for (i, (owner, (uid, gid))) in cases.iter().enumerate() {
+        assert_eq!(
+            node.meta(&format!("/o/{i}")),
+            (0o644, *uid, *gid),
+            "owner {owner:?}"
+        );
+    }
+    let again = node.run("plan", "node1", &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+}

@@ -100,19 +100,42 @@ impl fmt::Display for IdOrName {
     }
 }
 
-/// `owner:` of a write_files entry: `user`, `user:group`, `uid:gid`.
-/// With no group, the user's primary group is used.
+/// `owner:` of a write_files entry, with the meaning GNU `chown OWNER` gives it (k3os ran
+/// `chown OWNER` on the new file, which root had created): `user`, `user:`, `user:group`,
+/// `:group`, numbers for ids.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OwnerSpec {
+    /// `root` when the spec names only a group (`:group`: chown leaves the user).
     pub user: IdOrName,
-    pub group: Option<IdOrName>,
+    pub group: OwnerGroup,
+}
+
+/// The group part of an [`OwnerSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OwnerGroup {
+    /// `user` alone: chown leaves the group, root (0) for the file written.
+    Unchanged,
+    /// `user:` (a colon, no group): the user's login group (its passwd gid).
+    Login,
+    /// `user:group` or `:group`.
+    Named(IdOrName),
 }
 
 impl Default for OwnerSpec {
     fn default() -> Self {
         OwnerSpec {
             user: IdOrName::Name("root".into()),
-            group: None,
+            group: OwnerGroup::Unchanged,
+        }
+    }
+}
+
+impl fmt::Display for OwnerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.group {
+            OwnerGroup::Unchanged => write!(f, "{}", self.user),
+            OwnerGroup::Login => write!(f, "{}:", self.user),
+            OwnerGroup::Named(g) => write!(f, "{}:{g}", self.user),
         }
     }
 }

@@ -74,7 +74,7 @@ pub const WRITE_FILE: &[Field] = &[
     f("path", Shape::Str, "Absolute path of the file on the node."),
     f("content", Shape::Content, "File content, encoded as `encoding` says; `!!binary` scalars are decoded to bytes."),
     f("encoding", Shape::Enum(ENCODINGS), "How `content` is encoded: \"\" (plain), b64/base64, gz/gzip, or gzip+base64 (any spelling)."),
-    f("owner", Shape::Str, "`user`, `user:group` or `uid:gid`, resolved through the node's own passwd/group. Default root:root."),
+    f("owner", Shape::Str, "`user`, `user:`, `user:group`, `:group` or `uid:gid`, resolved through the node's own passwd/group as chown reads it (`user` alone leaves the group root; `user:` is the login group). Default root:root."),
     f("permissions", Shape::Permissions, "Octal mode such as '0644'. Default 0644."),
 ];
 

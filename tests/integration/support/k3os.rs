@@ -83,6 +83,13 @@ impl K3osNode {
         self.root.join(path.trim_start_matches('/'))
     }
 
+    /// The mode (permission bits), uid and gid of node path `path`.
+    pub fn meta(&self, path: &str) -> (u32, u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(self.path(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    }
+
     /// The k3s arguments after the binary in the role's drop-in (`k3s` or `k3s-agent`).
     pub fn k3s_argv(&self, unit: &str) -> Vec<String> {
         exec_start_argv(&self.read(&format!(
