@@ -222,3 +222,45 @@ fn owners_mean_what_chown_made_of_them() {
     let again = node.run("plan", "node1", &[]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
 }
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// Item 6: a multi-member gzip stream (`cat a.gz b.gz`) decodes to every member, as Go's
+/// reader in k3os did; bytes after a member that are not another member reject the config
+/// with file:line:col, and nothing is written.
+#[test]
+fn gzip_reads_every_member_and_refuses_trailing_bytes() {
+    let both = [gzip(b"hello "), gzip(b"world\n")].concat();
+    let node = K3osNode::new(&format!(
+        "write_files:\n- path: /etc/greeting\n  encoding: gz+b64\n  content: {}\n",
+        b64(&both)
+    ));
+    node.apply_ok(&[]);
+    assert_eq!(node.read("/etc/greeting"), "hello world\n");
+
+    let first = gzip(b"hello ");
+    let junk = [first.clone(), b"trailing".to_vec()].concat();
+    let node = K3osNode::new(&format!(
+        "write_files:\n- path: /etc/ok\n  content: fine\n- path: /etc/greeting\n  encoding: gzip+base64\n  content: {}\n",
+        b64(&junk)
+    ));
+    let before = crate::support::tree(&node.root);
+    let out = node.run("apply", "node1", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let want = format!(
+        "config.yaml:6:12: write_files[/etc/greeting].content: invalid gzip (encoding \"gzip+base64\"): 8 byte(s) after gzip member 1 (from byte {} of the compressed data)",
+        first.len()
+    );
+    assert!(text(&out).contains(&want), "{want}\n{}", text(&out));
+    assert_eq!(crate::support::tree(&node.root), before);
+}

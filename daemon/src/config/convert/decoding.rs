@@ -1,6 +1,8 @@
 //! The content of a `write_files` entry: its `encoding` (base64, gzip, both, or a `!!binary`
 //! scalar) and the decoding itself, capped at [`ConvertOptions::max_file_size`] so a gzip bomb is
-//! refused while it is read, before anything could be written.
+//! refused while it is read, before anything could be written. A gzip stream is read member by
+//! member as k3os's Go reader read it (every member, concatenated); trailing bytes that do not
+//! start another member are an error.
 //!
 //! [`ConvertOptions::max_file_size`]: super::ConvertOptions::max_file_size
 
@@ -121,15 +123,37 @@ fn decode_b64(s: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Gunzips `data`, reading at most `cap + 1` bytes so a bomb stops at the cap.
+/// Gunzips `data` as Go's `gzip.Reader` (k3os) reads it: every member in turn, concatenated
+/// (`cat a.gz b.gz`); bytes after a member that do not start another one are an error (k3os
+/// logged it and skipped the entry). At most `cap + 1` bytes are inflated across all members,
+/// so a bomb stops at the cap.
 fn gunzip(data: &[u8], cap: u64) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    let mut dec = flate2::read::GzDecoder::new(data).take(cap + 1);
-    dec.read_to_end(&mut out).map_err(|e| e.to_string())?;
-    if out.len() as u64 > cap {
-        return Err(format!(
-            "decompresses to more than the {cap} byte limit per file (a gzip bomb?)"
-        ));
+    let mut rest = data;
+    for member in 1.. {
+        let mut dec = flate2::bufread::GzDecoder::new(rest);
+        let room = (cap + 1).saturating_sub(out.len() as u64);
+        let read = (&mut dec).take(room).read_to_end(&mut out);
+        if out.len() as u64 > cap {
+            return Err(format!(
+                "decompresses to more than the {cap} byte limit per file (a gzip bomb?)"
+            ));
+        }
+        read.map_err(|e| match member {
+            1 => e.to_string(),
+            n => format!("member {n}: {e}"),
+        })?;
+        rest = dec.into_inner();
+        if rest.is_empty() {
+            break;
+        }
+        if !rest.starts_with(&[0x1f, 0x8b]) {
+            let offset = data.len() - rest.len();
+            return Err(format!(
+                "{} byte(s) after gzip member {member} (from byte {offset} of the compressed data) are not another gzip member; expected only gzip members",
+                rest.len()
+            ));
+        }
     }
     Ok(out)
 }
@@ -138,13 +162,43 @@ fn gunzip(data: &[u8], cap: u64) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn gzip_bomb_is_capped() {
+    fn gz(data: &[u8]) -> Vec<u8> {
         use std::io::Write;
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(&vec![0u8; 2 << 20]).unwrap();
-        let gz = enc.finish().unwrap();
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn gzip_bomb_is_capped() {
+        let gz = gz(&vec![0u8; 2 << 20]);
         assert!(gunzip(&gz, 1 << 20).unwrap_err().contains("limit"));
         assert_eq!(gunzip(&gz, 4 << 20).unwrap().len(), 2 << 20);
+        // The cap counts every member: two of 2 MiB are over a 3 MiB cap.
+        let two = [gz.clone(), gz].concat();
+        assert!(gunzip(&two, 3 << 20).unwrap_err().contains("limit"));
+        assert_eq!(gunzip(&two, 4 << 20).unwrap().len(), 4 << 20);
+    }
+
+    #[test]
+    fn every_member_is_read_and_trailing_bytes_are_refused() {
+        let (a, b) = (gz(b"hello "), gz(b"world\n"));
+        let both = [a.clone(), b.clone()].concat();
+        assert_eq!(gunzip(&both, 1 << 20).unwrap(), b"hello world\n");
+        let garbage = [a.clone(), b"garbage".to_vec()].concat();
+        let e = gunzip(&garbage, 1 << 20).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "7 byte(s) after gzip member 1 (from byte {}",
+                a.len()
+            )),
+            "{e}"
+        );
+        // A second member that is cut short is an error, not a silent end.
+        let cut = [a.clone(), b[..b.len() - 4].to_vec()].concat();
+        assert!(gunzip(&cut, 1 << 20).unwrap_err().starts_with("member 2:"));
+        // One truncated member, and no data at all.
+        assert!(gunzip(&a[..a.len() - 4], 1 << 20).is_err());
+        assert!(gunzip(b"", 1 << 20).is_err());
     }
 }
