@@ -264,3 +264,111 @@ fn gzip_reads_every_member_and_refuses_trailing_bytes() {
     assert!(text(&out).contains(&want), "{want}\n{}", text(&out));
     assert_eq!(crate::support::tree(&node.root), before);
 }
+
+/// Validates each YAML file given after the schema with python3-jsonschema (read by
+/// python3-yaml; `!!binary` bytes and dates become strings, as a JSON document would hold
+/// them). Prints one line per invalid value, then `checked N, invalid M`.
+const CHECK_SCHEMA_PY: &str = r#"
+import sys, json, yaml, jsonschema, datetime, base64
+def plain(v):
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    if isinstance(v, bytes):
+        return base64.b64encode(v).decode()
+    if isinstance(v, (datetime.date, datetime.datetime)):
+        return v.isoformat()
+    return v
+validator = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))
+bad = 0
+for f in sys.argv[2:]:
+    errors = list(validator.iter_errors(plain(yaml.safe_load(open(f, encoding="utf-8")))))
+    for e in errors:
+        print(f"{f}: {'/'.join(map(str, e.absolute_path))}: {e.message}")
+    bad += bool(errors)
+print(f"checked {len(sys.argv) - 2}, invalid {bad}")
+"#;
+
+fn check_schema(files: &[std::path::PathBuf]) -> String {
+    let schema = crate::config_cli::workspace().join("schemas/config.schema.json");
+    let out = std::process::Command::new("python3")
+        .args(["-c", CHECK_SCHEMA_PY])
+        .arg(schema)
+        .args(files)
+        .output()
+        .expect("python3 with python3-yaml and python3-jsonschema (.ci/packages.txt)");
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Item 7: the committed JSON Schema, checked by an implementation that is not bosun's
+/// (python3-jsonschema), accepts every layer of example-repo (whose nodes remove inherited
+/// keys with `null`), every valid config fixture and every k3os fixture bosun applies, and
+/// still refuses values of the wrong shape.
+#[test]
+fn committed_schema_accepts_nulls_and_every_valid_config() {
+    let ws = crate::config_cli::workspace();
+    let yaml_in = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut files = vec![ws.join("example-repo/config.yaml")];
+    files.extend(yaml_in(&ws.join("example-repo/groups")));
+    files.extend(yaml_in(&ws.join("example-repo/nodes")));
+    let nulls = files
+        .iter()
+        .filter(|f| std::fs::read_to_string(f).unwrap().contains(": null"))
+        .count();
+    assert!(nulls >= 2, "example-repo no longer removes keys with null");
+    files.extend(yaml_in(&ws.join("tests/fixtures/config/valid")));
+    let k3os = ws.join("tests/fixtures/k3os");
+    for e in std::fs::read_dir(&k3os).unwrap() {
+        let dir = e.unwrap().path();
+        let expected = dir.join("expected.yaml");
+        if expected.exists()
+            && std::fs::read_to_string(&expected)
+                .unwrap()
+                .contains("\n  outcome: applies")
+        {
+            files.push(dir.join("config.yaml"));
+        }
+    }
+    assert!(files.len() >= 40, "only {} files", files.len());
+    let report = check_schema(&files);
+    assert_eq!(
+        report.trim(),
+        format!("checked {}, invalid 0", files.len()),
+        "{report}"
+    );
+
+    // The validator is not vacuous: wrong shapes are refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = [
+        "hostname: [a, b]\n",
+        "write_files:\n- path: /x\n  permissions: '0999'\n",
+        "k3os:\n  labels: 5\n",
+        "health:\n  gate: sometimes\n",
+    ];
+    let paths: Vec<_> = bad
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let p = tmp.path().join(format!("bad{i}.yaml"));
+            std::fs::write(&p, t).unwrap();
+            p
+        })
+        .collect();
+    let report = check_schema(&paths);
+    assert!(
+        report
+            .trim_end()
+            .ends_with(&format!("checked {}, invalid {}", bad.len(), bad.len())),
+        "{report}"
+    );
+}
