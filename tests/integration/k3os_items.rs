@@ -372,3 +372,41 @@ fn committed_schema_accepts_nulls_and_every_valid_config() {
         "{report}"
     );
 }
+
+/// Item 8: messages in the user's terms, through the binary. A bad base64 character is named
+/// with its line and column in the file (a truncated `...` in a `!!binary` block, as in k3os's
+/// README); a `<key>` placeholder says so; a key fetch that fails with nothing cached is a
+/// plain warning (a loopback server stands in for github.com and answers 500).
+#[test]
+fn messages_name_the_character_the_placeholder_and_the_failed_fetch() {
+    let node = K3osNode::new(
+        "write_files:\n- path: /bin/arch\n  content: !!binary |\n    f0VMRgIBAQAAAAAAAAAAAAIAPgAB\n    AEAAHgAdAAYAAAAFAAAAQAAAAAAA\n    ...\n",
+    );
+    let out = node.run("apply", "node1", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let want = "config.yaml:3:12: write_files[/bin/arch].content: invalid !!binary base64: \
+                '.' at line 6, column 5 is not a base64 character";
+    assert!(text(&out).contains(want), "{want}\n{}", text(&out));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let github = rt.block_on(crate::support::tls::serve_http(axum::Router::new().route(
+        "/{user}",
+        axum::routing::get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") }),
+    )));
+    let node = K3osNode::new("ssh_authorized_keys:\n- <key>\n- github:alice\n");
+    let out = node.apply_ok(&["--github-base", &github.base()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "config.yaml:2:3: warning: ssh_authorized_keys[0]: not an ssh public key (placeholder?): one word"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("config.yaml:3:3: ssh_authorized_keys github:alice: fetch failed ("),
+        "{stderr}"
+    );
+    assert!(stderr.contains("and nothing is cached"), "{stderr}");
+    assert!(!stderr.contains("FETCH FAILED"), "{stderr}");
+    assert!(!node.path("/home/rancher/.ssh/authorized_keys").exists());
+}
