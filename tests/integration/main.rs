@@ -23,6 +23,7 @@ mod daemon;
 mod guarded_apply;
 mod health;
 mod image;
+mod k3os_compat;
 mod k3os_items;
 mod keys;
 mod plan_cli;

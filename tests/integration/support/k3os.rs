@@ -15,6 +15,9 @@ pub const K3OS_PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
                                rancher:x:1000:1000:Linux User,,,:/home/rancher:/bin/bash\n";
 /// `/etc/group` of a k3os image.
 pub const K3OS_GROUP: &str = "root:x:0:root\nsudo:x:101:rancher\nrancher:x:1000:rancher\n";
+/// `/etc/shadow` of a k3os image: no root password, `rancher` locked (`adduser -D`) until
+/// `k3os.password` sets one.
+pub const K3OS_SHADOW: &str = "root:*::0:::::\nrancher:!::0:99999:7:::\n";
 
 /// A repo and a root in one temp dir.
 pub struct K3osNode {
@@ -35,6 +38,7 @@ impl K3osNode {
         std::fs::write(repo.join("config.yaml"), config).unwrap();
         std::fs::write(root.join("etc/passwd"), K3OS_PASSWD).unwrap();
         std::fs::write(root.join("etc/group"), K3OS_GROUP).unwrap();
+        std::fs::write(root.join("etc/shadow"), K3OS_SHADOW).unwrap();
         K3osNode {
             _tmp: tmp,
             repo,
