@@ -50,7 +50,8 @@ pub enum Command {
         /// Config repo directory (holding config.yaml, groups/, nodes/).
         #[arg(long, default_value = ".")]
         repo: PathBuf,
-        /// Treat unknown keys as errors (k3os ignored them silently).
+        /// Treat unknown keys (k3os ignored them silently) and k3os leniencies (a skipped
+        /// literal ssh key, a relative write_files path, k3s_args starting with a flag) as errors.
         #[arg(long)]
         strict: bool,
         /// Largest decoded write_files content, in bytes.
@@ -84,7 +85,7 @@ pub enum Command {
         /// world-readable, secret-named environment values) instead of `<redacted>`.
         #[arg(long)]
         show_secrets: bool,
-        /// Treat unknown keys as errors (k3os ignored them silently).
+        /// Treat unknown keys and k3os leniencies as errors (as `validate --strict`).
         #[arg(long)]
         strict: bool,
     },
@@ -196,7 +197,8 @@ pub struct TargetArgs {
     /// bosun's state (journal, managed-file set, key cache). Default: `<root>/var/lib/bosun`.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Treat unknown keys as errors (k3os ignored them silently).
+    /// Treat unknown keys and k3os leniencies as errors (as `validate --strict`); the daemon
+    /// has no such switch and counts them as config warnings.
     #[arg(long)]
     pub strict: bool,
     /// Base URL for `github:USER` key sources.

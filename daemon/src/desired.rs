@@ -49,10 +49,12 @@ pub enum Effect {
         /// The sysctl file to load.
         file: String,
     },
-    /// `modprobe MODULE`.
+    /// `modprobe MODULE PARAMS…` (argv, no shell).
     Modprobe {
         /// The kernel module.
         module: String,
+        /// Its parameters (`name=value`), passed as arguments.
+        params: Vec<String>,
     },
     /// `systemctl daemon-reload` (after a unit drop-in changed).
     DaemonReload,

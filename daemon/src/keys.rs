@@ -15,7 +15,7 @@
 //!   the last good one.
 //! - A good fetch replaces the cache atomically (temp file, fsync, rename, fsync dir). A failed
 //!   one (status, timeout, oversize, garbage, transport) falls back to the cached keys with a
-//!   warning; with nothing cached the source contributes no keys and a loud warning.
+//!   warning; with nothing cached the source contributes no keys and a warning saying so.
 //!   [`KeyResolution::for_render`] never hands rendering an empty set caused by failures.
 //! - An empty 200 response is a valid answer (the account has no keys) and is cached.
 
@@ -257,7 +257,7 @@ impl KeyResolution {
                      good fetch"
                 )),
                 SourceOutcome::Missing { error } => out.push(format!(
-                    "{what}: FETCH FAILED ({error}) AND NOTHING IS CACHED: this source \
+                    "{what}: fetch failed ({error}) and nothing is cached: this source \
                      contributes no keys until a fetch succeeds"
                 )),
             }
@@ -594,7 +594,8 @@ mod tests {
             reports: vec![failed("a")],
         };
         assert_eq!(all_failed.for_render(), None);
-        assert!(all_failed.warnings()[0].contains("NOTHING IS CACHED"));
+        assert!(all_failed.warnings()[0].contains("fetch failed"));
+        assert!(all_failed.warnings()[0].contains("and nothing is cached"));
         let partly = KeyResolution {
             keys: vec!["k".into()],
             reports: vec![failed("a")],

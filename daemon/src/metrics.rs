@@ -56,6 +56,8 @@ pub struct Metrics {
     last_success: AtomicU64,
     refused: Mutex<BTreeMap<String, u64>>,
     config_rollbacks: AtomicU64,
+    /// Warnings in the applied config (a gauge).
+    config_warnings: AtomicU64,
     /// Releases of bosun's code pages after work (see `crate::memory`), and the bytes advised.
     code_page_releases: AtomicU64,
     code_page_release_bytes: AtomicU64,
@@ -113,6 +115,11 @@ impl Metrics {
     /// group, and the evictions it asked for so far.
     pub fn set_rollout(&self, state: &str, lock_held: bool, evictions: u64) {
         *lock(&self.rollout) = (state.to_string(), lock_held, evictions);
+    }
+
+    /// Sets the number of warnings in the applied config.
+    pub fn set_config_warnings(&self, count: u64) {
+        self.config_warnings.store(count, Ordering::Relaxed);
     }
 
     /// Replaces the upgrade section of the exposition (`bosun_upgrades_total`, version, slot).
@@ -193,6 +200,11 @@ impl Metrics {
             o,
             "# HELP bosun_config_rollbacks_total Config changes rolled back because K3s was unhealthy after them.\n# TYPE bosun_config_rollbacks_total counter\nbosun_config_rollbacks_total {}",
             self.config_rollbacks.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP bosun_config_warnings Warnings in the applied config (unknown keys, k3os leniencies such as a skipped placeholder ssh key).\n# TYPE bosun_config_warnings gauge\nbosun_config_warnings {}",
+            self.config_warnings.load(Ordering::Relaxed)
         );
         o.push_str(&lock(&self.upgrade_text));
         let (state, held, evictions) = lock(&self.rollout).clone();
@@ -466,6 +478,7 @@ mod tests {
         m.drift_corrected(2);
         m.code_pages_released(8192);
         m.set_applied_commit("abc");
+        m.set_config_warnings(3);
         let t = m.render();
         for line in [
             "bosun_reconcile_total{result=\"success\"} 1",
@@ -478,6 +491,7 @@ mod tests {
             "bosun_code_page_release_bytes_total 8192",
             "bosun_source_refused_total{reason=\"unsigned\"} 2",
             "bosun_fetch_bytes_total 0",
+            "bosun_config_warnings 3",
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line:?} in\n{t}");
         }

@@ -344,7 +344,14 @@ fn describe_effect(e: &Effect) -> String {
     match e {
         Effect::SetHostname { hostname } => format!("set hostname to {hostname}"),
         Effect::SysctlLoad { file } => format!("sysctl --load {file}"),
-        Effect::Modprobe { module } => format!("modprobe {module}"),
+        Effect::Modprobe { module, params } => {
+            let mut s = format!("modprobe {module}");
+            for p in params {
+                s.push(' ');
+                s.push_str(p);
+            }
+            s
+        }
         Effect::DaemonReload => "systemctl daemon-reload".to_string(),
         Effect::RestartUnit { unit } => format!("systemctl restart {unit}"),
         Effect::ReloadUnit { unit } => format!("systemctl reload {unit}"),

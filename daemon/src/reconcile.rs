@@ -207,7 +207,11 @@ pub fn effect_commands(effect: &Effect) -> Vec<Vec<String>> {
     match effect {
         Effect::SetHostname { hostname } => vec![v(&["hostname", hostname])],
         Effect::SysctlLoad { file } => vec![v(&["sysctl", "--load", file])],
-        Effect::Modprobe { module } => vec![v(&["modprobe", module])],
+        Effect::Modprobe { module, params } => {
+            let mut argv = v(&["modprobe", module]);
+            argv.extend(params.iter().cloned());
+            vec![argv]
+        }
         Effect::DaemonReload => vec![v(&["systemctl", "daemon-reload"])],
         Effect::RestartUnit { unit } => vec![v(&["systemctl", "restart", unit])],
         Effect::ReloadUnit { unit } => vec![v(&["systemctl", "reload", unit])],
@@ -522,6 +526,7 @@ mod tests {
             &[
                 Effect::Modprobe {
                     module: "nope".into(),
+                    params: vec!["a=1".into()],
                 },
                 Effect::DisableUnit {
                     unit: "k3s.service".into(),
@@ -539,7 +544,7 @@ mod tests {
         assert_eq!(
             calls,
             vec![
-                "modprobe nope",
+                "modprobe nope a=1",
                 "systemctl disable --now k3s.service",
                 "systemctl enable k3s-agent.service",
                 "systemctl restart k3s"

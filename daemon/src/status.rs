@@ -48,6 +48,9 @@ pub struct Status {
     pub refused_total: u64,
     /// Files reverted after manual changes, since the state dir was created.
     pub drift_corrections_total: u64,
+    /// Warnings in the applied config (unknown keys, k3os leniencies such as a skipped
+    /// placeholder ssh key; `bosun validate` lists them).
+    pub config_warnings: u64,
     /// When the next poll is due.
     pub next_poll_at: Option<u64>,
     /// Ref-advertisement reads (polls) of this daemon run.
@@ -159,6 +162,12 @@ impl Status {
             "drift corrected: {}\n",
             self.drift_corrections_total
         ));
+        if self.config_warnings > 0 {
+            out.push_str(&format!(
+                "config warnings: {} (in the applied config; `bosun validate` lists them)\n",
+                self.config_warnings
+            ));
+        }
         if let Some(n) = self.next_poll_at {
             out.push_str(&format!("next poll:       {}\n", ago(Some(n))));
         }
@@ -245,6 +254,7 @@ impl Ledger {
         self.status.signer = previous.signer;
         self.status.last_applied_at = previous.last_applied_at;
         self.status.refused_total = previous.refused_total;
+        self.config_warnings(previous.config_warnings);
         self.status.drift_corrections_total = previous.drift_corrections_total;
     }
 
@@ -287,6 +297,12 @@ impl Ledger {
         self.status.last_success_at = Some(now);
     }
 
+    /// Records how many warnings the applied config has (status and gauge).
+    pub fn config_warnings(&mut self, count: u64) {
+        self.metrics.set_config_warnings(count);
+        self.status.config_warnings = count;
+    }
+
     /// Counts `files` reverted after manual changes.
     pub fn drift_corrected(&mut self, files: u64) {
         self.metrics.drift_corrected(files);
@@ -317,7 +333,9 @@ mod tests {
         s.last_error = Some("fetch failed".into());
         s.last_error_at = Some(90);
         s.next_poll_at = Some(130);
+        s.config_warnings = 2;
         let t = s.render_text(100);
+        assert!(t.contains("config warnings: 2"), "{t}");
         assert!(t.contains("applied commit:  abc123"), "{t}");
         assert!(t.contains("fetch failed"), "{t}");
         assert!(t.contains("1970-01-01T00:02:10Z (in 30 s)"), "{t}");

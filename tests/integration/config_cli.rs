@@ -49,9 +49,10 @@ fn corrupting_one_base64_string_fails_naming_file_line_and_entry() {
     let good = "ewogICJsb2ctZHJpdmVyIjogImpvdXJuYWxkIgp9Cg==";
     assert!(text.contains(good));
     let line = text.lines().position(|l| l.contains(good)).unwrap() + 1;
+    let col = text.lines().nth(line - 1).unwrap().find(good).unwrap() + 1 + 10;
     std::fs::write(
         &cfg,
-        text.replace(good, "ewogICJsb2ctZHJpdmVyIjogImpvdXJuYWxkIgp9Cg=!"),
+        text.replace(good, &format!("{}!{}", &good[..10], &good[11..])),
     )
     .unwrap();
     let out = bosun()
@@ -62,7 +63,8 @@ fn corrupting_one_base64_string_fails_naming_file_line_and_entry() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let want = format!(
-        "config.yaml:{line}:14: write_files[/etc/docker/daemon.json].content: invalid base64"
+        "config.yaml:{line}:14: write_files[/etc/docker/daemon.json].content: invalid base64 \
+         (encoding \"b64\"): '!' at line {line}, column {col} is not a base64 character"
     );
     assert!(stdout.contains(&want), "wanted {want}\ngot {stdout}");
 }

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bosun::config::{self, ConvertOptions, IdOrName, KeySource, LoadOptions, NodeConfig};
+use bosun::config::{
+    self, ConvertOptions, IdOrName, KeySource, LoadOptions, NodeConfig, OwnerGroup,
+};
 use sha2::Digest;
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
@@ -69,8 +71,9 @@ fn describe(cfg: &NodeConfig, warnings: usize) -> BTreeMap<String, String> {
         put(&format!("{p}.len"), wf.content.len().to_string());
         put(&format!("{p}.mode"), format!("{:04o}", wf.mode));
         let owner = match &wf.owner.group {
-            Some(g) => format!("{}:{}", id(&wf.owner.user), id(g)),
-            None => id(&wf.owner.user),
+            OwnerGroup::Named(g) => format!("{}:{}", id(&wf.owner.user), id(g)),
+            OwnerGroup::Login => format!("{}:", id(&wf.owner.user)),
+            OwnerGroup::Unchanged => id(&wf.owner.user),
         };
         put(&format!("{p}.owner"), owner);
         put(&format!("{p}.encoding"), format!("{:?}", wf.encoding));
@@ -80,7 +83,8 @@ fn describe(cfg: &NodeConfig, warnings: usize) -> BTreeMap<String, String> {
     put("run_cmd", list(&cfg.run_cmd));
     let k = &cfg.k3os;
     put("k3os.data_sources", list(&k.data_sources));
-    put("k3os.modules", list(&k.modules));
+    let modules: Vec<String> = k.modules.iter().map(ToString::to_string).collect();
+    put("k3os.modules", list(&modules));
     put("k3os.sysctls", map(&k.sysctls));
     put("k3os.dns_nameservers", list(&k.dns_nameservers));
     put("k3os.ntp_servers", list(&k.ntp_servers));

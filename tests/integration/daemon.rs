@@ -1126,7 +1126,7 @@ fn daemon_rolls_back_a_config_change_that_breaks_health() {
     assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
     assert!(node
         .read(K3S_DROPIN)
-        .is_some_and(|d| d.contains("node-labels=tier=edge")));
+        .is_some_and(|d| d.contains("--node-label \\\n    tier=edge")));
     let good = files(&node.root);
     assert_eq!(k3s_restarts_logged(&agent), 1, "{}", agent.log());
     assert_eq!(agent.metric(rollbacks), Some(0.0));
@@ -1210,7 +1210,7 @@ fn daemon_rolls_back_a_config_change_that_breaks_health() {
     assert_eq!(node.read(APP).as_deref(), Some("v3\n"));
     assert!(node
         .read(K3S_DROPIN)
-        .is_some_and(|d| d.contains("node-labels=tier=core")));
+        .is_some_and(|d| d.contains("--node-label \\\n    tier=core")));
     assert!(wait_until(Duration::from_secs(5), || {
         let s = node.status();
         s["last_applied_commit"].as_str() == Some(third.as_str()) && s["last_error"].is_null()
@@ -1392,4 +1392,52 @@ fn daemon_checks_key_validity_against_its_clock_not_the_commit_date() {
     agent.wait_log(&[&format!("applied commit {v2}")], Duration::from_secs(10));
     assert_eq!(node.read(APP).as_deref(), Some("v2\n"));
     assert!(agent.terminate().success());
+}
+
+/// Issue 13 item 4: the daemon applies a config with k3os leniencies (a placeholder ssh key
+/// skipped, a relative write_files path joined onto /), logs each warning once, and counts them
+/// in status.json and the `bosun_config_warnings` gauge; a clean commit brings both to 0.
+#[test]
+fn daemon_counts_config_warnings_in_status_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("fleet"));
+    repo.write(
+        "config.yaml",
+        "health:\n  gate: none\nssh_authorized_keys:\n- <key>\nwrite_files:\n- path: etc/app/app.conf\n  content: \"v1\\n\"\n",
+    );
+    let first = repo.commit("lenient");
+    let git = GitDaemon::start(tmp.path());
+    let node = Node::new(&git.url("fleet"), "");
+    let mut agent = node.start();
+    agent.wait_log(
+        &[
+            &format!("applied commit {first}"),
+            "ssh_authorized_keys[0]: not an ssh public key (placeholder?)",
+            "write_files[0].path: \"etc/app/app.conf\" is relative",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
+    assert!(node.read("home/rancher/.ssh/authorized_keys").is_none());
+    assert!(
+        wait_until(Duration::from_secs(10), || node.status()["config_warnings"]
+            == 2),
+        "{}",
+        node.status()
+    );
+    assert_eq!(agent.metric("bosun_config_warnings"), Some(2.0));
+
+    repo.write("config.yaml", &app_config("v2"));
+    let second = repo.commit("clean");
+    agent.wait_log(
+        &[&format!("applied commit {second}")],
+        Duration::from_secs(20),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || node.status()["config_warnings"]
+            == 0),
+        "{}",
+        node.status()
+    );
+    assert_eq!(agent.metric("bosun_config_warnings"), Some(0.0));
 }

@@ -397,7 +397,7 @@ async fn write_files_change_is_not_gated_and_label_change_restarts_k3s_once_and_
         }
     );
     assert_eq!(node.k3s_restarts(), 2);
-    assert!(node.read(DROPIN).contains("node-labels=tier=core"));
+    assert!(node.read(DROPIN).contains("--node-label \\\n    tier=core"));
     assert_eq!(history.last_good().unwrap().commit, id(&c));
     assert_eq!(history.config_rollbacks_total(), 0);
 }
@@ -427,7 +427,7 @@ async fn apiserver_500_after_a_commit_rolls_back_marks_it_bad_and_refuses_it() {
     assert!(report.contains("status 500"), "{report}");
     // Every file is back, byte for byte, with its mode and owner; the marker is gone.
     assert_eq!(tree(&node.root), good_tree);
-    assert!(node.read(DROPIN).contains("node-labels=tier=edge"));
+    assert!(node.read(DROPIN).contains("--node-label \\\n    tier=edge"));
     // The bad commit's restart and the revert's restart.
     assert_eq!(node.k3s_restarts(), 3);
 
@@ -539,7 +539,7 @@ async fn a_commit_cannot_switch_off_its_own_gate() {
         &spec("broken", &[APISERVER_BROKEN]),
     )));
     expect_rolled_back(&node.apply(&b, &mut history).await, &id(&a));
-    assert!(node.read(DROPIN).contains("node-labels=tier=edge"));
+    assert!(node.read(DROPIN).contains("--node-label \\\n    tier=edge"));
 
     // `gate: none` on its own (k3s untouched, so not gated) is applied and becomes last good...
     let c = node.commit_yaml(gate_none(config_yaml(&node.standin, &spec("edge", &[]))));
@@ -556,7 +556,7 @@ async fn a_commit_cannot_switch_off_its_own_gate() {
         GuardedOutcome::Applied { commit, .. } => assert_eq!(commit, id(&d)),
         other => panic!("expected an ungated apply, got {other:#?}"),
     }
-    assert!(node.read(DROPIN).contains("node-labels=tier=core"));
+    assert!(node.read(DROPIN).contains("--node-label \\\n    tier=core"));
 }
 
 #[tokio::test]

@@ -5,6 +5,8 @@
 mod support;
 #[path = "support/apply.rs"]
 mod support_apply;
+#[path = "support/k3os.rs"]
+mod support_k3os;
 #[path = "support/upgrade.rs"]
 mod support_upgrade;
 
@@ -25,6 +27,8 @@ mod guarded_apply;
 mod health;
 mod image;
 mod input_checks;
+mod k3os_compat;
+mod k3os_items;
 mod keys;
 mod kube_client;
 mod kubectl;

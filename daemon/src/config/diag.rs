@@ -2,6 +2,12 @@
 //!
 //! Display form: `file:line:col: field: message`. `field` is the dotted path of the value in the
 //! merged config (`k3os.labels`, `write_files[/etc/foo].content`).
+//!
+//! Three kinds: errors (the config is rejected), warnings, and lenient warnings: an item bosun
+//! skipped or repaired where k3os degraded that one item and kept the rest (an unparseable
+//! literal ssh key, a relative `write_files` path, `k3s_args` starting with a flag). `--strict`
+//! turns lenient warnings into errors ([`Diagnostic::under_strict`]); the daemon applies with
+//! them and counts them as config warnings.
 
 use std::fmt;
 
@@ -29,6 +35,10 @@ pub struct Diagnostic {
     pub field: String,
     /// What is wrong and what was expected.
     pub message: String,
+    /// A k3os leniency: bosun skipped or repaired one item where k3os degraded that item and
+    /// kept the rest of the config (issue 13). A warning, or an error under `--strict`
+    /// ([`Diagnostic::under_strict`]).
+    pub lenient: bool,
 }
 
 impl Diagnostic {
@@ -39,6 +49,7 @@ impl Diagnostic {
             pos,
             field: field.to_string(),
             message: message.into(),
+            lenient: false,
         }
     }
 
@@ -49,6 +60,28 @@ impl Diagnostic {
             pos,
             field: field.to_string(),
             message: message.into(),
+            lenient: false,
+        }
+    }
+
+    /// A k3os leniency (see [`Diagnostic::lenient`]): a warning that `--strict` makes an error.
+    pub fn lenient(pos: Pos, field: &str, message: impl Into<String>) -> Self {
+        Diagnostic {
+            lenient: true,
+            ..Diagnostic::warning(pos, field, message)
+        }
+    }
+
+    /// This diagnostic as `--strict` sees it: a lenient warning becomes an error; anything
+    /// else is unchanged.
+    pub fn under_strict(self) -> Self {
+        if self.lenient {
+            Diagnostic {
+                severity: Severity::Error,
+                ..self
+            }
+        } else {
+            self
         }
     }
 
@@ -67,7 +100,12 @@ impl fmt::Display for Diagnostic {
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        match (self.lenient, self.severity) {
+            (true, Severity::Warning) => f.write_str(" (an error with --strict)"),
+            (true, Severity::Error) => f.write_str(" (an error because of --strict)"),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -102,13 +140,14 @@ impl fmt::Display for ConfigError {
 impl serde::Serialize for Diagnostic {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Diagnostic", 6)?;
+        let mut st = s.serialize_struct("Diagnostic", 7)?;
         st.serialize_field("severity", &self.severity)?;
         st.serialize_field("file", &*self.pos.file)?;
         st.serialize_field("line", &self.pos.line)?;
         st.serialize_field("col", &self.pos.col)?;
         st.serialize_field("field", &self.field)?;
         st.serialize_field("message", &self.message)?;
+        st.serialize_field("lenient", &self.lenient)?;
         st.end()
     }
 }

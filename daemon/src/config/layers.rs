@@ -428,6 +428,7 @@ fn coerce_map(value: Node, path: &str, diags: &mut Vec<Diagnostic>) -> Option<No
                             value: v.to_string(),
                             plain: false,
                             tag: None,
+                            layout: yaml::Layout::Unknown,
                         }),
                         pos: it.pos.clone(),
                     },

@@ -25,7 +25,7 @@ use crate::snapshot::Snapshot;
 /// How strictly [`load`] reads a node's config.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Unknown keys are errors instead of warnings.
+    /// Unknown keys and k3os leniencies (see [`diag`]) are errors instead of warnings.
     pub strict: bool,
     /// Limits of the typed conversion (decoded file size).
     pub convert: ConvertOptions,
@@ -62,6 +62,15 @@ fn relevant(file: &str, hostname: &str) -> bool {
     !file.starts_with("nodes/")
         || file == format!("nodes/{hostname}.yaml")
         || file == format!("nodes/{hostname}.yml")
+}
+
+/// Under `--strict`, lenient warnings (k3os leniencies) are errors.
+fn strictness(diags: &mut [Diagnostic], strict: bool) {
+    if strict {
+        for d in diags {
+            *d = d.clone().under_strict();
+        }
+    }
 }
 
 fn sort_dedup(diags: &mut Vec<Diagnostic>) {
@@ -114,6 +123,7 @@ fn load_from(
     }
     let merged = repo.merged(hostname);
     let config = convert::convert(&merged, &opts.convert, &mut diags);
+    strictness(&mut diags, opts.strict);
     sort_dedup(&mut diags);
     if diags.iter().any(Diagnostic::is_error) {
         return Err(ConfigError { diagnostics: diags });
@@ -141,6 +151,7 @@ pub fn validate_repo(snapshot: &Snapshot, opts: &LoadOptions) -> Vec<Diagnostic>
         // Still validate the base (and groups, as far as they merge onto it).
         let merged = repo.merged("");
         convert::convert(&merged, &opts.convert, &mut all);
+        strictness(&mut all, opts.strict);
     }
     for h in hosts {
         match load_from(&repo, &h, opts) {

@@ -126,21 +126,43 @@ impl fmt::Display for IdOrName {
     }
 }
 
-/// `owner:` of a write_files entry: `user`, `user:group`, `uid:gid`.
-/// With no group, the user's primary group is used.
+/// `owner:` of a write_files entry, with the meaning GNU `chown OWNER` gives it (k3os ran
+/// `chown OWNER` on the new file, which root had created): `user`, `user:`, `user:group`,
+/// `:group`, numbers for ids.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OwnerSpec {
-    /// The owning user.
+    /// `root` when the spec names only a group (`:group`: chown leaves the user).
     pub user: IdOrName,
-    /// The owning group; `None`: the user's primary group.
-    pub group: Option<IdOrName>,
+    /// The owning group: unchanged (root for a new file), the login group, or named.
+    pub group: OwnerGroup,
+}
+
+/// The group part of an [`OwnerSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OwnerGroup {
+    /// `user` alone: chown leaves the group, root (0) for the file written.
+    Unchanged,
+    /// `user:` (a colon, no group): the user's login group (its passwd gid).
+    Login,
+    /// `user:group` or `:group`.
+    Named(IdOrName),
 }
 
 impl Default for OwnerSpec {
     fn default() -> Self {
         OwnerSpec {
             user: IdOrName::Name("root".into()),
-            group: None,
+            group: OwnerGroup::Unchanged,
+        }
+    }
+}
+
+impl fmt::Display for OwnerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.group {
+            OwnerGroup::Unchanged => write!(f, "{}", self.user),
+            OwnerGroup::Login => write!(f, "{}:", self.user),
+            OwnerGroup::Named(g) => write!(f, "{}:{g}", self.user),
         }
     }
 }
@@ -176,8 +198,9 @@ pub struct Wifi {
 pub struct K3os {
     /// Accepted for compatibility; not applicable to bosun (warned).
     pub data_sources: Vec<String>,
-    /// Kernel modules: /etc/modules-load.d/bosun.conf, and modprobe when it changes.
-    pub modules: Vec<String>,
+    /// Kernel modules in order, each once (an entry repeated with the same parameters is kept
+    /// once; with different ones it is refused).
+    pub modules: Vec<KernelModule>,
     /// Sysctl keys and values: /etc/sysctl.d/90-bosun.conf, loaded when it changes.
     pub sysctls: BTreeMap<String, String>,
     /// IP addresses: systemd-resolved's `FallbackDNS=` (fallback servers, as k3os meant).
@@ -194,7 +217,8 @@ pub struct K3os {
     pub token: Option<Secret>,
     /// Node labels, each passed as `--kubelet-arg node-labels=<k>=<v>`, sorted.
     pub labels: BTreeMap<String, String>,
-    /// k3os semantics: exec-style, first element `server` or `agent`.
+    /// k3os semantics: exec-style; the first element `server`, `agent` or a flag (then the
+    /// role comes from [`K3os::k3s_role`]).
     pub k3s_args: Vec<String>,
     /// Variables for /etc/environment (merged) and the k3s service's env file.
     pub environment: BTreeMap<String, String>,
@@ -203,6 +227,36 @@ pub struct K3os {
     pub taints: Vec<String>,
     /// Whether an `install:` block was present (accepted, not applicable).
     pub install_present: bool,
+}
+
+/// One `k3os.modules` entry, `name [param=value …]` as k3os read it (`strings.Split` on spaces,
+/// the first word the module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelModule {
+    /// Letters, digits, `_` and `-`.
+    pub name: String,
+    /// `param=value` words in the order written; no blanks, quotes or shell metacharacters.
+    pub params: Vec<String>,
+}
+
+impl KernelModule {
+    /// A module without parameters.
+    pub fn named(name: &str) -> KernelModule {
+        KernelModule {
+            name: name.to_string(),
+            params: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for KernelModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        for p in &self.params {
+            write!(f, " {p}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether this node runs the K3s server (control plane) or only the agent. Rendering writes

@@ -81,7 +81,7 @@ pub const WRITE_FILE: &[Field] = &[
     f("path", Shape::Str, "Absolute path of the file on the node."),
     f("content", Shape::Content, "File content, encoded as `encoding` says; `!!binary` scalars are decoded to bytes."),
     f("encoding", Shape::Enum(ENCODINGS), "How `content` is encoded: \"\" (plain), b64/base64, gz/gzip, or gzip+base64 (any spelling)."),
-    f("owner", Shape::Str, "`user`, `user:group` or `uid:gid`, resolved through the node's own passwd/group. Default root:root."),
+    f("owner", Shape::Str, "`user`, `user:`, `user:group`, `:group` or `uid:gid`, resolved through the node's own passwd/group as chown reads it (`user` alone leaves the group root; `user:` is the login group). Default root:root."),
     f("permissions", Shape::Permissions, "Octal mode such as '0644'. Default 0644."),
 ];
 
@@ -106,7 +106,7 @@ pub const K3OS: &[Field] = &[
     f(
         "modules",
         Shape::StrList,
-        "Kernel modules to load at boot (modules-load.d) and now (modprobe).",
+        "Kernel modules to load at boot (modules-load.d) and now (modprobe), each `name [param=value …]`; parameters become an `options` line in modprobe.d.",
     ),
     f(
         "sysctls",
@@ -147,7 +147,7 @@ pub const K3OS: &[Field] = &[
     f(
         "k3s_args",
         Shape::StrList,
-        "K3s arguments, exec-style, one per element; the first is `server` or `agent`.",
+        "K3s arguments, exec-style, one per element; the first is `server` or `agent` (a flag first is a warning: the role is agent when server_url is set, else server).",
     ),
     f(
         "environment",
@@ -495,7 +495,7 @@ fn shape_schema(shape: Shape) -> Value {
             {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"}
         ]}),
         Shape::Permissions => json!({"oneOf": [
-            {"type": "string", "pattern": "^0?[0-7]{1,4}$"},
+            {"type": "string", "pattern": "^(0o)?0*[0-7]{1,4}$"},
             {"type": "integer"}
         ]}),
         Shape::Content => json!({"type": "string"}),
@@ -509,10 +509,33 @@ fn shape_schema(shape: Shape) -> Value {
     }
 }
 
+/// `schema` that also accepts `null`: a layer may write `key: null` for any key to remove
+/// what an earlier layer set (the merge rule), so every property takes it.
+fn nullable(mut schema: Value) -> Value {
+    let Value::Object(m) = &mut schema else {
+        return schema;
+    };
+    if let Some(Value::Array(alternatives)) = m.get_mut("oneOf") {
+        alternatives.push(json!({"type": "null"}));
+    } else if let Some(Value::Array(words)) = m.get_mut("enum") {
+        words.push(Value::Null);
+    } else if let Some(t) = m.get_mut("type") {
+        let mut types = match t.take() {
+            Value::Array(v) => v,
+            one => vec![one],
+        };
+        if !types.contains(&json!("null")) {
+            types.push(json!("null"));
+        }
+        *t = Value::Array(types);
+    }
+    schema
+}
+
 fn object_schema(fields: &[Field]) -> Value {
     let mut props = Map::new();
     for field in fields {
-        let mut s = shape_schema(field.shape);
+        let mut s = nullable(shape_schema(field.shape));
         if let Value::Object(m) = &mut s {
             m.insert("description".into(), Value::String(field.doc.into()));
         }
@@ -570,6 +593,40 @@ mod tests {
         assert_eq!(t("writeFiles"), Some("write_files"));
         assert_eq!(lookup(WIFI, "pass").map(|f| f.name), Some("passphrase"));
         assert_eq!(lookup(WIFI, "password").map(|f| f.name), Some("passphrase"));
+    }
+
+    /// The merge rule "`key: null` removes an inherited key" holds for every key, so the
+    /// schema lets every property be null (objects, lists, scalars, enums alike); `Any` takes
+    /// everything already.
+    #[test]
+    fn every_property_accepts_null() {
+        fn accepts_null(s: &Value) -> bool {
+            s.as_object()
+                .is_some_and(|m| m.keys().all(|k| k == "description"))
+                || s["type"]
+                    .as_array()
+                    .is_some_and(|t| t.contains(&json!("null")))
+                || s["enum"]
+                    .as_array()
+                    .is_some_and(|e| e.contains(&Value::Null))
+                || s["oneOf"]
+                    .as_array()
+                    .is_some_and(|o| o.contains(&json!({"type": "null"})))
+        }
+        fn walk(schema: &Value, path: &str, count: &mut usize) {
+            for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
+                *count += 1;
+                assert!(accepts_null(prop), "{path}{name}: {prop}");
+                let object = prop["oneOf"]
+                    .as_array()
+                    .and_then(|o| o.iter().find(|s| s.get("properties").is_some()))
+                    .unwrap_or(prop);
+                walk(object, &format!("{path}{name}."), count);
+            }
+        }
+        let mut count = 0;
+        walk(&json_schema(), "", &mut count);
+        assert!(count > 100, "only {count} properties walked");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A YAML document as a tree of spanned nodes.
 //!
 //! Built from serde-saphyr's parser events (`serde_saphyr::granit_parser`) rather than through
-//! serde, because the config model needs what serde hides: the line and column of every value,
+//! serde, because the config model needs what serde hides: the line and column of every value
+//! (and of every character of a one-line scalar or a literal block, [`Layout`]),
 //! the raw text of scalars (`permissions: 0644` means the octal digits the user wrote), the
 //! `!!binary` tag, and duplicate keys (rejected here, before any merging).
 //!
@@ -84,6 +85,87 @@ pub struct Scalar {
     pub plain: bool,
     /// Resolved tag, e.g. `tag:yaml.org,2002:binary`.
     pub tag: Option<String>,
+    /// Where the value's characters are in the file ([`Scalar::locate`]).
+    pub layout: Layout,
+}
+
+/// Where a scalar's characters sit in its file, so a message can point inside a value (the
+/// bad character of a base64 blob). Known exactly for the two forms whose characters map one
+/// to one onto the source: a one-line scalar without escapes, and a literal block (`|`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One line: the value's character `i` is at `line`, column `col + i` (1-based).
+    Inline {
+        /// File line of the value.
+        line: u32,
+        /// File column of its first character.
+        col: u32,
+    },
+    /// A literal block: the value's line `k` is file line `line + k`, its character `i` at
+    /// column `col + i` (1-based; `col` is the block's indentation plus one).
+    Block {
+        /// File line of the block's first line.
+        line: u32,
+        /// Indentation plus one.
+        col: u32,
+    },
+    /// Folded blocks, multi-line flow scalars, escapes, values made by the merge: no exact map.
+    Unknown,
+}
+
+impl Layout {
+    /// The layout of a scalar event: `value` as parsed, `style`, and its span (a block
+    /// scalar's span starts at its first content character, a quoted one's at the quote).
+    fn of(value: &str, style: ScalarStyle, span: &Span) -> Layout {
+        let (start, end) = (span.start, span.end);
+        let (Ok(line), Ok(col)) = (u32::try_from(start.line()), u32::try_from(start.col())) else {
+            return Layout::Unknown;
+        };
+        let chars = value.chars().count();
+        match style {
+            ScalarStyle::Literal => {
+                let lead = value.bytes().take_while(|b| *b == b'\n').count() as u32;
+                match line.checked_sub(lead) {
+                    Some(first) => Layout::Block {
+                        line: first,
+                        col: col + 1,
+                    },
+                    None => Layout::Unknown,
+                }
+            }
+            ScalarStyle::Folded => Layout::Unknown,
+            _ if start.line() != end.line() || value.contains('\n') => Layout::Unknown,
+            ScalarStyle::Plain if end.col() - start.col() == chars => {
+                Layout::Inline { line, col: col + 1 }
+            }
+            ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted
+                if end.col() - start.col() == chars + 2 =>
+            {
+                Layout::Inline { line, col: col + 2 }
+            }
+            _ => Layout::Unknown,
+        }
+    }
+}
+
+impl Scalar {
+    /// The file line and column (1-based) of the value's character number `index` (counted
+    /// in characters), when [`Scalar::layout`] knows it.
+    pub fn locate(&self, index: usize) -> Option<(usize, usize)> {
+        let before: String = self.value.chars().take(index).collect();
+        let k = before.matches('\n').count();
+        let i = before
+            .rsplit('\n')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .count();
+        match self.layout {
+            Layout::Inline { line, col } if k == 0 => Some((line as usize, col as usize + i)),
+            Layout::Block { line, col } => Some((line as usize + k, col as usize + i)),
+            _ => None,
+        }
+    }
 }
 
 /// One `key: value` pair of a mapping.
@@ -265,6 +347,7 @@ impl Builder {
                     Kind::Null
                 } else {
                     Kind::Scalar(Scalar {
+                        layout: Layout::of(&value, style, &span),
                         value: value.into_owned(),
                         plain,
                         tag,
@@ -522,6 +605,27 @@ mod tests {
         // Nor is the same scalar once anchored and used again.
         let twice = format!("a: &a \"{}\"\nb: *a\n", "x".repeat(8 << 20));
         assert!(parse("f.yaml", &twice).is_ok());
+    }
+
+    /// Every character of one-line scalars and literal blocks is located in the file;
+    /// forms whose characters do not map one to one are not guessed.
+    #[test]
+    fn scalar_characters_are_located_in_the_file() {
+        let text = "a: plain x\nb: 'quoted'\nc: \"esc\\taped\"\nd: !!binary |\n\n    QUJD\n     REVG\ne: >\n  f\n  g\nf: two\n  lines\n";
+        let n = parse("f.yaml", text).unwrap();
+        let at = |key: &str, i: usize| match &n.get(key).unwrap().kind {
+            Kind::Scalar(s) => s.locate(i),
+            k => panic!("{k:?}"),
+        };
+        assert_eq!(at("a", 0), Some((1, 4)));
+        assert_eq!(at("a", 6), Some((1, 10)));
+        assert_eq!(at("b", 2), Some((2, 7)));
+        assert_eq!(at("c", 0), None, "escapes shift columns");
+        // "\nQUJD\n REVG\n": line 0 is the blank line 5, `Q` is at 6:5, `R` at 7:6.
+        assert_eq!(at("d", 1), Some((6, 5)));
+        assert_eq!(at("d", 7), Some((7, 6)));
+        assert_eq!(at("e", 0), None, "folded");
+        assert_eq!(at("f", 0), None, "multi-line plain");
     }
 
     #[test]

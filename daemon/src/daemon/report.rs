@@ -55,6 +55,14 @@ impl<A: SnapshotApplier> Daemon<A> {
             let n = outcome.effect_failures;
             warn!("commit {c}: {n} effect command(s) failed (see above)");
         }
+        if let Some(loaded) = &outcome.loaded {
+            if new_commit {
+                for w in &loaded.warnings {
+                    warn!("commit {}: {w}", short(&c));
+                }
+            }
+            self.ledger.config_warnings(loaded.warnings.len() as u64);
+        }
         self.ledger.applied(&c, signer, new_commit, now_unix());
         self.last_applied = Some(commit);
         self.last_good = Some(LastGood {

@@ -22,7 +22,7 @@
 
 use super::{lines_with_ends, push_line, root_file, Builder, RenderError, RenderSettings};
 use super::{GROUP, PASSWD, SHADOW};
-use crate::config::{IdOrName, NodeConfig, Secret};
+use crate::config::{IdOrName, NodeConfig, OwnerGroup, Secret};
 
 /// One parsed `/etc/passwd` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,10 +132,10 @@ pub fn ssh_user_needed(cfg: &NodeConfig, name: &str) -> bool {
     let names_user = |o: &IdOrName| matches!(o, IdOrName::Name(n) if n == name);
     !cfg.ssh_authorized_keys.is_empty()
         || cfg.k3os.password.is_some()
-        || cfg
-            .write_files
-            .iter()
-            .any(|w| names_user(&w.owner.user) || w.owner.group.as_ref().is_some_and(names_user))
+        || cfg.write_files.iter().any(|w| {
+            names_user(&w.owner.user)
+                || matches!(&w.owner.group, OwnerGroup::Named(g) if names_user(g))
+        })
 }
 
 /// The account files after the ssh user is ensured.
@@ -636,14 +636,14 @@ mod tests {
 
     #[test]
     fn accounts_are_untouched_unless_the_ssh_user_is_needed() {
-        use crate::config::{Encoding, IdOrName, OwnerSpec, WriteFile};
+        use crate::config::{Encoding, IdOrName, OwnerGroup, OwnerSpec, WriteFile};
         let motd = |owner: &str| WriteFile {
             path: "/etc/motd".into(),
             content: b"hi\n".to_vec(),
             mode: 0o644,
             owner: OwnerSpec {
                 user: IdOrName::Name(owner.into()),
-                group: None,
+                group: OwnerGroup::Unchanged,
             },
             encoding: Encoding::Plain,
             origin: Origin {
@@ -665,7 +665,8 @@ mod tests {
             assert!(!r.state.files.contains_key(f), "{f} rendered");
         }
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-        // An owner naming the ssh user needs it (k3os configs say `owner: rancher`).
+        // An owner naming the ssh user needs it (k3os configs say `owner: rancher`, which
+        // leaves the group root, as chown does).
         let e = env();
         let cfg = NodeConfig {
             write_files: vec![motd("rancher")],
@@ -674,7 +675,7 @@ mod tests {
         let r = render(&cfg, &e).unwrap();
         assert_eq!(
             (file(&r, "/etc/motd").uid, file(&r, "/etc/motd").gid),
-            (1000, 1000)
+            (1000, 0)
         );
         assert!(text(&r, "/etc/passwd").contains("rancher:x:1000:1000:"));
         // So does a password.

@@ -2,16 +2,18 @@
 //!
 //! Invariants:
 //! - Owners resolve through the root's account files (after the ssh user is ensured), never the
-//!   host's: `root` is always 0:0, a user alone gets its primary gid, numeric ids pass through
-//!   (a numeric uid alone takes the primary gid of the passwd entry with that uid, else the same
-//!   number). An unknown name is an error naming the entry's origin and the known names.
+//!   host's, with GNU chown's meaning (k3os ran `chown OWNER` on the file it had just created as
+//!   root): `root` is always 0:0; a user alone leaves the group root (gid 0); `user:` takes the
+//!   user's login group (its passwd gid; for a numeric uid, that of the passwd entry with it,
+//!   else the same number); `:group` leaves the user root; numeric ids pass through. An
+//!   unknown name is an error naming the entry's origin and the known names.
 //! - A file whose mode is not world-readable is secret (never printed).
 //! - Later entries for the same path win (the config merge already dedups by path; this keeps
 //!   the last one if duplicates slip through).
 
 use super::accounts::AccountDb;
 use super::{Builder, RenderError, UnknownOwner};
-use crate::config::{IdOrName, NodeConfig, WriteFile};
+use crate::config::{IdOrName, NodeConfig, OwnerGroup, WriteFile};
 use crate::desired::{DesiredFile, FileSource};
 
 pub(crate) fn render_write_files(
@@ -52,7 +54,7 @@ pub fn resolve_owner(wf: &WriteFile, db: &AccountDb) -> Result<(u32, u32), Rende
             known: db.user_names(),
         }))
     };
-    let (uid, primary_gid) = match &wf.owner.user {
+    let (uid, login_gid) = match &wf.owner.user {
         IdOrName::Name(n) if n == "root" => (0, 0),
         IdOrName::Name(n) => {
             let u = db.user(n).ok_or_else(|| unknown_user(n))?;
@@ -61,10 +63,11 @@ pub fn resolve_owner(wf: &WriteFile, db: &AccountDb) -> Result<(u32, u32), Rende
         IdOrName::Id(id) => (*id, db.user_by_uid(*id).map(|u| u.gid).unwrap_or(*id)),
     };
     let gid = match &wf.owner.group {
-        None => primary_gid,
-        Some(IdOrName::Id(g)) => *g,
-        Some(IdOrName::Name(g)) if g == "root" => 0,
-        Some(IdOrName::Name(g)) => {
+        OwnerGroup::Unchanged => 0,
+        OwnerGroup::Login => login_gid,
+        OwnerGroup::Named(IdOrName::Id(g)) => *g,
+        OwnerGroup::Named(IdOrName::Name(g)) if g == "root" => 0,
+        OwnerGroup::Named(IdOrName::Name(g)) => {
             db.group(g)
                 .ok_or_else(|| {
                     RenderError::UnknownOwner(Box::new(UnknownOwner {
@@ -86,9 +89,9 @@ pub fn resolve_owner(wf: &WriteFile, db: &AccountDb) -> Result<(u32, u32), Rende
 mod tests {
     use super::super::test_support::*;
     use super::super::{render, RenderError};
-    use crate::config::{Encoding, IdOrName, NodeConfig, Origin, OwnerSpec, WriteFile};
+    use crate::config::{Encoding, IdOrName, NodeConfig, Origin, OwnerGroup, OwnerSpec, WriteFile};
 
-    fn wf(path: &str, user: IdOrName, group: Option<IdOrName>, mode: u32) -> WriteFile {
+    fn wf(path: &str, user: IdOrName, group: OwnerGroup, mode: u32) -> WriteFile {
         WriteFile {
             path: path.into(),
             content: b"hello\n".to_vec(),
@@ -123,17 +126,21 @@ mod tests {
 
     #[test]
     fn owner_resolution_table() {
-        // (owner user, group, expected uid, gid)
+        use OwnerGroup::{Login, Named, Unchanged};
+        // (owner user, group, expected uid, gid), as GNU chown sets them on a root-owned file.
         let cases = [
-            (name("root"), None, 0, 0),
-            (name("root"), Some(name("shadow")), 0, 42),
-            (name("messagebus"), None, 100, 102),
-            (name("rancher"), None, 1000, 1000), // the ssh user bosun creates
-            (name("daemon"), Some(name("wheel")), 1, 10),
-            (IdOrName::Id(4242), Some(IdOrName::Id(4343)), 4242, 4343),
-            (IdOrName::Id(100), None, 100, 102), // uid alone → that user's primary gid
-            (IdOrName::Id(5555), None, 5555, 5555),
-            (name("sshd"), Some(name("root")), 101, 0),
+            (name("root"), Unchanged, 0, 0),
+            (name("root"), Named(name("shadow")), 0, 42),
+            (name("messagebus"), Unchanged, 100, 0), // `messagebus`: group left as root
+            (name("messagebus"), Login, 100, 102),   // `messagebus:`: its login group
+            (name("rancher"), Unchanged, 1000, 0),   // the ssh user bosun creates
+            (name("rancher"), Login, 1000, 1000),
+            (name("daemon"), Named(name("wheel")), 1, 10),
+            (IdOrName::Id(4242), Named(IdOrName::Id(4343)), 4242, 4343),
+            (IdOrName::Id(100), Unchanged, 100, 0),
+            (IdOrName::Id(100), Login, 100, 102), // `100:` → that user's login gid
+            (IdOrName::Id(5555), Login, 5555, 5555),
+            (name("sshd"), Named(name("root")), 101, 0),
         ];
         for (u, g, uid, gid) in cases {
             let label = format!("{u}:{g:?}");
@@ -145,22 +152,29 @@ mod tests {
     #[test]
     fn mode_and_secret_flag() {
         assert_eq!(
-            render_one(wf("/etc/a", name("root"), None, 0o644)).unwrap(),
+            render_one(wf("/etc/a", name("root"), OwnerGroup::Unchanged, 0o644)).unwrap(),
             (0o644, 0, 0, false)
         );
         assert_eq!(
-            render_one(wf("/etc/b", name("root"), None, 0o600)).unwrap(),
+            render_one(wf("/etc/b", name("root"), OwnerGroup::Unchanged, 0o600)).unwrap(),
             (0o600, 0, 0, true)
         );
         assert_eq!(
-            render_one(wf("/usr/local/bin/c", name("root"), None, 0o4755)).unwrap(),
+            render_one(wf(
+                "/usr/local/bin/c",
+                name("root"),
+                OwnerGroup::Unchanged,
+                0o4755
+            ))
+            .unwrap(),
             (0o4755, 0, 0, false)
         );
     }
 
     #[test]
     fn unknown_user_error_names_origin_owner_and_known_users() {
-        let err = render_one(wf("/etc/x", name("nobody2"), None, 0o644)).unwrap_err();
+        let err =
+            render_one(wf("/etc/x", name("nobody2"), OwnerGroup::Unchanged, 0o644)).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.starts_with("nodes/node1.yaml:12:5: write_files entry /etc/x"),
@@ -176,7 +190,13 @@ mod tests {
 
     #[test]
     fn unknown_group_error_lists_known_groups() {
-        let err = render_one(wf("/etc/x", name("root"), Some(name("docker")), 0o644)).unwrap_err();
+        let err = render_one(wf(
+            "/etc/x",
+            name("root"),
+            OwnerGroup::Named(name("docker")),
+            0o644,
+        ))
+        .unwrap_err();
         match &err {
             RenderError::UnknownOwner(u) => {
                 assert_eq!((u.kind, u.name.as_str()), ("group", "docker"));
@@ -193,7 +213,8 @@ mod tests {
     #[test]
     fn owners_never_come_from_the_host() {
         // The host running the tests certainly has a `nobody` user; the root here does not.
-        let err = render_one(wf("/etc/x", name("nobody"), None, 0o644)).unwrap_err();
+        let err =
+            render_one(wf("/etc/x", name("nobody"), OwnerGroup::Unchanged, 0o644)).unwrap_err();
         assert!(matches!(err, RenderError::UnknownOwner(_)));
     }
 
@@ -202,13 +223,13 @@ mod tests {
         let mut cfg = NodeConfig::default();
         // A password needs the ssh user, so accounts edit the write_files passwd.
         cfg.k3os.password = Some(crate::config::Secret("pw".into()));
-        let mut p = wf("/etc/passwd", name("root"), None, 0o644);
+        let mut p = wf("/etc/passwd", name("root"), OwnerGroup::Unchanged, 0o644);
         p.content = format!("{PASSWD_TXT}svc:x:2000:2000::/srv:/bin/false\n").into_bytes();
         cfg.write_files.push(p);
         cfg.write_files.push(wf(
             "/srv/app.conf",
             name("svc"),
-            Some(IdOrName::Id(7)),
+            OwnerGroup::Named(IdOrName::Id(7)),
             0o640,
         ));
         let r = render(&cfg, &env()).unwrap();

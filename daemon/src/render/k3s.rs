@@ -3,26 +3,46 @@
 //! role's unit plus a secret environment file. The role is [`crate::config::K3os::k3s_role`],
 //! the rule health checks use too; an unknown first `k3s_args` command is a render error.
 //!
-//! What k3os did (`pkg/cc/funcs.go`, `ApplyK3S`): it ran the k3s install script with
+//! What k3os did (`pkg/cc/funcs.go` `ApplyK3S`, archived HEAD `8cdfdf2`): it ran the k3s install
+//! script with
 //! - args = `k3s_args` as given (exec-style); if empty, `server` when `server_url` is empty, else
 //!   `agent`. When the args start with a flag, the install script chose `agent` if `K3S_URL` was
-//!   set and `server` otherwise;
+//!   set and `server` otherwise (k3os itself never looked at `k3s_args[0]`);
 //! - `K3S_URL=<server_url>` when set;
 //! - `K3S_TOKEN=<token>` when the token starts with `K10` (a node token), else
 //!   `K3S_CLUSTER_SECRET=<token>`;
-//! - one `--kubelet-arg node-labels=<k>=<v>` pair per label, sorted as `k=v` strings, appended
-//!   after the args; then one `--kubelet-arg register-with-taints=<taint>` pair per taint, in order;
+//! - one `--node-label <k>=<v>` pair per label, sorted as `k=v` strings, appended after the args
+//!   (plus `k3os.io/mode` and `k3os.io/version`); k3os before 0.9 passed
+//!   `--kubelet-arg node-labels=<k>=<v>` instead;
+//! - one `--kubelet-arg register-with-taints=<taint>` pair per taint, in order;
 //! - `k3os.environment` reached k3s through `/etc/environment`, which the k3s service sourced
 //!   before its own env file (so K3S_URL/K3S_TOKEN win over it).
 //!
+//! How k3s combines these flags (k3s `pkg/daemons/agent/agent_linux.go` `kubeletArgs`, merged by
+//! `pkg/daemons/config/types.go` `GetArgs` in the versions k3os shipped, `pkg/util/args.go`
+//! `GetArgs` today): k3s builds the kubelet's arguments as a map, `node-labels` = every
+//! `--node-label` joined by `,` and `register-with-taints` = every `--node-taint` joined by `,`,
+//! then merges each `--kubelet-arg key=value` into that map, the later value winning (today's
+//! k3s deletes its own value and passes the repeated extra values in order, but the kubelet's
+//! `--register-with-taints` keeps only the last occurrence). So several `--kubelet-arg
+//! register-with-taints=` register only the last taint, which is a k3os bug (`taints: [A, B]`
+//! registered only `B`), and a `--kubelet-arg node-labels=` would drop the `--node-label` list.
+//! The k3s agent also applies every `--node-label` to an already registered Node at each start
+//! (`pkg/agent/run.go` `updateMutableLabels`); kubelet flags act only at registration.
+//!
 //! Differences, on purpose:
+//! - Taints are passed as one `--node-taint <taint>` pair per taint: k3s joins them into one
+//!   `register-with-taints`, so every taint registers (the fix of k3os's bug above). A
+//!   `--kubelet-arg register-with-taints=…` or `node-labels=…` in `k3s_args` still overrides
+//!   them, as in k3s.
 //! - `K3S_CLUSTER_SECRET` was removed from k3s; the cluster secret is spelled `--token` /
 //!   `K3S_TOKEN` since, which accepts both forms. bosun passes every token as `K3S_TOKEN` and
 //!   records the kind in [`K3sInvocation::token_kind`].
-//! - k3os also added the label `k3os.io/mode=<mode>` (live/local/…); that describes k3os itself
-//!   and is not added.
-//! - k3os put literal quotes and a newline into K3S_URL/K3S_TOKEN (`K3S_URL="%s"\n`), relying on
-//!   the install script's shell to strip them; bosun passes the plain values.
+//! - k3os also added the labels `k3os.io/mode=<mode>` (live/local/…) and
+//!   `k3os.io/version=<release>`; they describe k3os itself and are not added.
+//! - k3os before v0.19.2 put literal quotes and a newline into K3S_URL/K3S_TOKEN
+//!   (`K3S_URL="%s"\n`), relying on the install script's shell to strip them; bosun (like later
+//!   k3os) passes the plain values.
 //!
 //! Files: `/etc/systemd/system/<unit>.service.d/90-bosun.conf` (0644) resets `ExecStart=` to the
 //! effective command line and adds `EnvironmentFile=/etc/rancher/k3s/bosun.env` (0600, secret,
@@ -114,12 +134,12 @@ pub fn k3s_invocation(cfg: &NodeConfig) -> Result<K3sInvocation, RenderError> {
     let mut labels: Vec<String> = k.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     labels.sort();
     for l in labels {
-        args.push("--kubelet-arg".into());
-        args.push(format!("node-labels={l}"));
+        args.push("--node-label".into());
+        args.push(l);
     }
     for t in &k.taints {
-        args.push("--kubelet-arg".into());
-        args.push(format!("register-with-taints={t}"));
+        args.push("--node-taint".into());
+        args.push(t.clone());
     }
     for a in &args {
         if a.chars().any(char::is_control) {
@@ -345,7 +365,7 @@ mod tests {
                 token: Some(TokenKind::NodeToken),
             },
             Case {
-                name: "cluster secret on a server; labels sorted as k=v strings; taints in order",
+                name: "cluster secret on a server; labels sorted as k=v strings; every taint, in order",
                 k3os: K3os {
                     token: Some(Secret("myclustersecret".into())),
                     labels: labels.clone(),
@@ -355,18 +375,18 @@ mod tests {
                 role: K3sRole::Server,
                 args: strs(&[
                     "server",
-                    "--kubelet-arg",
-                    "node-labels=a.b=2",
-                    "--kubelet-arg",
-                    "node-labels=a=1",
-                    "--kubelet-arg",
-                    "node-labels=region=us-west-1",
-                    "--kubelet-arg",
-                    "node-labels=somekey=somevalue",
-                    "--kubelet-arg",
-                    "register-with-taints=key1=value1:NoSchedule",
-                    "--kubelet-arg",
-                    "register-with-taints=key1=value1:NoExecute",
+                    "--node-label",
+                    "a.b=2",
+                    "--node-label",
+                    "a=1",
+                    "--node-label",
+                    "region=us-west-1",
+                    "--node-label",
+                    "somekey=somevalue",
+                    "--node-taint",
+                    "key1=value1:NoSchedule",
+                    "--node-taint",
+                    "key1=value1:NoExecute",
                 ]),
                 env: env_of(&[("K3S_TOKEN", "myclustersecret")]),
                 token: Some(TokenKind::ClusterSecret),
@@ -389,8 +409,8 @@ mod tests {
                     "--cluster-cidr",
                     "10.107.0.0/23",
                     "--disable=traefik",
-                    "--kubelet-arg",
-                    "node-labels=zone=b",
+                    "--node-label",
+                    "zone=b",
                 ]),
                 env: env_of(&[]),
                 token: None,
@@ -527,8 +547,8 @@ mod tests {
             "# Managed by bosun from k3os.server_url/token/labels/taints/k3s_args/environment;\n\
              # local edits are overwritten.\n[Service]\n\
              EnvironmentFile=/etc/rancher/k3s/bosun.env\n\
-             ExecStart=\nExecStart=/usr/local/bin/k3s \\\n    agent \\\n    --kubelet-arg \\\n    \
-             \"node-labels=role=edge worker\"\n"
+             ExecStart=\nExecStart=/usr/local/bin/k3s \\\n    agent \\\n    --node-label \\\n    \
+             \"role=edge worker\"\n"
         );
         let d = file(&r, dropin);
         assert_eq!((d.mode, d.secret), (0o644, false));

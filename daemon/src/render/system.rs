@@ -1,6 +1,6 @@
 //! Host-level keys: `hostname` (/etc/hostname + the `127.0.1.1` line of /etc/hosts),
-//! `k3os.sysctl` (/etc/sysctl.d/90-bosun.conf), `k3os.modules` (/etc/modules-load.d/bosun.conf)
-//! and `k3os.environment` (/etc/environment).
+//! `k3os.sysctl` (/etc/sysctl.d/90-bosun.conf), `k3os.modules` (/etc/modules-load.d/bosun.conf,
+//! parameters in /etc/modprobe.d/bosun.conf) and `k3os.environment` (/etc/environment).
 //!
 //! Invariants:
 //! - /etc/hosts and /etc/environment are edited in place: lines bosun does not own are kept
@@ -13,7 +13,8 @@
 //! - Empty maps/lists render nothing (k3os did nothing either).
 
 use super::{push_line, root_file, Builder, RenderEnv, RenderError, ENVIRONMENT, HOSTS};
-use crate::config::NodeConfig;
+use crate::config::convert::{check_module_param, valid_module_name};
+use crate::config::{KernelModule, NodeConfig};
 use crate::desired::{Effect, EffectRule, Trigger};
 
 /// Written whole from `hostname`; a change triggers sethostname.
@@ -22,6 +23,8 @@ pub const HOSTNAME: &str = "/etc/hostname";
 pub const SYSCTL_CONF: &str = "/etc/sysctl.d/90-bosun.conf";
 /// Written from `k3os.modules`; a change modprobes each module.
 pub const MODULES_CONF: &str = "/etc/modules-load.d/bosun.conf";
+/// `options NAME PARAMS…` for the `k3os.modules` entries that have parameters.
+pub const MODPROBE_CONF: &str = "/etc/modprobe.d/bosun.conf";
 
 const HEADER: &str = "# Managed by bosun from the node config; local edits are overwritten.\n";
 
@@ -155,43 +158,78 @@ pub(crate) fn render_sysctl(cfg: &NodeConfig, b: &mut Builder) -> Result<(), Ren
     Ok(())
 }
 
+/// `k3os.modules`: every name in [`MODULES_CONF`] (loaded at boot by systemd-modules-load),
+/// the parameters of each module that has some as an `options` line in [`MODPROBE_CONF`]
+/// (read by every later `modprobe`, including the one at boot), and a `modprobe NAME PARAMS…`
+/// per module when either file changes. A module that is already loaded keeps its parameters
+/// until it is reloaded or the node reboots (as with k3os, whose `finit_module` ignored EEXIST).
 pub(crate) fn render_modules(cfg: &NodeConfig, b: &mut Builder) -> Result<(), RenderError> {
     if cfg.k3os.modules.is_empty() {
         return Ok(());
     }
-    let mut text = String::from(HEADER);
-    let mut seen = Vec::new();
+    let mut names = String::from(HEADER);
+    let mut options = String::from(HEADER);
+    let mut seen: Vec<&KernelModule> = Vec::new();
     for m in &cfg.k3os.modules {
-        let ok = !m.is_empty()
-            && m.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
-        if !ok {
-            return Err(invalid(
-                "k3os.modules",
-                format!(
-                    "'{m}' is not a module name (modules-load.d takes names only; put options \
-                     in /etc/modprobe.d via write_files)"
-                ),
-            ));
+        check_module(m)?;
+        match seen.iter().find(|s| s.name == m.name) {
+            Some(s) if s.params == m.params => continue,
+            Some(_) => {
+                return Err(invalid(
+                    "k3os.modules",
+                    format!(
+                        "module {} is listed twice with different parameters",
+                        m.name
+                    ),
+                ))
+            }
+            None => seen.push(m),
         }
-        if seen.contains(&m) {
-            continue;
+        names.push_str(&m.name);
+        names.push('\n');
+        if !m.params.is_empty() {
+            options.push_str(&format!("options {} {}\n", m.name, m.params.join(" ")));
         }
-        seen.push(m);
-        text.push_str(m);
-        text.push('\n');
     }
     b.put(root_file(
         MODULES_CONF,
-        text.into_bytes(),
+        names.into_bytes(),
         0o644,
         "k3os.modules",
     ));
+    let mut watched = vec![MODULES_CONF.to_string()];
+    if seen.iter().any(|m| !m.params.is_empty()) {
+        b.put(root_file(
+            MODPROBE_CONF,
+            options.into_bytes(),
+            0o644,
+            "k3os.modules",
+        ));
+        watched.push(MODPROBE_CONF.into());
+    }
     for m in seen {
         b.effects.push(EffectRule {
-            effect: Effect::Modprobe { module: m.clone() },
-            trigger: Trigger::Changed(vec![MODULES_CONF.into()]),
+            effect: Effect::Modprobe {
+                module: m.name.clone(),
+                params: m.params.clone(),
+            },
+            trigger: Trigger::Changed(watched.clone()),
         });
+    }
+    Ok(())
+}
+
+/// The module's name and parameters are what `config` accepts (they reach a file and argv).
+fn check_module(m: &KernelModule) -> Result<(), RenderError> {
+    if !valid_module_name(&m.name) {
+        return Err(invalid(
+            "k3os.modules",
+            format!("'{}' is not a module name", m.name),
+        ));
+    }
+    for p in &m.params {
+        check_module_param(p)
+            .map_err(|e| invalid("k3os.modules", format!("module {}: {e}", m.name)))?;
     }
     Ok(())
 }
@@ -294,7 +332,6 @@ mod tests {
     use super::super::test_support::*;
     use super::super::{render, RenderError};
     use super::*;
-    use crate::config::NodeConfig;
 
     fn with_hostname(h: &str) -> NodeConfig {
         NodeConfig {
@@ -399,23 +436,65 @@ mod tests {
     #[test]
     fn modules_file_and_one_modprobe_per_module() {
         let mut cfg = NodeConfig::default();
-        cfg.k3os.modules = vec!["kvm".into(), "nvme".into(), "kvm".into()];
+        cfg.k3os.modules = vec![
+            KernelModule::named("kvm"),
+            KernelModule::named("nvme"),
+            KernelModule::named("kvm"),
+        ];
         let r = render(&cfg, &env()).unwrap();
         assert_eq!(text(&r, MODULES_CONF), format!("{HEADER}kvm\nnvme\n"));
+        assert!(!r.state.files.contains_key(MODPROBE_CONF));
         let probes: Vec<_> = r
             .state
             .effects
             .iter()
             .filter_map(|e| match &e.effect {
-                Effect::Modprobe { module } => {
+                Effect::Modprobe { module, params } => {
                     assert_eq!(e.trigger, Trigger::Changed(vec![MODULES_CONF.into()]));
+                    assert!(params.is_empty());
                     Some(module.as_str())
                 }
                 _ => None,
             })
             .collect();
         assert_eq!(probes, ["kvm", "nvme"]);
-        cfg.k3os.modules = vec!["nvme poll_queues=2".into()];
+        cfg.k3os.modules = vec![KernelModule::named("nvme poll_queues=2")];
+        assert!(render(&cfg, &env()).is_err());
+    }
+
+    #[test]
+    fn module_parameters_go_to_modprobe_d_and_to_modprobe() {
+        let mut cfg = NodeConfig::default();
+        let bonding = KernelModule {
+            name: "bonding".into(),
+            params: vec!["mode=4".into(), "miimon=100".into()],
+        };
+        cfg.k3os.modules = vec![KernelModule::named("kvm"), bonding.clone()];
+        let r = render(&cfg, &env()).unwrap();
+        assert_eq!(text(&r, MODULES_CONF), format!("{HEADER}kvm\nbonding\n"));
+        assert_eq!(
+            text(&r, MODPROBE_CONF),
+            format!("{HEADER}options bonding mode=4 miimon=100\n")
+        );
+        let watched = Trigger::Changed(vec![MODULES_CONF.into(), MODPROBE_CONF.into()]);
+        assert!(r.state.effects.contains(&EffectRule {
+            effect: Effect::Modprobe {
+                module: "bonding".into(),
+                params: bonding.params.clone(),
+            },
+            trigger: watched,
+        }));
+        // Parameters that config would refuse are refused here too (they reach argv).
+        cfg.k3os.modules = vec![KernelModule {
+            name: "bonding".into(),
+            params: vec!["mode=4;reboot".into()],
+        }];
+        assert!(render(&cfg, &env()).is_err());
+        let other = KernelModule {
+            name: "bonding".into(),
+            params: vec!["mode=1".into()],
+        };
+        cfg.k3os.modules = vec![bonding, other];
         assert!(render(&cfg, &env()).is_err());
     }
 

@@ -1,5 +1,7 @@
 //! `ssh_authorized_keys`: each entry is a literal OpenSSH public key, `github:USER`,
 //! `gitlab:USER` or an https URL. Fetching keys is not done here; only the syntax is checked.
+//! A literal entry that is not a public key (a truncated sample, a `<key>` placeholder) is a
+//! lenient warning: skipped and never written, the other entries kept, as k3os kept them.
 
 use super::syntax::check_url;
 use super::tree::list;
@@ -70,13 +72,41 @@ fn key_source(cx: &mut Cx, line: &str, pos: &Pos, field: &str) -> Option<KeySour
             }
         };
     }
-    match ssh_key::PublicKey::from_openssh(line) {
-        Ok(_) => Some(KeySource::Literal(line.to_string())),
-        Err(e) => {
-            cx.err(pos, field, format!("not an SSH public key ({e}); expected `TYPE BASE64 [comment]`, github:USER, gitlab:USER or an https URL"));
-            None
-        }
+    if ssh_key::PublicKey::from_openssh(line).is_ok() {
+        return Some(KeySource::Literal(line.to_string()));
     }
+    // k3os appended a literal entry unparsed (sshd ignores a bad line) and kept the others.
+    let msg = format!(
+        "{}; skipped, never written (k3os appended it as it is and sshd ignored it)",
+        not_a_key(line)
+    );
+    cx.lenient(pos, field, msg);
+    None
+}
+
+/// Why `line` is not an OpenSSH public key, in the user's terms; `(placeholder?)` when it
+/// looks like one (`<key>`, `AAAAB3N...`), as published sample configs often have.
+fn not_a_key(line: &str) -> String {
+    let placeholder = ["<", ">", "...", "…"].iter().any(|p| line.contains(p));
+    let hint = if placeholder { " (placeholder?)" } else { "" };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let why = match words.as_slice() {
+        [] => "the entry is empty".to_string(),
+        [_] => "one word".to_string(),
+        [ty, data, ..] => {
+            let known = ssh_key::Algorithm::new(ty)
+                .is_ok_and(|a| !matches!(a, ssh_key::Algorithm::Other(_)));
+            let not_base64 = data
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || "+/=".contains(*c)));
+            match not_base64 {
+                _ if !known => format!("unknown key type {ty:?}"),
+                Some(c) => format!("the key data contains {c:?}, which is not base64"),
+                None => format!("the key data is truncated or not a {ty} key"),
+            }
+        }
+    };
+    format!("not an ssh public key{hint}: {why}; expected `TYPE BASE64 [comment]`, github:USER, gitlab:USER or an https URL")
 }
 
 /// The error for the first control character in `entry` (a tab, which separates fields in
@@ -84,4 +114,31 @@ fn key_source(cx: &mut Cx, line: &str, pos: &Pos, field: &str) -> Option<KeySour
 pub fn control_character(entry: &str) -> Option<String> {
     super::syntax::control_character(entry, &['\t'])
         .map(|e| format!("{e}; expected one key entry on one line"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_why_in_the_users_terms() {
+        let cases = [
+            ("<key>", "not an ssh public key (placeholder?): one word"),
+            (
+                "ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB...",
+                "(placeholder?): the key data contains '.', which is not base64",
+            ),
+            (
+                "ssh-rsa AAAAB3N",
+                "not an ssh public key: the key data is truncated",
+            ),
+            ("rsa AAAA", "unknown key type \"rsa\""),
+            ("", "the entry is empty"),
+        ];
+        for (line, want) in cases {
+            let got = not_a_key(line);
+            assert!(got.contains(want), "{line}: {got}");
+            assert!(!got.contains("encoding"), "{line}: {got}");
+        }
+    }
 }

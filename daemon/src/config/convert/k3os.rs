@@ -6,8 +6,8 @@
 use super::syntax::{control_character, valid_hostname};
 use super::tree::{join, key_pos, list, map, text};
 use super::Cx;
-use crate::config::model::{K3os, Secret, Wifi};
-use crate::config::yaml::{Kind, Node};
+use crate::config::model::{K3os, K3sRole, Secret, Wifi};
+use crate::config::yaml::{Kind, Node, Pos};
 
 /// Converts the `k3os:` block `k`; bad values are reported and left out.
 pub(super) fn k3os(cx: &mut Cx, k: &Node) -> K3os {
@@ -44,22 +44,9 @@ fn ignored_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
     }
 }
 
-/// `modules` (kernel module names) and `sysctls` (dotted names, single-line values).
+/// `modules` (names with optional parameters) and `sysctls` (dotted names, single-line values).
 fn kernel_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
-    for (m, pos) in list(k.get("modules")) {
-        if !m.is_empty()
-            && m.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            out.modules.push(m);
-        } else {
-            cx.err(
-                &pos,
-                "k3os.modules",
-                format!("{m:?} is not a kernel module name; expected letters, digits, '_' and '-'"),
-            );
-        }
-    }
+    out.modules = super::modules::modules(cx, k.get("modules"));
     for (key, val, kpos, pos) in map(k.get("sysctls")) {
         let field = format!("k3os.sysctls.{key}");
         if key.is_empty()
@@ -183,7 +170,7 @@ fn password(cx: &mut Cx, n: &Node) -> Option<Secret> {
 }
 
 /// How k3s starts and joins: `server_url` (https), `token`, `k3s_args` (exec-style, starting
-/// with `server` or `agent`) and `environment` (variables for the k3s service).
+/// with `server`, `agent` or a flag) and `environment` (variables for the k3s service).
 fn k3s_join_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
     if let Some(n) = k.get("server_url") {
         let u = text(n).unwrap_or_default();
@@ -219,10 +206,9 @@ fn k3s_join_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
         }
     }
     let args = list(k.get("k3s_args"));
+    out.k3s_args = args.iter().map(|(s, _)| s.clone()).collect();
     if let Some((first, pos)) = args.first() {
-        if first != "server" && first != "agent" {
-            cx.err(pos, "k3os.k3s_args[0]", format!("{first:?}: the first element must be `server` or `agent` (k3s_args are exec-style, one argument per element)"));
-        }
+        k3s_command(cx, out, first, pos);
     }
     for (i, (a, pos)) in args.iter().enumerate() {
         if let Some(e) = control_character(a, &[]) {
@@ -230,8 +216,27 @@ fn k3s_join_keys(cx: &mut Cx, k: &Node, out: &mut K3os) {
             cx.err(pos, &format!("k3os.k3s_args[{i}]"), msg);
         }
     }
-    out.k3s_args = args.into_iter().map(|(s, _)| s).collect();
     environment(cx, k, out);
+}
+
+/// Checks `k3s_args[0]` (`first`, at `pos`) by the one role rule, [`K3os::k3s_role`]: another
+/// word than `server` or `agent` is an error; a flag is a lenient warning naming the role the
+/// k3s install script picks (k3os passed the args on and left the choice to it).
+fn k3s_command(cx: &mut Cx, out: &K3os, first: &str, pos: &Pos) {
+    let field = "k3os.k3s_args[0]";
+    match out.k3s_role() {
+        Err(e) => cx.err(pos, field, format!("{:?}: the first element must be `server`, `agent` or a flag (k3s_args are exec-style, one argument per element)", e.first)),
+        Ok(role) if role.command() != first => {
+            let why = if role == K3sRole::Agent {
+                "server_url is set"
+            } else {
+                "server_url is not set"
+            };
+            let msg = format!("{first:?} is a flag, not `server` or `agent`; running `k3s {role}` as the k3s install script did for k3os ({why}); write `{role}` first to say so");
+            cx.lenient(pos, field, msg);
+        }
+        Ok(_) => {}
+    }
 }
 
 /// `environment`: variable names of letters, digits and `_`, single-line values.

@@ -12,24 +12,30 @@
 //! - `syntax`: value syntaxes used by several sections (host names, URLs, paths, durations);
 //! - `authorized_keys`: `ssh_authorized_keys`;
 //! - `write_files` and `decoding`: `write_files` entries and their content encodings;
-//! - `k3os`: the `k3os:` block;
+//! - `k3os` and `modules`: the `k3os:` block and its `modules` entries;
 //! - `upgrade`: the `upgrade:` block;
 //! - `health` and `checks`: the `health:` block and its `checks` entries.
 //!
 //! Invariant: a value is kept only when it is valid; a bad one is reported as an error naming its
 //! field and is left out (or its default kept), and the caller rejects a config with any error.
+//! Three exceptions, where k3os degraded one item and kept the rest (issue 13), are lenient
+//! warnings (errors under `--strict`): a literal `ssh_authorized_keys` entry that is not a
+//! public key is skipped (never written); a relative `write_files` path is joined onto `/`;
+//! `k3s_args` starting with a flag get the role the k3s install script would pick.
 
 mod authorized_keys;
 mod checks;
 mod decoding;
 mod health;
 mod k3os;
+mod modules;
 mod syntax;
 mod tree;
 mod upgrade;
 mod write_files;
 
 pub use authorized_keys::control_character as key_entry_control_character;
+pub use modules::{check_module_param, parse_module, valid_module_name};
 pub use syntax::{check_path, parse_duration, valid_hostname};
 pub use write_files::{parse_mode, parse_owner};
 
@@ -97,6 +103,13 @@ impl Cx<'_> {
     fn warn(&mut self, pos: &Pos, field: &str, msg: impl Into<String>) {
         self.diags
             .push(Diagnostic::warning(pos.clone(), field, msg));
+    }
+
+    /// Records a k3os leniency at `pos` for `field`: one item skipped or repaired the way k3os
+    /// degraded it, the rest of the config kept; an error under `--strict`.
+    fn lenient(&mut self, pos: &Pos, field: &str, msg: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::lenient(pos.clone(), field, msg));
     }
 }
 

@@ -8,7 +8,7 @@ use super::decoding::decode_content;
 use super::syntax::check_file_path;
 use super::tree::{join, scalar, text};
 use super::{Cx, Reported};
-use crate::config::model::{IdOrName, OwnerSpec, WriteFile};
+use crate::config::model::{IdOrName, OwnerGroup, OwnerSpec, WriteFile};
 use crate::config::yaml::{Kind, Node, Pos};
 
 /// The valid entries of `write_files`, in order; a bad entry or a second entry for the same
@@ -58,6 +58,8 @@ fn write_file(cx: &mut Cx, item: &Node, i: usize) -> Option<WriteFile> {
 }
 
 /// The entry's `path`, normalised; errors name the entry by index (its path is not known yet).
+/// A relative path is joined onto `/` with a lenient warning; `.`, `..` and the rest of
+/// [`check_path`]'s rules still apply to the joined path.
 fn file_path(cx: &mut Cx, item: &Node, i: usize) -> Result<String, Reported> {
     let base = format!("write_files[{i}]");
     let Some(pnode) = item.get("path") else {
@@ -69,7 +71,14 @@ fn file_path(cx: &mut Cx, item: &Node, i: usize) -> Result<String, Reported> {
         return Err(Reported);
     };
     let raw = text(pnode).unwrap_or_default();
-    check_file_path(raw.trim(), &cx.opts.state_dir).map_err(|e| {
+    let mut path = raw.trim().to_string();
+    if !path.is_empty() && !path.starts_with('/') {
+        // k3os wrote `path.Join("/", path)`: a relative path lands under /.
+        path.insert(0, '/');
+        let msg = format!("{:?} is relative; written to {path:?} (joined onto /, as k3os did); expected an absolute path", raw.trim());
+        cx.lenient(&pnode.pos, &join(&base, "path"), msg);
+    }
+    check_file_path(&path, &cx.opts.state_dir).map_err(|e| {
         cx.err(&pnode.pos, &join(&base, "path"), e);
         Reported
     })
@@ -159,22 +168,36 @@ fn id_or_name(s: &str) -> Result<IdOrName, String> {
     }
 }
 
-/// `user`, `user:group`, `uid:gid`.
+/// `user`, `user:`, `user:group`, `:group`, `uid:gid`, with GNU chown's meaning (see
+/// [`OwnerSpec`]): `user` alone leaves the group (root), `user:` takes the user's login group.
 pub fn parse_owner(s: &str) -> Result<OwnerSpec, String> {
     let t = s.trim();
-    let expected = "expected `user`, `user:group` or `uid:gid`";
+    let expected = "expected `user`, `user:group`, `user:`, `:group` or `uid:gid`";
     let mut parts = t.split(':');
     let user = parts.next().unwrap_or_default();
     let group = parts.next();
     if parts.next().is_some() {
         return Err(format!("{t:?} has more than one ':'; {expected}"));
     }
-    let user = id_or_name(user).map_err(|e| format!("{e}; {expected}"))?;
-    let group = match group {
-        None => None,
-        Some(g) => Some(id_or_name(g).map_err(|e| format!("{e}; {expected}"))?),
-    };
-    Ok(OwnerSpec { user, group })
+    let named = |s: &str| id_or_name(s).map_err(|e| format!("{e}; {expected}"));
+    Ok(match (user, group) {
+        ("", Some(g)) if !g.is_empty() => OwnerSpec {
+            user: IdOrName::Name("root".into()),
+            group: OwnerGroup::Named(named(g)?),
+        },
+        (u, None) => OwnerSpec {
+            user: named(u)?,
+            group: OwnerGroup::Unchanged,
+        },
+        (u, Some("")) => OwnerSpec {
+            user: named(u)?,
+            group: OwnerGroup::Login,
+        },
+        (u, Some(g)) => OwnerSpec {
+            user: named(u)?,
+            group: OwnerGroup::Named(named(g)?),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -193,23 +216,35 @@ mod tests {
     }
 
     #[test]
-    fn owners() {
-        assert_eq!(
-            parse_owner("rancher:users").unwrap(),
-            OwnerSpec {
-                user: IdOrName::Name("rancher".into()),
-                group: Some(IdOrName::Name("users".into()))
-            }
-        );
-        assert_eq!(
-            parse_owner("1000:1000").unwrap(),
-            OwnerSpec {
-                user: IdOrName::Id(1000),
-                group: Some(IdOrName::Id(1000))
-            }
-        );
+    fn owners_read_as_gnu_chown_reads_them() {
+        let name = |s: &str| IdOrName::Name(s.into());
+        let cases = [
+            ("rancher", name("rancher"), OwnerGroup::Unchanged),
+            ("rancher:", name("rancher"), OwnerGroup::Login),
+            (
+                "rancher:users",
+                name("rancher"),
+                OwnerGroup::Named(name("users")),
+            ),
+            (":users", name("root"), OwnerGroup::Named(name("users"))),
+            ("1000", IdOrName::Id(1000), OwnerGroup::Unchanged),
+            (
+                "1000:1000",
+                IdOrName::Id(1000),
+                OwnerGroup::Named(IdOrName::Id(1000)),
+            ),
+        ];
+        for (text, user, group) in cases {
+            let o = parse_owner(text).unwrap();
+            assert_eq!(o, OwnerSpec { user, group }, "{text}");
+            assert_eq!(
+                o.to_string().trim_start_matches("root"),
+                text.trim_start_matches("root")
+            );
+        }
         assert!(parse_owner("a:b:c").is_err());
         assert!(parse_owner("bad user").is_err());
         assert!(parse_owner("").is_err());
+        assert!(parse_owner(":").is_err());
     }
 }
