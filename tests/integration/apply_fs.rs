@@ -519,8 +519,13 @@ fn recover_removes_temps_of_an_uncommitted_transaction() {
         "half",
     )
     .unwrap();
+    // A state-file temp named after a live pid (ours): only the state dir's lock says whether
+    // its writer is still writing, and no one holds it.
     std::fs::write(
-        state.join(".apply-journal.json.tmp.77.0123456789ab"),
+        state.join(format!(
+            ".apply-journal.json.tmp.{}.0123456789ab",
+            std::process::id()
+        )),
         "{ half a journal",
     )
     .unwrap();
@@ -649,4 +654,41 @@ fn a_plan_through_the_recovered_view_counts_the_interrupted_files_as_created() {
     assert!(!rootp.join("etc/c").exists());
     assert_eq!(apply::load_managed(&state).unwrap(), set(&["/etc/b"]));
     no_leftovers(&rootp, &state);
+}
+
+/// A state-file temp whose writer (another process) still holds the state dir's lock is kept
+/// by recovery, and removed by the next recovery once that process is gone: staleness is the
+/// lock's to say, whatever pid the name carries.
+#[test]
+fn recover_keeps_a_state_temp_while_its_writer_holds_the_lock() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().unwrap();
+    let (rootp, state) = (t.path().join("root"), t.path().join("state"));
+    std::fs::create_dir_all(&rootp).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let temp = state.join(".status.json.tmp.1.0123456789ab");
+    std::fs::write(&temp, "{ half").unwrap();
+    // flock(1) takes the same shared lock on the directory that write_atomic holds while a
+    // temp exists, says so, and keeps it until killed.
+    // --no-fork: the killed process is the lock holder itself.
+    let mut writer = std::process::Command::new("flock")
+        .args(["--shared", "--no-fork"])
+        .arg(&state)
+        .args(["sh", "-c", "echo locked; exec sleep 600"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(writer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let root = Root::open(&rootp).unwrap();
+    apply::recover(&root, &state).unwrap();
+    let kept = temp.exists();
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    assert!(kept, "a temp was removed while its writer held the lock");
+    apply::recover(&root, &state).unwrap();
+    assert!(!temp.exists(), "the dead writer's temp was kept");
 }
