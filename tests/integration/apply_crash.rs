@@ -123,7 +123,7 @@ fn matches_commit(root: &Path, gen: u64) -> Result<(), String> {
 }
 
 fn durability_for(iteration: u64) -> Durability {
-    if iteration % 2 == 0 {
+    if iteration.is_multiple_of(2) {
         Durability::FsyncEach
     } else {
         Durability::SyncfsOnce

@@ -914,3 +914,55 @@ fn http_remote_with_token_file_and_custom_username() {
     let err = source::fetch(&cfg).unwrap_err().to_string();
     assert!(err.contains("in clear"), "{err}");
 }
+
+/// RUSTSEC-2026-0183: git2 before 0.21 built a slice from libgit2's null pointer when a remote
+/// advertised no refs (undefined behaviour; a debug build aborts on the precondition check),
+/// and bosun lists the advertisement on every poll. An empty remote is a clear error.
+#[test]
+fn a_remote_without_refs_is_an_error_not_a_crash() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    crate::support::git::git(&srv, &["init", "-q", "--bare", "empty.git"]);
+    let daemon = GitDaemon::start(&srv);
+    let file_url = format!("file://{}", srv.join("empty.git").display());
+    for (i, url) in [daemon.url("empty.git"), file_url].into_iter().enumerate() {
+        let cfg = SourceConfig::new(url.clone(), "main", tmp.path().join(format!("cache{i}")));
+        let e = source::fetch(&cfg).unwrap_err();
+        assert!(
+            matches!(e, SourceError::RefNotFound { .. }) && e.to_string().contains("no refs"),
+            "{url}: {e}"
+        );
+    }
+}
+
+/// A ref name that is not UTF-8 (git allows any bytes but a few) in the advertisement: git2's
+/// `RemoteHead::name` panics on it (an abort in the release build, then a crash loop as every
+/// poll lists the refs). bosun skips such refs; the configured branch is still fetched.
+#[test]
+fn a_remote_advertising_a_ref_name_that_is_not_utf8_is_still_fetched() {
+    use std::os::unix::ffi::OsStrExt;
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("srv/fleet"));
+    fleet(&repo, "");
+    let c1 = repo.commit("first");
+    let bad = std::ffi::OsStr::from_bytes(b"refs/heads/bad\xff");
+    let status = crate::support::git::git_cmd(&repo.dir)
+        .arg("update-ref")
+        .arg(bad)
+        .arg(&c1)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let daemon = GitDaemon::start(&tmp.path().join("srv"));
+    for (i, url) in [daemon.url("fleet"), repo.file_url()]
+        .into_iter()
+        .enumerate()
+    {
+        let cfg = SourceConfig::new(url.clone(), "main", tmp.path().join(format!("cache{i}")));
+        let got = source::fetch(&cfg).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(got, FetchOutcome::Updated { commit: oid(&c1) }, "{url}");
+    }
+}

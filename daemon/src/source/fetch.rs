@@ -101,6 +101,45 @@ fn parse_target(reference: &str) -> Result<Target, SourceError> {
     Ok(Target::Named(r.to_string()))
 }
 
+/// The refs a connected remote advertised, as `(name, id)`. A name that is not UTF-8 is left
+/// out: it cannot be the configured reference (the agent config is UTF-8), and git2's
+/// `RemoteHead::name` panics on it, which a hostile remote could use to abort every poll.
+/// Reads libgit2's list directly for that reason. Reads memory libgit2 owns only.
+fn advertised(remote: &git2::Remote<'_>) -> Result<Vec<(String, Oid)>, git2::Error> {
+    use git2::Binding;
+    let mut base: *mut *const libgit2_sys::git_remote_head = std::ptr::null_mut();
+    // libc's size_t, usize on every target Rust supports here.
+    let mut size: usize = 0;
+    // SAFETY: `remote` is a live, connected git_remote (libgit2 returns an error otherwise);
+    // `base` and `size` are plain out-parameters.
+    let rc = unsafe { libgit2_sys::git_remote_ls(&mut base, &mut size, remote.raw()) };
+    if rc < 0 {
+        return Err(git2::Error::last_error(rc));
+    }
+    if base.is_null() || size == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: libgit2 returned `size` head pointers at `base`, owned by the remote, which
+    // outlives this function; the slice is not kept.
+    let heads = unsafe { std::slice::from_raw_parts(base, size) };
+    let mut out = Vec::with_capacity(heads.len());
+    for &head in heads {
+        // SAFETY: each entry is null or a git_remote_head owned by the remote, whose `name` is
+        // null or a NUL-terminated string (libgit2's pkt parser builds it).
+        let (name, oid) = unsafe {
+            if head.is_null() || (*head).name.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr((*head).name);
+            (name, Oid::from_raw(&(*head).oid))
+        };
+        if let Ok(name) = name.to_str() {
+            out.push((name.to_string(), oid));
+        }
+    }
+    Ok(out)
+}
+
 /// Picks the advertised ref a short name means: exact `refs/...` or `HEAD`, else
 /// `refs/heads/<name>`, else `refs/tags/<name>`.
 fn resolve_advertised<'a>(heads: &'a [(String, Oid)], name: &str) -> Option<&'a (String, Oid)> {
@@ -294,15 +333,11 @@ pub fn fetch_counted(
     };
 
     let heads: Vec<(String, Oid)> = {
-        let conn = remote
+        let mut conn = remote
             .connect_auth(Direction::Fetch, Some(creds.callbacks()), None)
             .map_err(|e| creds.error(&cfg.url, "connect", e))?;
         counters.polls.fetch_add(1, Ordering::Relaxed);
-        conn.list()
-            .map_err(|e| remote_err("list refs", e))?
-            .iter()
-            .map(|h| (h.name().to_string(), h.oid()))
-            .collect()
+        advertised(conn.remote()).map_err(|e| remote_err("list refs", e))?
     };
 
     match target {

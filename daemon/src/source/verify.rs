@@ -303,7 +303,7 @@ mod tests {
         assert_eq!(Refusal::Unsigned.label(), "unsigned");
         assert_eq!(
             Refusal::NotDescendant {
-                last_applied: Oid::zero()
+                last_applied: Oid::ZERO_SHA1
             }
             .label(),
             "not_descendant"
