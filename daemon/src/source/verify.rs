@@ -19,6 +19,7 @@
 use std::path::PathBuf;
 
 use super::allowed_signers::AllowedSigners;
+use super::budget::TooLarge;
 use super::openpgp::OpenPgpKeyring;
 use super::{fetch, Cache, Oid, SourceConfig, SourceError, TransferCounters};
 
@@ -68,6 +69,10 @@ pub enum Refusal {
          or rolled back; set allow_history_rewrite to accept this)"
     )]
     NotDescendant { last_applied: Oid },
+    /// Not even fetched in full: it is over `source.max_fetch_bytes` or the per-object limit
+    /// (see `source::budget`).
+    #[error("{0}")]
+    FetchTooLarge(TooLarge),
 }
 
 impl Refusal {
@@ -79,6 +84,7 @@ impl Refusal {
             Refusal::BadSignature { .. } => "bad_signature",
             Refusal::WrongNamespace { .. } => "wrong_namespace",
             Refusal::NotDescendant { .. } => "not_descendant",
+            Refusal::FetchTooLarge(_) => "fetch_too_large",
         }
     }
 }
