@@ -111,6 +111,10 @@ pub struct SourceSection {
     /// roots built into bosun.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// The most one fetch may download (bytes, or `64MiB`, `1GiB`); a commit that needs more
+    /// is refused before it can exhaust memory. At least 1 MiB. Default `128MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fetch_bytes: Option<SizeValue>,
 }
 
 /// Signature verification mode.
@@ -276,6 +280,49 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A size: bytes, or a number with a unit `KiB`, `MiB`, `GiB` (`K`, `M`, `G` mean the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SizeValue {
+    /// A plain number of bytes.
+    Bytes(u64),
+    /// A number with a unit, e.g. `128MiB`.
+    Text(String),
+}
+
+impl SizeValue {
+    /// Parses the value (pure).
+    pub fn to_bytes(&self) -> Result<u64, String> {
+        match self {
+            SizeValue::Bytes(n) => Ok(*n),
+            SizeValue::Text(t) => parse_size(t),
+        }
+    }
+}
+
+/// Parses `512`, `64KiB`, `128MiB`, `1GiB` (or `K`, `M`, `G`: powers of 1024) (pure).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (expected bytes, or e.g. 64MiB, 1GiB)"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (expected KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// The validated agent config (stage 3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
@@ -422,6 +469,7 @@ impl AgentFile {
             over(&mut b.token_file, l.token_file);
             over(&mut b.token_username, l.token_username);
             over(&mut b.ca_file, l.ca_file);
+            over(&mut b.max_fetch_bytes, l.max_fetch_bytes);
         });
         over(&mut self.interval, later.interval);
         over(&mut self.jitter_percent, later.jitter_percent);
@@ -537,7 +585,8 @@ fn validate(
 }
 
 /// `source`: `url` is required and must be a Git URL; `ref` defaults to `main`; `subdir` is
-/// relative without `..`; `depth` is at least 1. The Git cache lives under `state_dir`.
+/// relative without `..`; `depth` is at least 1; `max_fetch_bytes` is a size of at least
+/// 1 MiB. The Git cache lives under `state_dir`.
 fn validate_source(
     src: SourceSection,
     state_dir: &Path,
@@ -563,6 +612,21 @@ fn validate_source(
             "must be at least 1 (omit it for full history)",
         ));
     }
+    let max_fetch_bytes = match &src.max_fetch_bytes {
+        None => crate::source::DEFAULT_MAX_FETCH_BYTES,
+        Some(v) => {
+            let n = v
+                .to_bytes()
+                .map_err(|m| invalid.at("source.max_fetch_bytes", m))?;
+            if n < 1 << 20 {
+                return Err(invalid.at(
+                    "source.max_fetch_bytes",
+                    format!("{n} bytes is less than 1 MiB; even a small config repo needs more"),
+                ));
+            }
+            n
+        }
+    };
     Ok(SourceConfig {
         url,
         reference,
@@ -574,6 +638,7 @@ fn validate_source(
         token_username: src.token_username,
         ca_file: src.ca_file,
         cache_dir: state_dir.join("git-cache"),
+        max_fetch_bytes,
     })
 }
 
@@ -863,6 +928,22 @@ mod tests {
         assert!(c.drift_enabled);
         assert_eq!(c.resync_interval, Duration::from_secs(600));
         assert_eq!(c.verify.mode, VerifyMode::Off);
+        assert_eq!(c.source.max_fetch_bytes, 128 << 20);
+    }
+
+    #[test]
+    fn max_fetch_bytes_takes_bytes_or_binary_units() {
+        for (value, bytes) in [
+            ("1048576", 1u64 << 20),
+            ("64MiB", 64 << 20),
+            ("64M", 64 << 20),
+            ("2GiB", 2 << 30),
+            ("'3072 KiB'", 3 << 20),
+        ] {
+            let text = format!("source:\n  url: git://h/f\n  max_fetch_bytes: {value}\n");
+            let c = parse(&[("a.yaml", &text)]).unwrap();
+            assert_eq!(c.source.max_fetch_bytes, bytes, "{value}");
+        }
     }
 
     #[test]
@@ -972,6 +1053,14 @@ mod tests {
             (
                 "source: {url: git://h/f, depth: 0}\n".into(),
                 "source.depth: must be at least 1",
+            ),
+            (
+                "source: {url: git://h/f, max_fetch_bytes: 64KiB}\n".into(),
+                "source.max_fetch_bytes: 65536 bytes is less than 1 MiB",
+            ),
+            (
+                "source: {url: git://h/f, max_fetch_bytes: 12 parsecs}\n".into(),
+                "source.max_fetch_bytes: \"12 parsecs\": unknown unit \"parsecs\"",
             ),
             (missing_key_case, "verification.openpgp_keys: "),
             (

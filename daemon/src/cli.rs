@@ -373,7 +373,7 @@ fn plan(target: &TargetArgs, format: Format) -> Result<ExitCode> {
         )?,
         _ => write!(out, "{}", plan::render_text(&prepared.plan))?,
     }
-    let changes = prepared.plan.has_file_changes() || prepared.pending_recovery;
+    let changes = prepared.plan.has_file_changes() || prepared.pending.is_some();
     Ok(if changes {
         ExitCode::from(2)
     } else {
@@ -390,7 +390,10 @@ fn apply(target: &TargetArgs) -> Result<ExitCode> {
     let applied = reconcile::apply_prepared(&prepared, &node.target, node.effects.as_ref())?;
     let r = &applied.report;
     if let Some(tx) = &r.recovery.rolled_forward {
-        eprintln!("recovered an interrupted apply (transaction {tx}) first");
+        eprintln!("recovered an interrupted apply (transaction {tx}) first: completed it");
+    }
+    if let Some(tx) = &r.recovery.rolled_back {
+        eprintln!("recovered an interrupted apply (transaction {tx}) first: it had not committed, removed its staged files");
     }
     println!(
         "applied: {} written, {} deleted, {} unchanged{}",
@@ -594,9 +597,9 @@ fn prepare(args: &TargetArgs) -> Result<Option<(reconcile::Prepared, reconcile::
             for w in &p.warnings {
                 eprintln!("{w}");
             }
-            if p.pending_recovery {
+            if let Some(pending) = &p.pending {
                 eprintln!(
-                    "note: an interrupted apply is waiting in {}; `bosun apply` completes it first",
+                    "note: an interrupted apply is waiting in {}: {pending}. `bosun apply` recovers it first; this plan shows the changes after that recovery",
                     t.state_dir.display()
                 );
             }

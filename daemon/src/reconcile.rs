@@ -5,13 +5,17 @@
 //!
 //! Order matters for "bad input changes nothing": the config is loaded and validated (pure)
 //! before anything is read or written under the root or the state dir.
+//!
+//! Recovery first: [`prepare`] writes nothing, yet plans against the tree and managed set that
+//! recovery of an interrupted apply will leave ([`apply::RecoveredView`]); [`apply_prepared`]
+//! recovers (inside the transaction's lock) before applying, and the transaction refuses a plan
+//! that did not count in what recovery rolled forward.
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::apply::{self, ApplyReport};
+use crate::apply::{self, ApplyReport, RecoveredView};
 use crate::config::{self, ConfigError, LoadOptions};
 use crate::desired::{CommandPhase, Effect};
 use crate::fsroot::Root;
@@ -114,8 +118,12 @@ pub struct Prepared {
     pub plan: Plan,
     /// Human-readable warnings from config, rendering and key fetching (never secrets).
     pub warnings: Vec<String>,
-    /// A journal of an interrupted apply is waiting in the state dir.
-    pub pending_recovery: bool,
+    /// An interrupted apply waiting in the state dir; the plan already counts in what its
+    /// recovery will do.
+    pub pending: Option<apply::PendingRecovery>,
+    /// The committed transaction the plan counts as rolled forward (see
+    /// [`apply::ApplyOptions::planned_over`]).
+    pub planned_over: Option<String>,
 }
 
 impl Prepared {
@@ -142,8 +150,8 @@ const EDITED_IN_PLACE: [&str; 5] = [
     render::ENVIRONMENT,
 ];
 
-fn read_text(root: &Root, path: &str) -> Result<Option<String>, ReconcileError> {
-    match root.observe_one(path)? {
+fn read_text(view: &RecoveredView<'_>, path: &str) -> Result<Option<String>, ReconcileError> {
+    match view.observe_one(path)? {
         None => Ok(None),
         Some(o) => String::from_utf8(o.content)
             .map(Some)
@@ -151,8 +159,10 @@ fn read_text(root: &Root, path: &str) -> Result<Option<String>, ReconcileError> 
     }
 }
 
-/// Loads the config, resolves ssh keys, renders and plans. Reads the root; writes only the ssh
-/// key cache in the state dir (after the config validated). Fetches keys over the network.
+/// Loads the config, resolves ssh keys, renders and plans against the state recovery of an
+/// interrupted apply will leave (see module docs). Reads the root and the state dir; writes only
+/// the ssh key cache in the state dir (after the config validated). Fetches keys over the
+/// network.
 pub async fn prepare(snapshot: &Snapshot, target: &Target) -> Result<Prepared, ReconcileError> {
     let loaded = Arc::new(config::load(snapshot, &target.hostname, &target.load)?);
     let mut warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
@@ -166,7 +176,8 @@ pub async fn prepare(snapshot: &Snapshot, target: &Target) -> Result<Prepared, R
         warnings.extend(r.warnings());
         Some(r)
     };
-    let [passwd, group, shadow, hosts, environment] = EDITED_IN_PLACE.map(|p| read_text(&root, p));
+    let view = RecoveredView::open(&root, &target.state_dir)?;
+    let [passwd, group, shadow, hosts, environment] = EDITED_IN_PLACE.map(|p| read_text(&view, p));
     let env = RenderEnv {
         passwd: passwd?,
         group: group?,
@@ -182,22 +193,17 @@ pub async fn prepare(snapshot: &Snapshot, target: &Target) -> Result<Prepared, R
     let rendered = render::render(&loaded.config, &env)?;
     warnings.extend(rendered.warnings.iter().cloned());
 
-    let managed = if target.state_dir.exists() {
-        apply::load_managed(&target.state_dir)?
-    } else {
-        BTreeSet::new()
-    };
-    let paths = plan::paths_to_observe(&rendered.state, &managed);
-    let observation = root.observe(paths.iter().map(String::as_str))?;
-    let plan = plan::plan(&rendered.state, &observation, &managed)?;
-    let pending_recovery = target.state_dir.exists()
-        && matches!(apply::journal::read_journal(&target.state_dir), Ok(Some(_)));
+    let managed = view.managed();
+    let paths = plan::paths_to_observe(&rendered.state, managed);
+    let observation = view.observe(paths.iter().map(String::as_str))?;
+    let plan = plan::plan(&rendered.state, &observation, managed)?;
     Ok(Prepared {
         loaded,
         rendered,
         plan,
         warnings,
-        pending_recovery,
+        pending: view.pending().cloned(),
+        planned_over: view.planned_over().map(str::to_string),
     })
 }
 
@@ -310,7 +316,8 @@ pub struct Applied {
     pub loaded: Arc<config::Loaded>,
 }
 
-/// Applies a prepared plan: init/boot commands (once per boot), the file transaction, the
+/// Applies a prepared plan: recovery of an interrupted apply (refusing the plan if it did not
+/// count that recovery in), init/boot commands (once per boot), the file transaction, the
 /// triggered effects, then run commands (once per boot). Writes under the root and the state
 /// dir; runs commands through `runner`.
 pub fn apply_prepared(
@@ -323,6 +330,8 @@ pub fn apply_prepared(
         message: e.to_string(),
     })?;
     let root = Root::open(&target.root)?;
+    let recovery = apply::recover(&root, &target.state_dir)?;
+    apply::check_plan_basis(&recovery, prepared.planned_over.as_deref())?;
     let boot = boot_id(&target.root);
     let mut record = read_boot_record(&target.state_dir);
     let mut log = EffectLog::default();
@@ -333,14 +342,17 @@ pub fn apply_prepared(
         record.before_apply = Some(boot.clone());
         write_boot_record(&target.state_dir, &record)?;
     }
-    let report = apply::apply_with(
+    let mut report = apply::apply_with(
         &root,
         &target.state_dir,
         &prepared.plan,
         apply::ApplyOptions {
             durability: target.durability,
+            // Recovered above: any roll-forward inside the transaction is someone else's.
+            planned_over: None,
         },
     )?;
+    report.recovery = recovery;
     run_effects(&prepared.plan.effects, runner, &mut log);
     if record.after_apply.as_deref() != Some(boot.as_str()) {
         let after = phase_effects(&prepared.plan, &[CommandPhase::Run]);

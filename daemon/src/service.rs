@@ -34,7 +34,7 @@ impl Systemd {
     /// Sends `states` (no-op without `NOTIFY_SOCKET`; a failure is logged at debug level).
     pub fn send(&self, states: &[sd_notify::NotifyState<'_>]) {
         if self.notify {
-            if let Err(e) = sd_notify::notify(false, states) {
+            if let Err(e) = sd_notify::notify(states) {
                 debug!("sd_notify: {e}");
             }
         }

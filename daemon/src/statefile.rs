@@ -5,14 +5,23 @@
 //! power loss; if the process dies at any point before that, the file holds exactly the old
 //! bytes (or is absent if it was absent), never a mix. Procedure: write a unique temp file in
 //! the same directory, `fchmod`, `fsync` it, `rename` it over the target, `fsync` the directory.
-//! A temp file left by a crash is named `.<name>.tmp.<pid>.<random>`; [`sweep_temps`] removes
-//! them.
+//! A temp file left by a crash is named `.<name>.tmp.<pid>.<random>` (the pid only tells a
+//! reader who wrote it); [`sweep_temps`] removes them.
+//!
+//! Staleness is decided by a lock, never by pid liveness (pids are reused, across reboots
+//! too): [`write_atomic`] holds a shared `flock` on the directory itself from before it creates
+//! its temp until after the rename, and [`sweep_temps`] removes temps only while it holds an
+//! exclusive `flock` on the directory, taken without waiting. Holding it means no writer, in
+//! any process (this one included: flock locks belong to open file descriptions), is between
+//! creating and renaming a temp, so every temp present is a dead writer's. If a writer holds
+//! the lock, the sweep removes nothing this time. The kernel drops a dead process's locks, so a
+//! crash never leaves the directory locked.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, Mode, OFlags};
+use rustix::fs::{self as rfs, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 /// A state file operation failed; names the file and the step.
@@ -64,6 +73,20 @@ fn open_dir(dir: &Path, full: &Path) -> Result<OwnedFd, StateFileError> {
     .map_err(err(full, "open directory"))
 }
 
+/// Takes a shared `flock` on the directory open as `dirfd` (its own open file description,
+/// from [`open_dir`]), waiting while a sweep holds it. The lock lasts as long as `dirfd` is
+/// open. Where the filesystem has no flock it takes nothing: the sweep cannot lock either and
+/// then removes nothing.
+fn lock_shared(dirfd: &OwnedFd) {
+    while let Err(Errno::INTR) = rfs::flock(dirfd, FlockOperation::LockShared) {}
+}
+
+/// Takes an exclusive `flock` on the directory open as `dirfd` if no one holds any lock on it
+/// (without waiting); whether it did. The lock lasts as long as `dirfd` is open.
+fn try_lock_exclusive(dirfd: &OwnedFd) -> bool {
+    rfs::flock(dirfd, FlockOperation::NonBlockingLockExclusive).is_ok()
+}
+
 fn random_suffix() -> String {
     let mut b = [0u8; 6];
     // getrandom only fails without any entropy source; fall back to time, uniqueness is
@@ -84,6 +107,9 @@ fn random_suffix() -> String {
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateFileError> {
     let (dir, name) = split(path)?;
     let dirfd = open_dir(&dir, path)?;
+    // Held until the temp is renamed or removed (dirfd closes on return): a sweep must not
+    // take it for a dead writer's.
+    lock_shared(&dirfd);
     let tmp = format!(".{name}.tmp.{}.{}", std::process::id(), random_suffix());
     let fd = rfs::openat(
         &dirfd,
@@ -137,21 +163,21 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
     }
 }
 
-/// Removes temp files left in `dir` by [`write_atomic`] calls whose process died (any
-/// `.<name>.tmp.<pid>.<hex>` whose pid is not running); returns how many. Writes to disk.
+/// Removes temp files left in `dir` by [`write_atomic`] calls whose process died; returns how
+/// many. Removes nothing while any writer holds the directory's lock (see module docs). Writes
+/// to disk.
 pub fn sweep_temps(dir: &Path) -> Result<usize, StateFileError> {
     let dirfd = open_dir(dir, dir)?;
+    if !try_lock_exclusive(&dirfd) {
+        return Ok(0);
+    }
     let mut names = Vec::new();
     let it = rfs::Dir::read_from(&dirfd).map_err(err(dir, "list directory"))?;
     for entry in it {
         let entry = entry.map_err(err(dir, "list directory"))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = state_temp_pid(&name) {
-            // A live writer (this process, or another bosun process) may be about to rename
-            // it; only a dead writer's temp is stale.
-            if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
-                names.push(name);
-            }
+        if is_state_temp(&name) {
+            names.push(name);
         }
     }
     for n in &names {
@@ -166,20 +192,21 @@ pub fn sweep_temps(dir: &Path) -> Result<usize, StateFileError> {
     Ok(names.len())
 }
 
-/// The writer's pid if `name` is a [`write_atomic`] temp (`.<name>.tmp.<pid>.<12 hex>`).
-fn state_temp_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix('.')?;
+/// Whether `name` is a [`write_atomic`] temp (`.<name>.tmp.<pid>.<12 hex>`) (pure).
+fn is_state_temp(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
     let mut parts = rest.rsplitn(3, '.');
-    let (rand, pid, head) = (parts.next()?, parts.next()?, parts.next()?);
-    let ok = head.len() > 4
+    let (Some(rand), Some(pid), Some(head)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    head.len() > 4
         && head.ends_with(".tmp")
+        && !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
         && rand.len() == 12
-        && rand.bytes().all(|b| b.is_ascii_hexdigit());
-    if ok {
-        pid.parse().ok()
-    } else {
-        None
-    }
+        && rand.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -211,23 +238,42 @@ mod tests {
     }
 
     #[test]
-    fn sweep_removes_only_state_temps() {
+    fn sweep_removes_only_state_temps_whatever_pid_they_name() {
         let d = tempfile::tempdir().unwrap();
-        // pid 0 is never a process that can own a temp: stale.
-        std::fs::write(d.path().join(".journal.json.tmp.0.00112233aabb"), b"x").unwrap();
-        // Our own pid: a concurrent writer in this process, kept.
-        let live = format!(".managed.json.tmp.{}.00112233aabb", std::process::id());
-        std::fs::write(d.path().join(&live), b"x").unwrap();
+        // Our own pid, certainly alive: the pid in the name decides nothing, the lock does.
+        let own = format!(".managed.json.tmp.{}.00112233aabb", std::process::id());
+        std::fs::write(d.path().join(&own), b"x").unwrap();
+        std::fs::write(d.path().join(".journal.json.tmp.1.00112233aabb"), b"x").unwrap();
         std::fs::write(d.path().join("journal.json"), b"keep").unwrap();
         std::fs::write(d.path().join(".hidden.tmp"), b"keep").unwrap();
-        assert_eq!(sweep_temps(d.path()).unwrap(), 1);
+        std::fs::write(d.path().join(".x.tmp.12.not-hex-here"), b"keep").unwrap();
+        assert_eq!(sweep_temps(d.path()).unwrap(), 2);
         let mut left: Vec<_> = std::fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        let mut want = vec![".hidden.tmp".to_string(), "journal.json".to_string(), live];
-        want.sort();
-        assert_eq!(left, want);
+        assert_eq!(
+            left,
+            [".hidden.tmp", ".x.tmp.12.not-hex-here", "journal.json"]
+        );
+    }
+
+    #[test]
+    fn sweep_keeps_temps_while_a_writer_holds_the_directory_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let temp = d.path().join(".status.json.tmp.1.00112233aabb");
+        std::fs::write(&temp, b"x").unwrap();
+        // A writer between creating and renaming its temp: its own open of the directory,
+        // shared-locked, as write_atomic holds it.
+        let writer = open_dir(d.path(), d.path()).unwrap();
+        lock_shared(&writer);
+        assert_eq!(sweep_temps(d.path()).unwrap(), 0);
+        assert!(temp.exists());
+        // Another writer can still write meanwhile (shared with shared).
+        write_atomic(&d.path().join("other.json"), b"y", 0o600).unwrap();
+        drop(writer);
+        assert_eq!(sweep_temps(d.path()).unwrap(), 1);
+        assert!(!temp.exists());
     }
 }

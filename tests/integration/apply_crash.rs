@@ -6,13 +6,23 @@
 //! left no directory it created, and that no temp file (staged file or state-file temp)
 //! remains anywhere.
 //!
+//! Recovery runs in two ways: by itself (as the daemon does at start-up), or, after the kills
+//! past the commit point, inside the next apply of the same commit (as `bosun apply` does after
+//! a crash), which must plan against the recovered state: the managed set must then hold every
+//! file the interrupted transaction created, or a later commit would leave them behind (each
+//! commit's flip files live in a directory of their own, so an orphan shows up as an extra
+//! file). `cli_apply_after_a_kill_past_the_commit_point_leaves_no_orphans` replays the same
+//! crash through the real binary.
+//!
 //! The child is this test binary re-executed via `/proc/self/exe`
 //! (`--exact apply_crash::apply_crash_child_entry`) with `BOSUN_CRASH_CHILD=1`; without that
 //! variable the entry point does nothing.
 //!
-//! Iterations: 100 by default; `BOSUN_CRASH_ITERATIONS=N` raises it for a soak run. Kill
-//! moments are uniform over 1.25× a calibrated apply duration, so they land in every phase
-//! (recovery, staging, commit, roll-forward) and sometimes after completion.
+//! Iterations: 100 by default; `BOSUN_CRASH_ITERATIONS=N` raises it for a soak run. In half of
+//! them the kill moment is uniform over 1.25× a calibrated apply duration, so kills land in
+//! every phase (recovery, staging, commit, roll-forward) and sometimes after completion; a
+//! quarter kill as soon as the intent exists (staging: recovery rolls back) and a quarter as
+//! soon as the journal exists (past the commit point).
 //!
 //! The trees live on /dev/shm (tmpfs) when available: SIGKILL does not drop the page cache, so
 //! the crash semantics are the same as on disk, while 500 fsyncs per iteration on ext4 would
@@ -30,7 +40,7 @@ use bosun::apply::{self, ApplyOptions, Durability};
 use bosun::desired::DesiredState;
 use bosun::fsroot::Root;
 
-use crate::support_apply::{all_entries, converge, desired, file, plan_for, temp_files};
+use crate::support_apply::{all_entries, converge, desired, file, plan_with_basis, temp_files};
 
 const STABLE: usize = 450;
 const FLIP: usize = 50;
@@ -113,7 +123,7 @@ fn matches_commit(root: &Path, gen: u64) -> Result<(), String> {
 }
 
 fn durability_for(iteration: u64) -> Durability {
-    if iteration % 2 == 0 {
+    if iteration.is_multiple_of(2) {
         Durability::FsyncEach
     } else {
         Durability::SyncfsOnce
@@ -137,9 +147,19 @@ fn apply_crash_child_entry() {
     let root = Root::open(&root_path).unwrap();
     let d = commit(gen);
     println!("{READY}");
-    // The real daemon path: observe, plan against the stored managed set, apply.
-    let p = plan_for(&root, &state, &d);
-    apply::apply_with(&root, &state, &p, ApplyOptions { durability }).unwrap();
+    // The real path: observe and plan against the state recovery leaves (an interrupted apply
+    // may be pending), then apply (recovery first, inside the transaction's lock).
+    let (p, planned_over) = plan_with_basis(&root, &state, &d);
+    apply::apply_with(
+        &root,
+        &state,
+        &p,
+        ApplyOptions {
+            durability,
+            planned_over,
+        },
+    )
+    .unwrap();
     println!("{DONE}");
 }
 
@@ -160,14 +180,24 @@ impl Rng {
     }
 }
 
-/// Runs the child toward `gen`; kills it `kill_after` after it reports ready (never if
-/// `None`). Returns the time from ready to exit.
+/// When the parent kills the child.
+#[derive(Clone, Copy)]
+enum Kill {
+    /// This long after the child reports ready.
+    After(Duration),
+    /// As soon as this file exists in the state dir (polled): `apply-intent.json` lands the
+    /// kill in staging, `apply-journal.json` past the commit point.
+    OnStateFile(&'static str),
+}
+
+/// Runs the child toward `gen`; kills it as `kill` says (never if `None`). Returns the time
+/// from ready to exit.
 fn run_child(
     root: &Path,
     state: &Path,
     gen: u64,
     durability: Durability,
-    kill_after: Option<Duration>,
+    kill: Option<Kill>,
 ) -> Duration {
     // /proc/self/exe rather than current_exe(): the shared target dir may get a fresh build of
     // this binary mid-run, and the magic link still execs the running (possibly unlinked) file.
@@ -211,8 +241,15 @@ fn run_child(
         }
     }
     let ready = Instant::now();
-    if let Some(delay) = kill_after {
-        std::thread::sleep(delay);
+    match kill {
+        None => {}
+        Some(Kill::After(delay)) => std::thread::sleep(delay),
+        Some(Kill::OnStateFile(name)) => {
+            let file = state.join(name);
+            while child.try_wait().unwrap().is_none() && !file.exists() {}
+        }
+    }
+    if kill.is_some() {
         // SIGKILL; an error only means the child already exited.
         let _ = child.kill();
     }
@@ -227,7 +264,7 @@ fn run_child(
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    if kill_after.is_none() {
+    if kill.is_none() {
         assert!(rest.contains(DONE), "child did not finish: {rest}");
     }
     elapsed
@@ -257,7 +294,16 @@ fn check_state(root_path: &Path, state: &Path, old: u64, new: u64) -> u64 {
     }
     let managed = apply::load_managed(state).unwrap();
     let expected: BTreeSet<String> = commit(gen).files.into_keys().collect();
-    assert_eq!(managed, expected, "managed set does not match commit {gen}");
+    let missing: Vec<_> = expected.difference(&managed).collect();
+    let extra: Vec<_> = managed.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "managed set does not match commit {gen}: {} missing (e.g. {:?}), {} extra (e.g. {:?})",
+        missing.len(),
+        &missing[..missing.len().min(3)],
+        extra.len(),
+        &extra[..extra.len().min(3)]
+    );
     assert_eq!(
         temp_files(root_path),
         Vec::<PathBuf>::new(),
@@ -311,15 +357,28 @@ fn apply_survives_sigkill_at_random_moments() {
 
     let mut rng = Rng::new();
     let (mut stayed_old, mut became_new, mut rolled_back, mut rolled_forward) = (0, 0, 0, 0);
+    let mut forward_in_next_apply = 0;
     let started = Instant::now();
     for i in 0..iterations {
         let target = cur + 1;
         let delay = Duration::from_nanos(rng.next() % (window.as_nanos() as u64).max(1));
-        run_child(&root_path, &state, target, durability_for(i), Some(delay));
-        let report = apply::recover(&root, &state).unwrap();
-        rolled_back += usize::from(report.rolled_back.is_some());
-        rolled_forward += usize::from(report.rolled_forward.is_some());
-        let now = check_state(&root_path, &state, cur, target);
+        let kill = match i % 4 {
+            0 | 1 => Kill::After(delay),
+            2 => Kill::OnStateFile(apply::journal::INTENT_FILE),
+            _ => Kill::OnStateFile(apply::journal::JOURNAL_FILE),
+        };
+        run_child(&root_path, &state, target, durability_for(i), Some(kill));
+        let now = if i % 4 < 3 {
+            let report = apply::recover(&root, &state).unwrap();
+            rolled_back += usize::from(report.rolled_back.is_some());
+            rolled_forward += usize::from(report.rolled_forward.is_some());
+            check_state(&root_path, &state, cur, target)
+        } else {
+            // Apply the same commit again: its recovery happens inside this apply.
+            forward_in_next_apply += usize::from(state.join(apply::journal::JOURNAL_FILE).exists());
+            run_child(&root_path, &state, target, durability_for(i), None);
+            check_state(&root_path, &state, target, target)
+        };
         if now == cur {
             stayed_old += 1;
         } else {
@@ -329,7 +388,8 @@ fn apply_survives_sigkill_at_random_moments() {
     }
     eprintln!(
         "apply_crash: {iterations} kills in {:?} (window {window:?}): {stayed_old} old, {became_new} new; \
-         recovery rolled back {rolled_back}, rolled forward {rolled_forward}",
+         recovery rolled back {rolled_back}, rolled forward {rolled_forward}; \
+         {forward_in_next_apply} committed transaction(s) completed by the next apply",
         started.elapsed()
     );
     if iterations >= 50 {
@@ -340,8 +400,131 @@ fn apply_survives_sigkill_at_random_moments() {
             "kills did not cover the apply window"
         );
         assert!(rolled_back > 0, "no kill landed during staging");
+        assert!(
+            forward_in_next_apply > 0,
+            "no kill past the commit point was left to the next apply"
+        );
     }
     // A final unkilled apply from the recovered state still converges.
     run_child(&root_path, &state, cur + 1, Durability::FsyncEach, None);
     check_state(&root_path, &state, cur + 1, cur + 1);
+}
+
+/// A config repo whose `config.yaml` writes 1,500 files under `/srv/<name>/`.
+fn many_files_repo(dir: &Path, name: &str) -> BTreeSet<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut yaml = String::from("write_files:\n");
+    let mut paths = BTreeSet::new();
+    for i in 0..1500 {
+        let path = format!("/srv/{name}/d{}/f{i}.conf", i % 10);
+        yaml.push_str(&format!("- path: {path}\n  content: \"{name} {i}\\n\"\n"));
+        paths.insert(path);
+    }
+    std::fs::write(dir.join("config.yaml"), yaml).unwrap();
+    paths
+}
+
+fn cli(verb: &str, repo: &Path, root: &Path) -> std::process::Command {
+    let mut c = crate::config_cli::bosun();
+    c.args([verb, "--hostname", "node-1", "--repo"])
+        .arg(repo)
+        .arg("--root")
+        .arg(root);
+    c
+}
+
+fn cli_ok(verb: &str, repo: &Path, root: &Path) -> String {
+    let out = cli(verb, repo, root).output().unwrap();
+    assert!(
+        out.status.success(),
+        "bosun {verb} {}: {}",
+        repo.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The managed set's paths under /srv.
+fn managed_under_srv(state: &Path) -> BTreeSet<String> {
+    apply::load_managed(state)
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.starts_with("/srv/"))
+        .collect()
+}
+
+/// Issue 12, item 1, through the binary: `bosun apply` of B is SIGKILLed after its commit
+/// point (the journal exists, roll-forward under way), then B is applied again and then A.
+/// The second apply of B must count the files the interrupted one already renamed into place
+/// as created by bosun (they are B's), so applying A prunes every one of them.
+///
+/// The kill lands in the roll-forward window of 1,500 renames: the test polls for the journal
+/// and kills at once. A kill that comes too late (the apply already finished) is retried from
+/// A, up to 30 times; the test fails if no attempt left a journal behind.
+#[test]
+fn cli_apply_after_a_kill_past_the_commit_point_leaves_no_orphans() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo_a, repo_b, root) = (
+        t.path().join("a"),
+        t.path().join("b"),
+        t.path().join("root"),
+    );
+    let (files_a, files_b) = (many_files_repo(&repo_a, "a"), many_files_repo(&repo_b, "b"));
+    std::fs::create_dir(&root).unwrap();
+    let state = root.join("var/lib/bosun");
+    let journal = state.join(apply::journal::JOURNAL_FILE);
+    cli_ok("apply", &repo_a, &root);
+
+    let mut pending = false;
+    for _ in 0..30 {
+        let mut child = cli("apply", &repo_b, &root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while child.try_wait().unwrap().is_none() {
+            if journal.exists() {
+                // An error only means the child already exited.
+                let _ = child.kill();
+                break;
+            }
+        }
+        child.wait().unwrap();
+        if journal.exists() {
+            pending = true;
+            break;
+        }
+        cli_ok("apply", &repo_a, &root);
+    }
+    assert!(
+        pending,
+        "no kill landed between the commit point and the end of the apply"
+    );
+
+    // `bosun plan` says what recovery will do and writes nothing.
+    let before = crate::support::tree(&root);
+    let plan = cli("plan", &repo_b, &root).output().unwrap();
+    assert_eq!(plan.status.code(), Some(2), "pending recovery is a change");
+    let stderr = String::from_utf8_lossy(&plan.stderr);
+    assert!(
+        stderr.contains("interrupted apply") && stderr.contains("committed"),
+        "{stderr}"
+    );
+    assert_eq!(crate::support::tree(&root), before, "bosun plan wrote");
+
+    let again = cli_ok("apply", &repo_b, &root);
+    assert!(again.contains("recovered an interrupted apply"), "{again}");
+    assert_eq!(managed_under_srv(&state), files_b);
+    assert!(!journal.exists());
+
+    cli_ok("apply", &repo_a, &root);
+    assert_eq!(managed_under_srv(&state), files_a);
+    let left: Vec<PathBuf> = all_entries(&root.join("srv/b"));
+    assert!(
+        left.is_empty(),
+        "{} of B's files orphaned after applying A, e.g. {:?}",
+        left.len(),
+        &left[..left.len().min(3)]
+    );
+    assert_eq!(all_entries(&root.join("srv/a")).len(), 1500);
 }

@@ -58,7 +58,15 @@ fn apply_creates_files_with_mode_owner_and_parents_then_is_idempotent() {
             ),
             file("/etc/hostname", "node-1\n", 0o644, 0, 0),
         ]);
-        let (p, report) = converge(&root, &state, &d, ApplyOptions { durability });
+        let (p, report) = converge(
+            &root,
+            &state,
+            &d,
+            ApplyOptions {
+                durability,
+                ..Default::default()
+            },
+        );
         assert_eq!(p.creates.len(), 3);
         assert_eq!(report.written, 3);
         assert_eq!(
@@ -511,8 +519,13 @@ fn recover_removes_temps_of_an_uncommitted_transaction() {
         "half",
     )
     .unwrap();
+    // A state-file temp named after a live pid (ours): only the state dir's lock says whether
+    // its writer is still writing, and no one holds it.
     std::fs::write(
-        state.join(".apply-journal.json.tmp.77.0123456789ab"),
+        state.join(format!(
+            ".apply-journal.json.tmp.{}.0123456789ab",
+            std::process::id()
+        )),
         "{ half a journal",
     )
     .unwrap();
@@ -542,4 +555,140 @@ fn recover_removes_temps_of_an_uncommitted_transaction() {
     assert!(!rootp.join("etc/sub").exists());
     assert!(rootp.join("etc").is_dir());
     no_leftovers(&rootp, &state);
+}
+
+/// A committed transaction interrupted after renaming one of its two new files: `/etc/b` is in
+/// place, `/etc/c` still staged, the managed set on disk is the old one (`/etc/a`).
+fn half_rolled_forward(rootp: &Path, state: &Path) {
+    std::fs::create_dir_all(rootp.join("etc")).unwrap();
+    std::fs::create_dir_all(state).unwrap();
+    apply::write_managed(state, &set(&["/etc/a"])).unwrap();
+    std::fs::write(rootp.join("etc/b"), "b\n").unwrap();
+    let tc = apply::temp_name("c", "00000000000000cc");
+    std::fs::write(rootp.join("etc").join(&tc), "c\n").unwrap();
+    let j = journal::Journal::new(
+        "00000000000000cc".into(),
+        vec![
+            journal::StagedRename {
+                path: "/etc/b".into(),
+                temp: apply::temp_name("b", "00000000000000cc"),
+            },
+            journal::StagedRename {
+                path: "/etc/c".into(),
+                temp: tc,
+            },
+        ],
+        vec!["/etc/a".into()],
+        set(&["/etc/b", "/etc/c"]),
+    );
+    journal::write_journal(state, &j).unwrap();
+}
+
+#[test]
+fn a_plan_computed_before_recovery_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (rootp, state) = (t.path().join("root"), t.path().join("state"));
+    half_rolled_forward(&rootp, &state);
+    let root = Root::open(&rootp).unwrap();
+    let d = desired([
+        file("/etc/b", "b\n", 0o644, 0, 0),
+        file("/etc/c", "c\n", 0o644, 0, 0),
+    ]);
+    // Planned from the half-renamed tree and the old managed set: /etc/b looks like a file
+    // bosun never created.
+    let managed = apply::load_managed(&state).unwrap();
+    let paths = plan::paths_to_observe(&d, &managed);
+    let stale = plan::plan(
+        &d,
+        &root.observe(paths.iter().map(String::as_str)).unwrap(),
+        &managed,
+    )
+    .unwrap();
+    assert!(!stale.managed_after.contains("/etc/b"));
+    let e = apply::apply(&root, &state, &stale).unwrap_err();
+    assert!(
+        matches!(&e, apply::ApplyError::PlanPredatesRecovery { txid } if txid == "00000000000000cc"),
+        "{e}"
+    );
+    // The recovery itself happened; nothing of the stale plan did.
+    assert_eq!(
+        apply::load_managed(&state).unwrap(),
+        set(&["/etc/b", "/etc/c"])
+    );
+    no_leftovers(&rootp, &state);
+}
+
+#[test]
+fn a_plan_through_the_recovered_view_counts_the_interrupted_files_as_created() {
+    let t = tempfile::tempdir().unwrap();
+    let (rootp, state) = (t.path().join("root"), t.path().join("state"));
+    half_rolled_forward(&rootp, &state);
+    let root = Root::open(&rootp).unwrap();
+    let before = crate::support::tree(t.path());
+    let view = apply::RecoveredView::open(&root, &state).unwrap();
+    assert_eq!(
+        view.pending(),
+        Some(&apply::PendingRecovery::RollForward {
+            txid: "00000000000000cc".into(),
+            renames: 2,
+            deletes: 1
+        })
+    );
+    assert_eq!(view.managed(), &set(&["/etc/b", "/etc/c"]));
+    assert_eq!(
+        view.observe_one("/etc/c").unwrap().map(|o| o.content),
+        Some(b"c\n".to_vec())
+    );
+    assert_eq!(view.observe_one("/etc/a").unwrap(), None);
+    assert_eq!(crate::support::tree(t.path()), before, "the view wrote");
+
+    // Then the desired state drops /etc/c: the plan prunes it, and applying it over the
+    // recovery works.
+    let d = desired([file("/etc/b", "b\n", 0o644, 0, 0)]);
+    let (p, report) = converge(&root, &state, &d, Default::default());
+    assert_eq!(
+        report.recovery.rolled_forward.as_deref(),
+        Some("00000000000000cc")
+    );
+    assert_eq!(p.deletes.len(), 1);
+    assert!(!rootp.join("etc/c").exists());
+    assert_eq!(apply::load_managed(&state).unwrap(), set(&["/etc/b"]));
+    no_leftovers(&rootp, &state);
+}
+
+/// A state-file temp whose writer (another process) still holds the state dir's lock is kept
+/// by recovery, and removed by the next recovery once that process is gone: staleness is the
+/// lock's to say, whatever pid the name carries.
+#[test]
+fn recover_keeps_a_state_temp_while_its_writer_holds_the_lock() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().unwrap();
+    let (rootp, state) = (t.path().join("root"), t.path().join("state"));
+    std::fs::create_dir_all(&rootp).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let temp = state.join(".status.json.tmp.1.0123456789ab");
+    std::fs::write(&temp, "{ half").unwrap();
+    // flock(1) takes the same shared lock on the directory that write_atomic holds while a
+    // temp exists, says so, and keeps it until killed.
+    // --no-fork: the killed process is the lock holder itself.
+    let mut writer = std::process::Command::new("flock")
+        .args(["--shared", "--no-fork"])
+        .arg(&state)
+        .args(["sh", "-c", "echo locked; exec sleep 600"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(writer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let root = Root::open(&rootp).unwrap();
+    apply::recover(&root, &state).unwrap();
+    let kept = temp.exists();
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    assert!(kept, "a temp was removed while its writer held the lock");
+    apply::recover(&root, &state).unwrap();
+    assert!(!temp.exists(), "the dead writer's temp was kept");
 }

@@ -130,7 +130,7 @@ impl StandIn {
                 let flapping = node_path(&r3, FLAPPING).exists();
                 let status = if !flapping {
                     StatusCode::OK
-                } else if turn.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                } else if turn.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                     ok.fetch_add(1, Ordering::SeqCst);
                     StatusCode::OK
                 } else {

@@ -567,7 +567,7 @@ async fn flapping_endpoint_never_passes_three_consecutive_while_steady_passes() 
                 get(move || {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     async move {
-                        if n % 2 == 0 {
+                        if n.is_multiple_of(2) {
                             (StatusCode::OK, "ok")
                         } else {
                             (StatusCode::INTERNAL_SERVER_ERROR, "[-]flap")

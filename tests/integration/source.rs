@@ -6,8 +6,8 @@ use std::sync::Once;
 
 use bosun::source::{
     self, check_descends, check_descends_or_deepen, verify_commit, Ancestry, Cache, FetchOutcome,
-    Oid, Refusal, SignersSource, SourceConfig, SourceError, TransferCounters, Verdict,
-    VerifyConfig, VerifyMode,
+    Oid, Refusal, SignersSource, SourceConfig, SourceError, TooLarge, TransferCounters, Verdict,
+    VerifyConfig, VerifyMode, MAX_OBJECT_BYTES,
 };
 
 use crate::support::git::{
@@ -914,4 +914,195 @@ fn http_remote_with_token_file_and_custom_username() {
     cfg.token_file = Some(token);
     let err = source::fetch(&cfg).unwrap_err().to_string();
     assert!(err.contains("in clear"), "{err}");
+}
+
+/// RUSTSEC-2026-0183: git2 before 0.21 built a slice from libgit2's null pointer when a remote
+/// advertised no refs (undefined behaviour; a debug build aborts on the precondition check),
+/// and bosun lists the advertisement on every poll. An empty remote is a clear error.
+#[test]
+fn a_remote_without_refs_is_an_error_not_a_crash() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    crate::support::git::git(&srv, &["init", "-q", "--bare", "empty.git"]);
+    let daemon = GitDaemon::start(&srv);
+    let file_url = format!("file://{}", srv.join("empty.git").display());
+    for (i, url) in [daemon.url("empty.git"), file_url].into_iter().enumerate() {
+        let cfg = SourceConfig::new(url.clone(), "main", tmp.path().join(format!("cache{i}")));
+        let e = source::fetch(&cfg).unwrap_err();
+        assert!(
+            matches!(e, SourceError::RefNotFound { .. }) && e.to_string().contains("no refs"),
+            "{url}: {e}"
+        );
+    }
+}
+
+/// A ref name that is not UTF-8 (git allows any bytes but a few) in the advertisement: git2's
+/// `RemoteHead::name` panics on it (an abort in the release build, then a crash loop as every
+/// poll lists the refs). bosun skips such refs; the configured branch is still fetched.
+#[test]
+fn a_remote_advertising_a_ref_name_that_is_not_utf8_is_still_fetched() {
+    use std::os::unix::ffi::OsStrExt;
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("srv/fleet"));
+    fleet(&repo, "");
+    let c1 = repo.commit("first");
+    let bad = std::ffi::OsStr::from_bytes(b"refs/heads/bad\xff");
+    let status = crate::support::git::git_cmd(&repo.dir)
+        .arg("update-ref")
+        .arg(bad)
+        .arg(&c1)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let daemon = GitDaemon::start(&tmp.path().join("srv"));
+    for (i, url) in [daemon.url("fleet"), repo.file_url()]
+        .into_iter()
+        .enumerate()
+    {
+        let cfg = SourceConfig::new(url.clone(), "main", tmp.path().join(format!("cache{i}")));
+        let got = source::fetch(&cfg).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(got, FetchOutcome::Updated { commit: oid(&c1) }, "{url}");
+    }
+}
+
+/// Writes `len` random (incompressible) bytes to `path`.
+fn random_file(path: &Path, len: usize) {
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Issue 12, item 3: `max_fetch_bytes` is enforced while receiving, on every transport: a
+/// commit with a 3 MiB incompressible blob is refused (`fetch_too_large`) under a 1 MiB limit
+/// after little more than 1 MiB (network transports) or before anything is copied (`file://`,
+/// counted on the objects), leaves no pack behind, is refused again at the next poll without a
+/// download, and is fetched once the limit allows it.
+#[test]
+fn an_oversized_fetch_is_refused_while_receiving_on_every_transport() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = WorkRepo::init(&srv.join("fleet"));
+    fleet(&repo, "");
+    random_file(&repo.dir.join("big.bin"), 3 << 20);
+    let c1 = repo.commit("a big blob");
+    let daemon = GitDaemon::start(&srv);
+    let http = GitHttpServer::start(&srv, "deploy-bot", "tok");
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "tok").unwrap();
+    let ssh = SshServer::start(&tmp.path().join("sshd"));
+    let known_hosts = tmp.path().join("known_hosts");
+    std::fs::write(&known_hosts, format!("{}\n", ssh.known_hosts_line())).unwrap();
+
+    let cache = |name: &str| tmp.path().join(format!("cache-{name}"));
+    let mut via_http = SourceConfig::new(http.url("fleet"), "main", cache("http"));
+    via_http.token_file = Some(token);
+    via_http.token_username = Some("deploy-bot".into());
+    let mut via_ssh = SourceConfig::new(ssh.url(&repo.dir), "main", cache("ssh"));
+    via_ssh.ssh_key_file = Some(ssh.client_key.clone());
+    via_ssh.ssh_known_hosts = Some(known_hosts);
+    let remotes = [
+        (
+            "git",
+            SourceConfig::new(daemon.url("fleet"), "main", cache("git")),
+        ),
+        (
+            "file",
+            SourceConfig::new(repo.file_url(), "main", cache("file")),
+        ),
+        ("http", via_http),
+        ("ssh", via_ssh),
+    ];
+    let limit = 1u64 << 20;
+    for (name, mut cfg) in remotes {
+        cfg.max_fetch_bytes = limit;
+        let counters = TransferCounters::new();
+        let err = source::fetch_counted(&cfg, &counters).unwrap_err();
+        let reason = refused(&err);
+        assert_eq!(reason.label(), "fetch_too_large", "{name}: {err}");
+        let Refusal::FetchTooLarge(TooLarge::Bytes { limit: l, seen }) = reason else {
+            panic!("{name}: {err}");
+        };
+        assert_eq!(*l, limit, "{name}");
+        assert!(*seen > limit, "{name}: {err}");
+        if name != "file" {
+            // Stopped while receiving: not after the whole 3 MiB.
+            assert!(*seen < limit + (512 << 10), "{name}: {err}");
+        }
+        assert!(
+            matches!(&err, SourceError::Refused { commit, .. } if *commit == oid(&c1)),
+            "{name}: {err}"
+        );
+        assert!(
+            !pack_files(&cfg.cache_dir)
+                .iter()
+                .any(|p| p.ends_with(".pack")),
+            "{name}: a partial pack was kept: {:?}",
+            pack_files(&cfg.cache_dir)
+        );
+        assert_eq!(counters.totals().pack_fetches, 0, "{name}");
+
+        // The next poll refuses it again without downloading anything.
+        let again = source::fetch_counted(&cfg, &counters).unwrap_err();
+        assert_eq!(
+            refused(&again).label(),
+            "fetch_too_large",
+            "{name}: {again}"
+        );
+        assert_eq!(counters.totals().pack_fetches, 0, "{name}");
+
+        cfg.max_fetch_bytes = 8 << 20;
+        assert_eq!(
+            source::fetch(&cfg).unwrap_or_else(|e| panic!("{name}: {e}")),
+            FetchOutcome::Updated { commit: oid(&c1) },
+            "{name}"
+        );
+    }
+}
+
+/// The per-object limit: libgit2's `file://` transport would hold a 65 MiB object whole (twice),
+/// so it is refused before anything is packed, whatever `max_fetch_bytes` allows; over
+/// `git://` the same object arrives whole and is hashed as it streams in, but a one-byte change
+/// of it arrives as a delta that libgit2 would rebuild in memory, which is refused too.
+#[test]
+fn objects_held_whole_in_memory_are_limited() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = WorkRepo::init(&srv.join("fleet"));
+    fleet(&repo, "");
+    let mut zeros = vec![0u8; (MAX_OBJECT_BYTES + (1 << 20)) as usize];
+    std::fs::write(repo.dir.join("zeros.bin"), &zeros).unwrap();
+    let c1 = repo.commit("65 MiB of zeros");
+
+    let mut local = SourceConfig::new(repo.file_url(), "main", tmp.path().join("cache-file"));
+    local.max_fetch_bytes = 1 << 30;
+    let err = source::fetch(&local).unwrap_err();
+    let Refusal::FetchTooLarge(TooLarge::Object { size, .. }) = refused(&err) else {
+        panic!("{err}");
+    };
+    assert_eq!(*size, zeros.len() as u64, "{err}");
+
+    let daemon = GitDaemon::start(&srv);
+    let mut cfg = SourceConfig::new(daemon.url("fleet"), "main", tmp.path().join("cache-git"));
+    cfg.max_fetch_bytes = 1 << 30;
+    assert_eq!(
+        source::fetch(&cfg).unwrap(),
+        FetchOutcome::Updated { commit: oid(&c1) }
+    );
+    zeros[12345] = 1;
+    std::fs::write(repo.dir.join("zeros.bin"), &zeros).unwrap();
+    let c2 = repo.commit("one byte changed");
+    let err = source::fetch(&cfg).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SourceError::Refused { commit, reason: Refusal::FetchTooLarge(TooLarge::Rebuilt) }
+                if *commit == oid(&c2)
+        ),
+        "{err}"
+    );
 }

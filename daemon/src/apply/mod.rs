@@ -6,7 +6,11 @@
 //! the managed set in the state dir matches that commit, and no temp file is left.
 //!
 //! One transaction (`txid`: 16 random hex digits):
-//! 1. Take the `apply.lock` flock in the state dir; [`recover`] any earlier transaction.
+//! 1. Take the `apply.lock` flock in the state dir; [`recover`] any earlier transaction. A plan
+//!    is only valid against the tree recovery leaves: planners observe through a
+//!    [`RecoveredView`], and if this recovery rolls forward a transaction the plan did not
+//!    count in ([`ApplyOptions::planned_over`]), the apply refuses the plan
+//!    ([`ApplyError::PlanPredatesRecovery`]) and writes nothing of it.
 //! 2. Write the [`journal::Intent`] (txid + directories that may get temp files), durably.
 //! 3. Stage every create/update as `.bosun-tmp.<name>.<txid>` in the target's directory:
 //!    `O_CREAT|O_EXCL|O_NOFOLLOW`, write, `fchown`, then `fchmod` (after chown, which would clear
@@ -37,6 +41,9 @@
 //! not re-checked). Renaming replaces the inode, so hard links to a managed file are not updated.
 
 pub mod journal;
+mod recovered;
+
+pub use recovered::{PendingRecovery, RecoveredView};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -112,6 +119,13 @@ pub enum ApplyError {
         /// The parse error.
         reason: String,
     },
+    /// A plan computed before recovery rolled a transaction forward (not through
+    /// [`RecoveredView`]): nothing of it was applied.
+    #[error("an interrupted apply (transaction {txid}) was completed first, and this plan was computed before it (not through apply::RecoveredView): nothing of the plan was applied; plan again")]
+    PlanPredatesRecovery {
+        /// The transaction recovery rolled forward.
+        txid: String,
+    },
     /// Creating the state directory or taking its `apply.lock` failed.
     #[error("state directory {path}: {op} failed: {source}")]
     StateDir {
@@ -137,10 +151,14 @@ pub enum Durability {
 }
 
 /// Options of [`apply`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
     /// How staged files are made durable before the commit point.
     pub durability: Durability,
+    /// The committed transaction the plan already counts as rolled forward
+    /// ([`RecoveredView::planned_over`]). Recovery inside the apply rolling forward any other
+    /// transaction means the plan is stale: the apply refuses it.
+    pub planned_over: Option<String>,
 }
 
 /// What [`recover`] did.
@@ -377,6 +395,7 @@ pub fn apply_with(
         recovery: recover_locked(root, state_dir)?,
         ..ApplyReport::default()
     };
+    check_plan_basis(&report.recovery, opts.planned_over.as_deref())?;
     let changes: Vec<&FileChange> = plan.creates.iter().chain(&plan.updates).collect();
     if changes.is_empty() && plan.deletes.is_empty() {
         if load_managed(state_dir)? != plan.managed_after {
@@ -417,7 +436,7 @@ pub fn apply_with(
         e
     };
     let mut renames = Vec::with_capacity(targets.len());
-    stage_all(&mut dirs, &targets, &txid, opts, &mut renames).map_err(&roll_back)?;
+    stage_all(&mut dirs, &targets, &txid, opts.durability, &mut renames).map_err(&roll_back)?;
 
     let j = Journal::new(
         txid.clone(),
@@ -445,7 +464,7 @@ fn stage_all(
     dirs: &mut Dirs<'_>,
     targets: &[(String, String, &FileChange)],
     txid: &str,
-    opts: ApplyOptions,
+    durability: Durability,
     renames: &mut Vec<StagedRename>,
 ) -> Result<(), ApplyError> {
     let root = dirs.root;
@@ -469,9 +488,9 @@ fn stage_all(
             temp: temp.clone(),
         });
         dirs.touched.insert(dir.clone());
-        stage_one(root, dirfd.as_fd(), &temp, &c.path, f, opts.durability)?;
+        stage_one(root, dirfd.as_fd(), &temp, &c.path, f, durability)?;
     }
-    match opts.durability {
+    match durability {
         Durability::FsyncEach => dirs.sync_touched()?,
         Durability::SyncfsOnce => {
             let mut devices = BTreeSet::new();
@@ -641,6 +660,20 @@ fn remove_created_dirs(root: &Root, intent: &Intent) {
         if rfs::unlinkat(&parent.dir, parent.name.as_str(), AtFlags::REMOVEDIR).is_ok() {
             let _ = rfs::fsync(&parent.dir);
         }
+    }
+}
+
+/// Refuses a plan computed before `recovery` rolled a transaction forward: only a plan that
+/// counted it in (`planned_over`, from [`RecoveredView::planned_over`]) is still valid (pure).
+pub fn check_plan_basis(
+    recovery: &RecoveryReport,
+    planned_over: Option<&str>,
+) -> Result<(), ApplyError> {
+    match &recovery.rolled_forward {
+        Some(txid) if planned_over != Some(txid.as_str()) => {
+            Err(ApplyError::PlanPredatesRecovery { txid: txid.clone() })
+        }
+        _ => Ok(()),
     }
 }
 

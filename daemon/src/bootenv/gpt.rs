@@ -184,7 +184,7 @@ impl GptHeader {
             return Err(GptError::BadHeaderCrc { which, lba });
         }
         let entry_size = le32(sector, 84);
-        if entry_size < 128 || entry_size % 128 != 0 || entry_size > 4096 {
+        if entry_size < 128 || !entry_size.is_multiple_of(128) || entry_size > 4096 {
             return Err(GptError::BadEntrySize {
                 which,
                 lba,

@@ -386,7 +386,7 @@ mod tests {
             big.min_bytes
         );
         let auto = choose_size(&big, None).unwrap();
-        assert!(auto > big.min_bytes && auto % (1 << 20) == 0);
+        assert!(auto > big.min_bytes && auto.is_multiple_of(1 << 20));
     }
 
     #[test]

@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use git2::{AutotagOption, Direction, FetchOptions, RemoteCallbacks};
 
+use super::budget::{self, FetchBudget, TooLarge};
 use super::known_hosts::KnownHosts;
 use super::transport::{Failure, Scope, Settings, SshTarget};
+use super::verify::Refusal;
 use super::{Cache, Oid, SourceConfig, SourceError, DEFAULT_TOKEN_USERNAME};
 
 /// What a poll found.
@@ -112,6 +114,46 @@ fn parse_target(reference: &str) -> Result<Target, SourceError> {
     Ok(Target::Named(r.to_string()))
 }
 
+/// The refs a connected remote advertised, as `(name, id)`. A name that is not UTF-8 is left
+/// out: it cannot be the configured reference (the agent config is UTF-8), and git2's
+/// `RemoteHead::name` panics on it, which a hostile remote could use to abort every poll.
+/// Reads libgit2's list directly for that reason. Reads memory libgit2 owns only.
+#[allow(unsafe_code)] // libgit2's advertised head list: see the SAFETY comments.
+fn advertised(remote: &git2::Remote<'_>) -> Result<Vec<(String, Oid)>, git2::Error> {
+    use git2::Binding;
+    let mut base: *mut *const libgit2_sys::git_remote_head = std::ptr::null_mut();
+    // libc's size_t, usize on every target Rust supports here.
+    let mut size: usize = 0;
+    // SAFETY: `remote` is a live, connected git_remote (libgit2 returns an error otherwise);
+    // `base` and `size` are plain out-parameters.
+    let rc = unsafe { libgit2_sys::git_remote_ls(&mut base, &mut size, remote.raw()) };
+    if rc < 0 {
+        return Err(git2::Error::last_error(rc));
+    }
+    if base.is_null() || size == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: libgit2 returned `size` head pointers at `base`, owned by the remote, which
+    // outlives this function; the slice is not kept.
+    let heads = unsafe { std::slice::from_raw_parts(base, size) };
+    let mut out = Vec::with_capacity(heads.len());
+    for &head in heads {
+        // SAFETY: each entry is null or a git_remote_head owned by the remote, whose `name` is
+        // null or a NUL-terminated string (libgit2's pkt parser builds it).
+        let (name, oid) = unsafe {
+            if head.is_null() || (*head).name.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr((*head).name);
+            (name, Oid::from_raw(&(*head).oid))
+        };
+        if let Ok(name) = name.to_str() {
+            out.push((name.to_string(), oid));
+        }
+    }
+    Ok(out)
+}
+
 /// Picks the advertised ref a short name means: exact `refs/...` or `HEAD`, else
 /// `refs/heads/<name>`, else `refs/tags/<name>`.
 fn resolve_advertised<'a>(heads: &'a [(String, Oid)], name: &str) -> Option<&'a (String, Oid)> {
@@ -155,10 +197,11 @@ fn cleartext_to_network(url: &str) -> bool {
     !loopback
 }
 
-/// The credentials of one fetch, handed to bosun's transports (see `transport`) for as long as
-/// this value lives on the calling thread.
+/// The credentials and receive budget of one fetch, handed to bosun's transports (see
+/// `transport`) for as long as this value lives on the calling thread.
 struct Credentials {
     scope: Scope,
+    budget: FetchBudget,
 }
 
 impl Credentials {
@@ -230,8 +273,14 @@ impl Credentials {
             ca_file: cfg.ca_file.clone(),
             ssh_key_file: cfg.ssh_key_file.clone(),
             ssh_known_hosts: cfg.ssh_known_hosts.clone(),
+            max_fetch_bytes: Some(cfg.max_fetch_bytes),
         });
-        Ok(Credentials { scope })
+        Ok(Credentials {
+            scope,
+            budget: FetchBudget {
+                limit: cfg.max_fetch_bytes,
+            },
+        })
     }
 
     /// Turns a libgit2 failure into a `SourceError`, preferring the transport's own reason.
@@ -241,11 +290,13 @@ impl Credentials {
                 url: url.to_string(),
                 reason,
             },
-            Some(failure @ (Failure::Auth(_) | Failure::Other(_))) => SourceError::Remote {
-                url: url.to_string(),
-                op,
-                source: git2::Error::from_str(failure.message()),
-            },
+            Some(failure @ (Failure::Auth(_) | Failure::Other(_) | Failure::TooLarge { .. })) => {
+                SourceError::Remote {
+                    url: url.to_string(),
+                    op,
+                    source: git2::Error::from_str(&failure.message()),
+                }
+            }
             None => SourceError::Remote {
                 url: url.to_string(),
                 op,
@@ -254,12 +305,83 @@ impl Credentials {
         }
     }
 
+    /// [`Self::error`] for the download of `commit`: going over the budget is a refusal of
+    /// that commit, remembered in `cache` so the next poll does not download it again.
+    fn fetch_error(
+        &self,
+        cache: &Cache,
+        url: &str,
+        commit: Oid,
+        source: git2::Error,
+    ) -> SourceError {
+        match self.scope.take_failure() {
+            Some(Failure::TooLarge { limit, seen }) => {
+                refuse_too_large(cache, commit, limit, TooLarge::Bytes { limit, seen })
+            }
+            Some(other) => {
+                self.scope.record(other);
+                self.error(url, "fetch", source)
+            }
+            None if budget::is_rebuilt_too_large(&source) => {
+                refuse_too_large(cache, commit, self.budget.limit, TooLarge::Rebuilt)
+            }
+            None => self.error(url, "fetch", source),
+        }
+    }
+
+    /// Callbacks that count received bytes and stop the transfer once over the budget (the
+    /// network transports report every 100 KiB of pack data; `file://` every object).
     fn callbacks(&self) -> RemoteCallbacks<'_> {
         let mut cb = RemoteCallbacks::new();
-        // Without a progress callback libgit2 does not count received bytes.
-        cb.transfer_progress(|_| true);
+        cb.transfer_progress(move |p| {
+            let seen = p.received_bytes() as u64;
+            if self.budget.exceeded(seen) {
+                self.scope.record(Failure::TooLarge {
+                    limit: self.budget.limit,
+                    seen,
+                });
+                return false;
+            }
+            true
+        });
         cb
     }
+}
+
+/// Remembers and returns the refusal of `commit` for its size.
+fn refuse_too_large(cache: &Cache, commit: Oid, limit: u64, why: TooLarge) -> SourceError {
+    budget::remember(cache, commit, limit, &why);
+    SourceError::Refused {
+        commit,
+        reason: Refusal::FetchTooLarge(why),
+    }
+}
+
+/// Refuses `commit` before any download when it was refused for its size before (under the
+/// same or a higher limit), or when the `file://` transport would have to copy too much.
+/// Reads the cache (and, for a local remote, the remote repository).
+fn check_size_first(
+    cache: &Cache,
+    cfg: &SourceConfig,
+    commit: Oid,
+    wants: &[Oid],
+) -> Result<(), SourceError> {
+    if let Some(why) = budget::remembered(cache, commit, cfg.max_fetch_bytes) {
+        return Err(SourceError::Refused {
+            commit,
+            reason: Refusal::FetchTooLarge(why),
+        });
+    }
+    if is_local_url(&cfg.url) {
+        let limit = FetchBudget {
+            limit: cfg.max_fetch_bytes,
+        };
+        let source = budget::local_path(&cfg.url);
+        if let Some(why) = budget::local_preflight(&source, cache, wants, limit)? {
+            return Err(refuse_too_large(cache, commit, cfg.max_fetch_bytes, why));
+        }
+    }
+    Ok(())
 }
 
 /// Opens the configured remote on `cache` with this fetch's credentials in scope.
@@ -305,15 +427,11 @@ pub fn fetch_counted(
     };
 
     let heads: Vec<(String, Oid)> = {
-        let conn = remote
+        let mut conn = remote
             .connect_auth(Direction::Fetch, Some(creds.callbacks()), None)
             .map_err(|e| creds.error(&cfg.url, "connect", e))?;
         counters.polls.fetch_add(1, Ordering::Relaxed);
-        conn.list()
-            .map_err(|e| remote_err("list refs", e))?
-            .iter()
-            .map(|h| (h.name().to_string(), h.oid()))
-            .collect()
+        advertised(conn.remote()).map_err(|e| remote_err("list refs", e))?
     };
 
     match target {
@@ -360,6 +478,7 @@ fn fetch_named(
         Ok(_) => None,
         Err(_) => effective_depth(cfg),
     };
+    check_size_first(cache, cfg, advertised, &[advertised])?;
     download(
         remote,
         creds,
@@ -367,7 +486,7 @@ fn fetch_named(
         depth,
         counters,
     )
-    .map_err(|e| creds.error(&cfg.url, "fetch", e))?;
+    .map_err(|e| creds.fetch_error(cache, &cfg.url, advertised, e))?;
     let fetched = cache
         .repo
         .refname_to_id(&local)
@@ -402,8 +521,17 @@ fn fetch_pinned(
             "+refs/tags/*:refs/bosun/remote/tags/*".to_string(),
         ],
     };
+    let wants: Vec<Oid> = match tip {
+        Some(_) => vec![oid],
+        None => heads
+            .iter()
+            .filter(|(n, _)| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
+            .map(|(_, o)| *o)
+            .collect(),
+    };
+    check_size_first(cache, cfg, oid, &wants)?;
     download(remote, creds, &specs, None, counters)
-        .map_err(|e| creds.error(&cfg.url, "fetch", e))?;
+        .map_err(|e| creds.fetch_error(cache, &cfg.url, oid, e))?;
     if !cache.has_commit(oid) {
         return Err(SourceError::CommitNotFound {
             url: cfg.url.clone(),

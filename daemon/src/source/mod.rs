@@ -19,6 +19,10 @@
 //! optional `known_hosts` file) and `https://` (token file as the password; extra CA bundle)
 //! through bosun's `transport` module: OpenSSH and rustls, no OpenSSL in the process.
 //!
+//! Memory: a fetch receives at most `max_fetch_bytes` and rebuilds no object over
+//! [`MAX_OBJECT_BYTES`] (`budget`), so a commit that will be refused cannot exhaust memory
+//! before it is.
+//!
 //! Invariants:
 //! - Everything here is blocking (libgit2); the daemon calls it from `spawn_blocking`.
 //! - The cache only ever gains objects and moves refs under `refs/bosun/`; it never has a
@@ -26,6 +30,7 @@
 //! - Verification fails closed: an unreadable trust root is an error, never "no keys".
 
 mod allowed_signers;
+mod budget;
 mod fetch;
 mod known_hosts;
 mod openpgp;
@@ -39,6 +44,7 @@ use std::path::{Path, PathBuf};
 use crate::snapshot::Snapshot;
 
 pub use allowed_signers::{AllowedSigner, AllowedSigners};
+pub use budget::{FetchBudget, TooLarge, DEFAULT_MAX_FETCH_BYTES, MAX_OBJECT_BYTES};
 pub use fetch::{fetch, fetch_counted, unshallow, FetchOutcome, TransferCounters, TransferTotals};
 pub use known_hosts::KnownHosts;
 pub use openpgp::OpenPgpKeyring;
@@ -87,6 +93,9 @@ pub struct SourceConfig {
     pub ca_file: Option<PathBuf>,
     /// Bare repository cache (created on first use).
     pub cache_dir: PathBuf,
+    /// The most one fetch may receive, enforced while receiving (see `budget`); a commit over
+    /// it is refused ([`Refusal::FetchTooLarge`]). Default [`DEFAULT_MAX_FETCH_BYTES`].
+    pub max_fetch_bytes: u64,
 }
 
 impl SourceConfig {
@@ -103,6 +112,7 @@ impl SourceConfig {
             token_username: None,
             ca_file: None,
             cache_dir,
+            max_fetch_bytes: DEFAULT_MAX_FETCH_BYTES,
         }
     }
 }
@@ -281,6 +291,7 @@ pub unsafe fn init_git_globals() {
             // options).
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
             let _ = git2::opts::set_server_timeout_in_milliseconds(SERVER_TIMEOUT_MS);
+            budget::set_max_object_size();
             if let Err(e) = transport::register() {
                 tracing::warn!("registering git transports: {e}");
             }

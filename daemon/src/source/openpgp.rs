@@ -10,8 +10,8 @@
 //! - Not checked: key expiry and revocation certificates (rotate keys by editing the agent
 //!   config).
 
-use pgp::composed::{Deserializable, SignedPublicKey, StandaloneSignature};
-use pgp::types::{Fingerprint, KeyDetails, KeyId, PublicKeyTrait};
+use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey};
+use pgp::types::{Fingerprint, KeyDetails, KeyId, VerifyingKey};
 
 use super::verify::Refusal;
 use super::SourceError;
@@ -33,7 +33,7 @@ impl OpenPgpKeyring {
             let mut n = 0;
             for key in iter {
                 let key = key.map_err(|e| err(format!("unreadable public key: {e}")))?;
-                key.verify().map_err(|e| {
+                key.verify_bindings().map_err(|e| {
                     err(format!(
                         "key {} has invalid self-signatures: {e}",
                         fingerprint_hex(&key.fingerprint())
@@ -66,10 +66,10 @@ impl OpenPgpKeyring {
     /// fingerprint of the signer. Pure.
     pub(crate) fn verify(&self, armored: &str, signed_data: &[u8]) -> Result<String, Refusal> {
         let (sig, _) =
-            StandaloneSignature::from_string(armored).map_err(|e| Refusal::BadSignature {
+            DetachedSignature::from_string(armored).map_err(|e| Refusal::BadSignature {
                 detail: format!("unreadable OpenPGP signature: {e}"),
             })?;
-        let issuer_ids: Vec<KeyId> = sig.signature.issuer().into_iter().cloned().collect();
+        let issuer_ids: Vec<KeyId> = sig.signature.issuer_key_id().into_iter().cloned().collect();
         let issuer_fps: Vec<Fingerprint> = sig
             .signature
             .issuer_fingerprint()
@@ -85,7 +85,7 @@ impl OpenPgpKeyring {
         let mut matched = false;
         let mut last_err = String::new();
         for key in &self.keys {
-            let primary = issuers.try_key(&sig, key, key.is_signing_key(), signed_data);
+            let primary = issuers.try_key(&sig, key, key.algorithm().can_sign(), signed_data);
             let subkeys = key.public_subkeys.iter().map(|sub| {
                 let bound_for_signing = sub.signatures.iter().any(|s| s.key_flags().sign());
                 issuers.try_key(&sig, &sub.key, bound_for_signing, signed_data)
@@ -125,17 +125,17 @@ impl Issuers {
     /// `None` when `key` cannot have made the signature (not signing-capable, or not the named
     /// issuer); otherwise whether the signature verifies with it. Lazy: subkeys are tried only
     /// when the primary key did not verify.
-    fn try_key<K: PublicKeyTrait>(
+    fn try_key<K: VerifyingKey>(
         &self,
-        sig: &StandaloneSignature,
+        sig: &DetachedSignature,
         key: &K,
         may_sign: bool,
         signed_data: &[u8],
     ) -> Option<Result<(), String>> {
         let named = (self.ids.is_empty() && self.fingerprints.is_empty())
-            || self.ids.contains(&key.key_id())
+            || self.ids.contains(&key.legacy_key_id())
             || self.fingerprints.contains(&key.fingerprint());
-        if !may_sign || !key.is_signing_key() || !named {
+        if !may_sign || !key.algorithm().can_sign() || !named {
             return None;
         }
         Some(sig.verify(key, signed_data).map_err(|e| e.to_string()))

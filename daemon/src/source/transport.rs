@@ -15,6 +15,8 @@
 //!
 //! Invariants:
 //! - Only fetching is supported; a push service is refused.
+//! - Every byte read is counted against `Settings::max_fetch_bytes` (all connections of one
+//!   fetch together); past it the read fails and the fetch reports [`Failure::TooLarge`].
 //! - HTTP: the token is sent only to the configured origin (reqwest drops `Authorization` on a
 //!   cross-host redirect) and never after a redirect from `https` to `http`. Every read has a
 //!   deadline ([`IO_TIMEOUT`]) so a dead link cannot hang a poll.
@@ -26,6 +28,7 @@ use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +53,9 @@ pub struct Settings {
     pub ssh_key_file: Option<PathBuf>,
     /// The only `known_hosts` file ssh consults; without it, the system's files.
     pub ssh_known_hosts: Option<PathBuf>,
+    /// The most the connections of this fetch may read, all together (ref advertisement,
+    /// negotiation and pack); `None`: no limit.
+    pub max_fetch_bytes: Option<u64>,
 }
 
 /// Why a connection failed, as the transport saw it.
@@ -61,12 +67,18 @@ pub enum Failure {
     Auth(String),
     /// Anything else the transport saw go wrong (libgit2 does not always pass the message on).
     Other(String),
+    /// The fetch read more than `Settings::max_fetch_bytes` (`seen` bytes when it stopped).
+    TooLarge { limit: u64, seen: u64 },
 }
 
 impl Failure {
-    pub fn message(&self) -> &str {
+    /// What went wrong, for an error message.
+    pub fn message(&self) -> String {
         match self {
-            Failure::HostKey(m) | Failure::Auth(m) | Failure::Other(m) => m,
+            Failure::HostKey(m) | Failure::Auth(m) | Failure::Other(m) => m.clone(),
+            Failure::TooLarge { limit, seen } => format!(
+                "the remote sent more than source.max_fetch_bytes ({limit} bytes; stopped at {seen})"
+            ),
         }
     }
 }
@@ -75,6 +87,8 @@ impl Failure {
 struct Current {
     settings: Arc<Settings>,
     failure: Arc<Mutex<Option<Failure>>>,
+    /// Bytes read by every connection of this fetch.
+    received: Arc<AtomicU64>,
 }
 
 thread_local! {
@@ -94,6 +108,7 @@ impl Scope {
         let current = Current {
             settings: Arc::new(settings),
             failure: Arc::new(Mutex::new(None)),
+            received: Arc::new(AtomicU64::new(0)),
         };
         let failure = current.failure.clone();
         let previous = CURRENT.with(|c| c.borrow_mut().replace(current));
@@ -103,6 +118,12 @@ impl Scope {
     /// Takes the reason of the last failed connection, if the transport recorded one.
     pub fn take_failure(&self) -> Option<Failure> {
         lock(&self.failure).take()
+    }
+
+    /// Records why the fetch stopped when it was not a connection that failed (the progress
+    /// callback aborting it).
+    pub fn record(&self, failure: Failure) {
+        *lock(&self.failure) = Some(failure);
     }
 }
 
@@ -119,6 +140,7 @@ fn current() -> Current {
         .unwrap_or_else(|| Current {
             settings: Arc::new(Settings::default()),
             failure: Arc::new(Mutex::new(None)),
+            received: Arc::new(AtomicU64::new(0)),
         })
 }
 
@@ -128,6 +150,15 @@ impl Current {
         let err = other(failure.message());
         *lock(&self.failure) = Some(failure);
         err
+    }
+
+    /// Counts `n` bytes read from the remote; an error once the fetch is over its limit.
+    fn count(&self, n: usize) -> io::Result<usize> {
+        let seen = self.received.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        match self.settings.max_fetch_bytes {
+            Some(limit) if seen > limit => Err(self.fail(Failure::TooLarge { limit, seen })),
+            _ => Ok(n),
+        }
     }
 }
 
@@ -413,7 +444,7 @@ impl Read for HttpStream {
         let n = buf.len().min(self.pending.len() - self.pos);
         buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
         self.pos += n;
-        Ok(n)
+        self.current.count(n)
     }
 }
 
@@ -751,7 +782,7 @@ impl Read for SshStream {
                     _ => Err(conn.failure("closed the connection")),
                 }
             }
-            Ok(n) => Ok(n),
+            Ok(n) => conn.current.count(n),
             Err(e) => Err(conn.failure(&format!("read failed: {e}"))),
         }
     }

@@ -194,7 +194,8 @@ impl LayerReader<'_> {
             .find_tree(entry.id())
             .map_err(|e| self.fail(dir, format!("reading tree: {e}")))?;
         for child in tree.iter() {
-            let Some(name) = child.name() else { continue };
+            // A name that is not UTF-8 cannot be a layer file name.
+            let Ok(name) = child.name() else { continue };
             if !is_layer_file(name) || child.kind() != Some(ObjectType::Blob) {
                 continue;
             }

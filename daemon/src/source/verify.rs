@@ -19,6 +19,7 @@
 use std::path::PathBuf;
 
 use super::allowed_signers::AllowedSigners;
+use super::budget::TooLarge;
 use super::openpgp::OpenPgpKeyring;
 use super::{fetch, Cache, Oid, SourceConfig, SourceError, TransferCounters};
 
@@ -91,6 +92,10 @@ pub enum Refusal {
         /// The commit applied last.
         last_applied: Oid,
     },
+    /// Not even fetched in full: it is over `source.max_fetch_bytes` or the per-object limit
+    /// (see `source::budget`).
+    #[error("{0}")]
+    FetchTooLarge(TooLarge),
 }
 
 impl Refusal {
@@ -102,6 +107,7 @@ impl Refusal {
             Refusal::BadSignature { .. } => "bad_signature",
             Refusal::WrongNamespace { .. } => "wrong_namespace",
             Refusal::NotDescendant { .. } => "not_descendant",
+            Refusal::FetchTooLarge(_) => "fetch_too_large",
         }
     }
 }
@@ -329,7 +335,7 @@ mod tests {
         assert_eq!(Refusal::Unsigned.label(), "unsigned");
         assert_eq!(
             Refusal::NotDescendant {
-                last_applied: Oid::zero()
+                last_applied: Oid::ZERO_SHA1
             }
             .label(),
             "not_descendant"

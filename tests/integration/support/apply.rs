@@ -31,24 +31,36 @@ pub fn desired(files: impl IntoIterator<Item = DesiredFile>) -> DesiredState {
     }
 }
 
-/// Observes what the plan needs and plans against the managed set in `state_dir`.
-pub fn plan_for(root: &Root, state_dir: &Path, d: &DesiredState) -> Plan {
-    let managed = apply::load_managed(state_dir).expect("load managed set");
-    let paths = plan::paths_to_observe(d, &managed);
-    let observed = root
+/// Observes what the plan needs as recovery will leave it ([`apply::RecoveredView`]) and plans
+/// against the managed set after recovery, as `reconcile::prepare` does. Returns the plan and
+/// the interrupted transaction it counts as rolled forward. Reads only.
+pub fn plan_with_basis(root: &Root, state_dir: &Path, d: &DesiredState) -> (Plan, Option<String>) {
+    let view = apply::RecoveredView::open(root, state_dir).expect("read the state dir");
+    let paths = plan::paths_to_observe(d, view.managed());
+    let observed = view
         .observe(paths.iter().map(String::as_str))
         .expect("observe");
-    plan::plan(d, &observed, &managed).expect("plan")
+    let p = plan::plan(d, &observed, view.managed()).expect("plan");
+    (p, view.planned_over().map(str::to_string))
 }
 
-/// observe → plan → apply, as the daemon does. Writes to disk.
+/// [`plan_with_basis`], for a state dir without an interrupted apply.
+pub fn plan_for(root: &Root, state_dir: &Path, d: &DesiredState) -> Plan {
+    plan_with_basis(root, state_dir, d).0
+}
+
+/// observe → plan → apply, as the daemon does (recovery inside the apply). Writes to disk.
 pub fn converge(
     root: &Root,
     state_dir: &Path,
     d: &DesiredState,
     opts: ApplyOptions,
 ) -> (Plan, ApplyReport) {
-    let p = plan_for(root, state_dir, d);
+    let (p, planned_over) = plan_with_basis(root, state_dir, d);
+    let opts = ApplyOptions {
+        planned_over,
+        ..opts
+    };
     let report = apply::apply_with(root, state_dir, &p, opts).expect("apply");
     (p, report)
 }
