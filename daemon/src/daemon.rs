@@ -306,10 +306,11 @@ impl<A: SnapshotApplier> Daemon<A> {
         let verify = self.cfg.verify.clone();
         let last = self.last_applied;
         let counters = self.ledger.metrics.transfer.clone();
+        let host = self.node.target.hostname.clone();
         let joined = self
             .systemd
             .guard(tokio::task::spawn_blocking(move || {
-                source::poll(&cfg, &verify, last, &counters)
+                source::poll(&cfg, &verify, last, &counters, &host)
             }))
             .await;
         let result = joined

@@ -29,6 +29,7 @@ pub mod node;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+pub mod repo_check;
 pub mod runner;
 pub mod service;
 pub mod snapshot;

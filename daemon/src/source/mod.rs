@@ -9,9 +9,9 @@
 //! 2. [`verify_commit`] checks the head commit's SSH or OpenPGP signature against the trust roots
 //!    of the local agent config (never taken from Git), and [`check_descends`] refuses a commit
 //!    that does not descend from the last applied one (anti-rollback).
-//! 3. [`snapshot`] reads `config.yaml`, `groups/*.yaml` and `nodes/*.yaml` straight from the
-//!    commit's tree in the object database. There is no worktree and no checkout, so a
-//!    half-fetched or half-written tree can never be applied.
+//! 3. [`snapshot`] reads `config.yaml`, `groups/*.yaml` and this node's `nodes/<host>.yaml`
+//!    straight from the commit's tree in the object database (no other node's file). There is
+//!    no worktree and no checkout, so a half-fetched or half-written tree can never be applied.
 //!
 //! [`poll`] runs the three steps in that order for the daemon.
 //!
@@ -43,7 +43,7 @@ pub use fetch::{fetch, fetch_counted, unshallow, FetchOutcome, TransferCounters,
 pub use known_hosts::KnownHosts;
 pub use openpgp::OpenPgpKeyring;
 pub use transport::SshTarget;
-pub use tree::snapshot;
+pub use tree::{snapshot, snapshot_counted, ReadCount};
 pub use verify::{
     check_descends, check_descends_or_deepen, verify_commit, verify_commit_at, Ancestry, Refusal,
     SignersSource, Verdict, VerifyConfig, VerifyMode, MAX_COMMIT_AHEAD_SECS,
@@ -234,13 +234,15 @@ impl Accepted {
 
 /// One full poll in chain-of-custody order: fetch the ref ([`fetch_counted`]), verify the head
 /// signature ([`verify_commit`]), refuse rollbacks ([`check_descends_or_deepen`]), then read the
-/// files ([`snapshot`]). Talks to the network and writes to the cache; nothing else. A refusal
-/// is `Err(SourceError::Refused { .. })` and leaves the caller's applied state untouched.
+/// files of node `hostname` ([`snapshot`]). Talks to the network and writes to the cache;
+/// nothing else. A refusal is `Err(SourceError::Refused { .. })` and leaves the caller's
+/// applied state untouched.
 pub fn poll(
     cfg: &SourceConfig,
     verify: &VerifyConfig,
     last_applied: Option<Oid>,
     counters: &TransferCounters,
+    hostname: &str,
 ) -> Result<Accepted, SourceError> {
     let fetched = fetch_counted(cfg, counters)?;
     let commit = fetched.commit();
@@ -256,7 +258,7 @@ pub fn poll(
         counters,
     )?;
     let cache = Cache::open(&cfg.cache_dir)?;
-    let snapshot = snapshot(&cache, commit, cfg.subdir.as_deref())?;
+    let snapshot = snapshot(&cache, commit, cfg.subdir.as_deref(), hostname)?;
     Ok(Accepted {
         fetch: fetched,
         verdict,
