@@ -204,6 +204,8 @@ impl<A: SnapshotApplier> Daemon<A> {
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let hold_end = self.drift_streak.hold_until().map(Instant::from_std);
+            // A code page-out the 5-minute gap held back (see `memory`); `after_step` does it.
+            let release_at = self.code_pages.next_release().map(Instant::from_std);
             tokio::select! {
                 biased;
                 _ = term.recv() => { info!("SIGTERM: stopping after the current step"); break; }
@@ -234,6 +236,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                     self.correct(Correction::Resync, "periodic re-plan").await;
                     next_resync = Instant::now() + resync_every;
                 }
+                _ = tokio::time::sleep_until(release_at.unwrap_or(next_poll)), if release_at.is_some() => {}
                 _ = tokio::time::sleep_until(next_poll) => {
                     let delay = self.poll().await;
                     self.upgrade_pass().await;

@@ -11,7 +11,9 @@
 //!
 //! When: after a loop step that applied or re-planned ([`CodePages::note_work`]), at most once
 //! per [`MIN_GAP`] so that a commit rejected at every poll does not re-read the code from disk
-//! every minute. Idle polls never release.
+//! every minute. Idle polls never release. A release the gap held back is not dropped: the
+//! daemon loop wakes at [`CodePages::next_release`] to do it, so any idle period longer than
+//! [`MIN_GAP`] ends with the code paged out, however many applies came before it.
 //!
 //! Invariants:
 //! - Only mappings of bosun's own executable (matched by inode) without write permission are
@@ -40,6 +42,15 @@ impl Releaser {
         self.pending = true;
     }
 
+    /// When a held-back release becomes due: `None` when nothing is pending, or when it may
+    /// happen at once (the next [`Releaser::due`] releases).
+    pub fn next_due(&self) -> Option<Instant> {
+        match (self.pending, self.last) {
+            (true, Some(last)) => Some(last + MIN_GAP),
+            _ => None,
+        }
+    }
+
     /// Called after each step; true means "release now".
     pub fn due(&mut self, now: Instant) -> bool {
         let gap_ok = self
@@ -65,6 +76,11 @@ impl CodePages {
     /// See [`Releaser::note_work`].
     pub fn note_work(&mut self) {
         self.releaser.note_work();
+    }
+
+    /// When the loop must wake to do a release the gap held back (see [`Releaser::next_due`]).
+    pub fn next_release(&self) -> Option<Instant> {
+        self.releaser.next_due()
     }
 
     /// Call after each step of the daemon loop. On a release, reads `/proc/self/maps` and
@@ -151,13 +167,20 @@ mod tests {
         r.note_work();
         assert!(r.due(t0), "the first apply releases at once");
         assert!(!r.due(t0), "once");
+        assert_eq!(r.next_due(), None, "released, nothing pending");
         r.note_work();
         assert!(!r.due(t0 + MIN_GAP / 2), "too soon after the last release");
         assert!(!r.due(t0 + MIN_GAP / 2), "still too soon");
+        assert_eq!(
+            r.next_due(),
+            Some(t0 + MIN_GAP),
+            "the held release is scheduled for when the gap ends"
+        );
         assert!(
             r.due(t0 + MIN_GAP),
             "the held release happens once the gap has passed"
         );
+        assert_eq!(r.next_due(), None);
         assert!(!r.due(t0 + MIN_GAP * 3), "nothing pending");
     }
 
