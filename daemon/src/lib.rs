@@ -34,6 +34,7 @@ pub mod runner;
 pub mod service;
 pub mod snapshot;
 pub mod source;
+pub mod stamps;
 pub mod statefile;
 pub mod status;
 pub mod testing;

@@ -25,6 +25,7 @@ mod keys;
 mod node_files;
 mod plan_cli;
 mod render_systemd;
+mod replan;
 mod runner;
 mod scale;
 mod source;
