@@ -120,11 +120,15 @@ impl std::fmt::Display for EntryKind {
 }
 
 /// What was found at one managed path. `content` is the file's bytes for regular files and
-/// empty for every other kind (symlinks are not followed, devices are not opened).
+/// empty for every other kind (symlinks are not followed, devices are not opened), and empty
+/// when `desired_content` says the file was not read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     pub kind: EntryKind,
     pub content: Vec<u8>,
+    /// The file was not read: its stat stamp vouches that it holds exactly the desired
+    /// content (see [`crate::stamps`]).
+    pub desired_content: bool,
     /// Permission bits only (`st_mode & 0o7777`).
     pub mode: u32,
     pub uid: u32,
@@ -137,6 +141,7 @@ impl Observed {
         Observed {
             kind: EntryKind::File,
             content: content.into(),
+            desired_content: false,
             mode,
             uid,
             gid,
@@ -556,18 +561,18 @@ impl Root {
         let Some(parent) = self.open_parent(path, false)? else {
             return Ok(None);
         };
-        self.observe_in(parent.dir.as_fd(), &parent.name, path, &|_, _| None)
+        self.observe_in(parent.dir.as_fd(), &parent.name, path, &|_, _| false)
     }
 
     /// Observes what is at `name` in the open directory `dir` (node path `path`). A regular
-    /// file for which `known` returns its content (it knows the file from its stat, see
+    /// file for which `known` is true (its stat says it holds the desired content, see
     /// [`crate::stamps`]) is not opened. Reads the filesystem only.
     fn observe_in(
         &self,
         dir: BorrowedFd<'_>,
         name: &str,
         path: &str,
-        known: &dyn Fn(&str, &rfs::Stat) -> Option<Vec<u8>>,
+        known: &dyn Fn(&str, &rfs::Stat) -> bool,
     ) -> Result<Option<Observed>, FsError> {
         let st = match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
@@ -578,6 +583,7 @@ impl Root {
         let mut observed = Observed {
             kind,
             content: Vec::new(),
+            desired_content: false,
             mode: st.st_mode & 0o7777,
             uid: st.st_uid,
             gid: st.st_gid,
@@ -585,8 +591,8 @@ impl Root {
         if kind != EntryKind::File {
             return Ok(Some(observed));
         }
-        if let Some(content) = known(path, &st) {
-            observed.content = content;
+        if known(path, &st) {
+            observed.desired_content = true;
             return Ok(Some(observed));
         }
         let fd = match rfs::openat(
@@ -626,16 +632,16 @@ impl Root {
         &self,
         paths: impl IntoIterator<Item = &'a str>,
     ) -> Result<Observation, FsError> {
-        self.observe_known(paths, &|_, _| None)
+        self.observe_known(paths, &|_, _| false)
     }
 
     /// Observes every path in `paths`, each parent directory resolved once; a regular file for
-    /// which `known` returns its content is not opened (see [`Root::observe_in`]). Reads the
-    /// filesystem only.
+    /// which `known` is true is not opened (see [`Root::observe_in`]). Reads the filesystem
+    /// only.
     pub fn observe_known<'a>(
         &self,
         paths: impl IntoIterator<Item = &'a str>,
-        known: &dyn Fn(&str, &rfs::Stat) -> Option<Vec<u8>>,
+        known: &dyn Fn(&str, &rfs::Stat) -> bool,
     ) -> Result<Observation, FsError> {
         let mut obs = Observation::new();
         let mut parents: BTreeMap<String, Option<OwnedFd>> = BTreeMap::new();

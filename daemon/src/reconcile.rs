@@ -172,12 +172,14 @@ pub async fn prepare(snapshot: &Snapshot, target: &Target) -> Result<Prepared, R
     let stamps = FileStamps::load(&target.state_dir);
     let unstamped = std::cell::RefCell::new(BTreeSet::new());
     let known = |path: &str, st: &rustix::fs::Stat| {
-        let want = rendered.state.files.get(path)?;
-        let content = stamps.known_content(path, st, &want.content);
-        if content.is_none() {
+        let Some(want) = rendered.state.files.get(path) else {
+            return false;
+        };
+        let holds = stamps.holds(path, st, &want.content);
+        if !holds {
             unstamped.borrow_mut().insert(path.to_string());
         }
-        content
+        holds
     };
     let observation = root.observe_known(paths.iter().map(String::as_str), &known)?;
     let unstamped = unstamped.into_inner();

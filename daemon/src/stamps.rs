@@ -2,7 +2,7 @@
 //! contents: for each managed file, the stat fields that change whenever the file does
 //! (device, inode, size, mtime, ctime) and the SHA-256 of the content it had when stamped.
 //!
-//! A plan ([`FileStamps::known_content`]) trusts a file whose stat equals its stamp and whose
+//! A plan ([`FileStamps::holds`]) trusts a file whose stat equals its stamp and whose
 //! stamped hash equals the hash of the content it wants: that file holds exactly the wanted
 //! bytes, so it is not opened. Any other file is read and compared as before.
 //!
@@ -99,14 +99,14 @@ impl FileStamps {
         }
     }
 
-    /// `wanted` itself when the file at `path`, whose stat is `st`, is known to hold exactly
-    /// `wanted` (its stamp matches `st` and hashes the same content). Pure.
-    pub fn known_content(&self, path: &str, st: &rfs::Stat, wanted: &[u8]) -> Option<Vec<u8>> {
-        let stamp = self.stamps.get(path)?;
-        (stamp.size == i64::try_from(wanted.len()).ok()?
-            && stamp.matches(st)
-            && stamp.sha256 == content_hash(wanted))
-        .then(|| wanted.to_vec())
+    /// Whether the file at `path`, whose stat is `st`, is known to hold exactly `wanted` (its
+    /// stamp matches `st` and hashes the same content). Pure.
+    pub fn holds(&self, path: &str, st: &rfs::Stat, wanted: &[u8]) -> bool {
+        self.stamps.get(path).is_some_and(|stamp| {
+            i64::try_from(wanted.len()) == Ok(stamp.size)
+                && stamp.matches(st)
+                && stamp.sha256 == content_hash(wanted)
+        })
     }
 
     /// Whether `path` has a stamp at all.
@@ -235,15 +235,12 @@ mod tests {
         let stamps = FileStamps::load(state.path());
 
         let st = stat(&root, "/etc/a");
-        assert_eq!(
-            stamps.known_content("/etc/a", &st, b"alpha\n"),
-            Some(b"alpha\n".to_vec())
-        );
-        assert_eq!(stamps.known_content("/etc/a", &st, b"other\n"), None);
+        assert!(stamps.holds("/etc/a", &st, b"alpha\n"));
+        assert!(!stamps.holds("/etc/a", &st, b"other\n"));
         // Same size, new content: ctime moves on.
         std::fs::write(dir.path().join("etc/a"), "ALPHA\n").unwrap();
         let st = stat(&root, "/etc/a");
-        assert_eq!(stamps.known_content("/etc/a", &st, b"alpha\n"), None);
+        assert!(!stamps.holds("/etc/a", &st, b"alpha\n"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! library to see which files it had to read.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bosun::reconcile::{self, Target};
 use bosun::snapshot::Snapshot;
@@ -38,17 +38,9 @@ fn cli(cmd: &str, repo: &Path, root: &Path) -> std::process::Output {
 /// Waits until the kernel's coarse clock (the one file times come from) has ticked, so files
 /// written before are no longer "racy" and can be stamped.
 fn next_tick() {
-    let t0 = SystemTime::now();
-    let probe = |name: &str| {
-        let p = std::env::temp_dir().join(name);
-        std::fs::write(&p, "").unwrap();
-        let m = std::fs::metadata(&p).unwrap().modified().unwrap();
-        std::fs::remove_file(&p).unwrap();
-        m
-    };
-    let name = format!("bosun-tick-{}", std::process::id());
-    let first = probe(&name);
-    while probe(&name) == first && t0.elapsed().unwrap() < Duration::from_secs(1) {
+    use rustix::time::{clock_gettime, ClockId};
+    let t0 = clock_gettime(ClockId::RealtimeCoarse);
+    while clock_gettime(ClockId::RealtimeCoarse) == t0 {
         std::thread::sleep(Duration::from_millis(1));
     }
 }

@@ -90,24 +90,50 @@ impl Repo {
     /// Merges the layers for `hostname` (with its own file `node`) into one canonical tree.
     /// Pure.
     pub fn merged(&self, hostname: &str, node: Option<&Layer>) -> Node {
-        let mut acc: Option<Node> = None;
-        for layer in self.layers_for(hostname, node) {
-            acc = Some(match acc {
-                None => layer.root.clone(),
-                Some(base) => merge(base, layer.root.clone(), ""),
-            });
-        }
-        let mut node = acc.unwrap_or_else(|| Node {
-            kind: Kind::Map(Vec::new()),
-            pos: yaml::Pos {
-                file: "config.yaml".into(),
-                line: 1,
-                col: 1,
-            },
-        });
-        strip_nulls(&mut node);
-        node
+        merge_all(
+            self.layers_for(hostname, node)
+                .into_iter()
+                .map(|l| l.root.clone()),
+        )
     }
+
+    /// [`Repo::merged`] without copying: consumes the layers. Returns the merged tree and the
+    /// files merged, in order. Pure.
+    pub fn into_merged(self, hostname: &str, node: Option<Layer>) -> (Node, Vec<String>) {
+        let mut layers: Vec<Layer> = self.base.into_iter().collect();
+        for g in self.groups {
+            if g.matches
+                .iter()
+                .any(|pat| glob::matches(Dialect::Shell, pat, hostname))
+            {
+                layers.push(g.layer);
+            }
+        }
+        layers.extend(node);
+        let files = layers.iter().map(|l| l.file.clone()).collect();
+        (merge_all(layers.into_iter().map(|l| l.root)), files)
+    }
+}
+
+/// Merges layer trees in order, then drops the explicit nulls. Pure.
+fn merge_all(roots: impl Iterator<Item = Node>) -> Node {
+    let mut acc: Option<Node> = None;
+    for root in roots {
+        acc = Some(match acc {
+            None => root,
+            Some(base) => merge(base, root, ""),
+        });
+    }
+    let mut node = acc.unwrap_or_else(|| Node {
+        kind: Kind::Map(Vec::new()),
+        pos: yaml::Pos {
+            file: "config.yaml".into(),
+            line: 1,
+            col: 1,
+        },
+    });
+    strip_nulls(&mut node);
+    node
 }
 
 /// Parses a node's own file from `files` (its paths and contents: `nodes/<host>.yaml` and/or

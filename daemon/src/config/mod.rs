@@ -87,26 +87,28 @@ pub fn load(
     hostname: &str,
     opts: &LoadOptions,
 ) -> Result<Loaded, ConfigError> {
-    let repo = layers::Repo::parse(snapshot, opts.strict);
-    let mut diags = repo.diagnostics.clone();
+    let mut repo = layers::Repo::parse(snapshot, opts.strict);
+    let mut diags = std::mem::take(&mut repo.diagnostics);
     let files = node_files(snapshot, hostname);
     let files: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (p.as_str(), *b)).collect();
     let node = layers::parse_node(&files, opts.strict, &mut diags);
-    load_from(&repo, hostname, node.as_ref(), diags, opts)
+    let base_missing = repo.base.is_none();
+    let (merged, layers) = repo.into_merged(hostname, node);
+    finish(hostname, merged, layers, base_missing, diags, opts)
 }
 
-/// Merges and converts `hostname`'s layers; `diags` already holds the parse diagnostics.
-fn load_from(
-    repo: &layers::Repo,
+/// Converts a merged tree; `diags` already holds the parse diagnostics. Pure.
+fn finish(
     hostname: &str,
-    node: Option<&layers::Layer>,
+    merged: yaml::Node,
+    layers: Vec<String>,
+    base_missing: bool,
     mut diags: Vec<Diagnostic>,
     opts: &LoadOptions,
 ) -> Result<Loaded, ConfigError> {
-    if repo.base.is_none() && !diags.iter().any(Diagnostic::is_error) {
+    if base_missing && !diags.iter().any(Diagnostic::is_error) {
         diags.push(no_base());
     }
-    let merged = repo.merged(hostname, node);
     let config = convert::convert(&merged, &opts.convert, &mut diags);
     sort_dedup(&mut diags);
     if diags.iter().any(Diagnostic::is_error) {
@@ -116,11 +118,7 @@ fn load_from(
         hostname: hostname.to_string(),
         config,
         merged,
-        layers: repo
-            .layers_for(hostname, node)
-            .iter()
-            .map(|l| l.file.clone())
-            .collect(),
+        layers,
         warnings: diags,
     })
 }
@@ -208,10 +206,14 @@ pub fn validate_repo(snapshot: &Snapshot, opts: &LoadOptions) -> Vec<Diagnostic>
 pub fn load_file(name: &str, bytes: &[u8], opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let mut diagnostics = Vec::new();
     let base = layers::parse_layer(name, bytes, opts.strict, &mut diagnostics);
-    let repo = layers::Repo {
+    let layers = base.iter().map(|l| l.file.clone()).collect();
+    let base_missing = base.is_none();
+    let merged = layers::Repo {
         base,
         groups: Vec::new(),
         diagnostics: Vec::new(),
-    };
-    load_from(&repo, "", None, diagnostics, opts)
+    }
+    .into_merged("", None)
+    .0;
+    finish("", merged, layers, base_missing, diagnostics, opts)
 }
