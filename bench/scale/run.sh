@@ -12,6 +12,7 @@
 #   bench/scale/run.sh                          # N = 10 1000 10000 50000
 #   NS="10 1000" ROUNDS=3 bench/scale/run.sh
 #   BOSUN=$CARGO_TARGET_DIR/release/bosun bench/scale/run.sh   # use an existing binary
+#   SMAPS_DIR=/tmp/smaps bench/scale/run.sh   # keep the daemon's /proc/<pid>/smaps per N
 #
 # Needs: git, curl, python3, GNU time (Debian: git curl python3 time). Loopback only.
 set -euo pipefail
@@ -116,6 +117,7 @@ YAML
   [ "$(metric 'bosun_reconcile_total{result="success"}')" = 1 ] || { cat "$work/daemon-$n.log"; echo "N=$n: first apply did not happen" >&2; exit 1; }
   sleep 2
   d_first=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+  if [ -n "${SMAPS_DIR:-}" ]; then mkdir -p "$SMAPS_DIR"; cp "/proc/$pid/smaps" "$SMAPS_DIR/first-$n"; fi
   d_peak=$(awk '/^VmHWM/ {print $2}' /proc/$pid/status)
   local b0; b0=$(metric bosun_fetch_bytes_total)
   # An unrelated commit: another node's file changes.
@@ -129,6 +131,7 @@ YAML
   grep -q "\"last_applied_commit\": *\"$c2\"" "$state/status.json" || { cat "$work/daemon-$n.log"; echo "N=$n: unrelated commit not applied" >&2; exit 1; }
   sleep 2
   d_after=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+  if [ -n "${SMAPS_DIR:-}" ]; then cp "/proc/$pid/smaps" "$SMAPS_DIR/after-$n"; fi
   d_bytes=$(( $(metric bosun_fetch_bytes_total) - b0 ))
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -175,5 +178,6 @@ for i in range(500):
         "write_files:\n- path: /etc/groups/g-%03d\n  content: \"%d\\n\"\n" % (pat, i, i, i))
 PY
 measure render --repo "$g/repo" --hostname "$NODE"
-matched=$("$BOSUN" render --repo "$g/repo" --hostname "$NODE" | head -1 | grep -o 'groups/g-' | wc -l)
+"$BOSUN" render --repo "$g/repo" --hostname "$NODE" >"$work/groups-render.txt"
+matched=$(head -1 "$work/groups-render.txt" | grep -o 'groups/g-' | wc -l)
 echo "groups: 500 group files, $matched matching $NODE: render $(ms "$t") ms, peak RSS $(mib "$rss") MiB (goal < 50 ms)"

@@ -245,6 +245,10 @@ pub fn poll(
     hostname: &str,
 ) -> Result<Accepted, SourceError> {
     let fetched = fetch_counted(cfg, counters)?;
+    if matches!(fetched, FetchOutcome::Updated { .. }) {
+        // libgit2's indexer freed its per-object tables; give them back (see `memory`).
+        crate::memory::trim_heap();
+    }
     let commit = fetched.commit();
     let verdict = {
         let cache = Cache::open(&cfg.cache_dir)?;
