@@ -310,10 +310,12 @@ impl<A: SnapshotApplier> Daemon<A> {
         let last = self.last_applied;
         let counters = self.ledger.metrics.transfer.clone();
         let host = self.node.target.hostname.clone();
+        // The files of an applied commit are at hand: an idle poll reads no tree.
+        let have = last.filter(|_| self.applied_this_run && self.last_good.is_some());
         let joined = self
             .systemd
             .guard(tokio::task::spawn_blocking(move || {
-                source::poll(&cfg, &verify, last, &counters, &host)
+                source::poll(&cfg, &verify, last, &counters, &host, have)
             }))
             .await;
         let result = joined
@@ -342,12 +344,13 @@ impl<A: SnapshotApplier> Daemon<A> {
         jittered(self.cfg.interval, self.cfg.jitter_percent, random_u64())
     }
 
-    /// An accepted commit: apply it unless it is what is already applied.
+    /// An accepted commit: apply it unless it is what is already applied (`snapshot` is
+    /// `None` only then: the poll did not read the files of the applied commit again).
     async fn decide(
         &mut self,
         commit: Oid,
         signer: Option<String>,
-        snapshot: Snapshot,
+        snapshot: Option<Snapshot>,
     ) -> (Duration, String) {
         let c = commit.to_string();
         if self.last_applied == Some(commit) && self.last_good.is_some() && self.applied_this_run {
@@ -356,6 +359,10 @@ impl<A: SnapshotApplier> Daemon<A> {
             self.succeeded();
             return (self.interval(), format!("up to date at {}", short(&c)));
         }
+        let good = self.last_good.as_ref().map(|g| g.snapshot.clone());
+        let Some(snapshot) = snapshot.or(good) else {
+            return self.failed(&format!("commit {c}: no files read"));
+        };
         self.code_pages.note_work();
         let result = self
             .systemd

@@ -622,7 +622,7 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
     let vcfg = ssh_verify_config(&trusted.allowed_signers_line("ops@example.invalid"));
     let counters = TransferCounters::new();
 
-    let first = source::poll(&cfg, &vcfg, None, &counters, "edge-1").unwrap();
+    let first = source::poll(&cfg, &vcfg, None, &counters, "edge-1", None).unwrap();
     assert_eq!(first.fetch, FetchOutcome::Updated { commit: oid(&c1) });
     assert_eq!(
         first.verdict,
@@ -632,20 +632,38 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
     );
     assert_eq!(first.ancestry, Ancestry::FirstApply);
     assert_eq!(
-        first.snapshot.get("nodes/edge-1.yaml"),
+        first.snapshot.as_ref().unwrap().get("nodes/edge-1.yaml"),
         Some(&b"hostname: edge-1\n"[..])
     );
 
     let before = counters.totals();
-    let idle = source::poll(&cfg, &vcfg, Some(oid(&c1)), &counters, "edge-1").unwrap();
+    // The caller has c1's files: an idle poll reads no tree.
+    let idle = source::poll(
+        &cfg,
+        &vcfg,
+        Some(oid(&c1)),
+        &counters,
+        "edge-1",
+        Some(oid(&c1)),
+    )
+    .unwrap();
     assert_eq!(idle.fetch, FetchOutcome::Unchanged { commit: oid(&c1) });
     assert_eq!(idle.ancestry, Ancestry::Same);
+    assert_eq!(idle.snapshot, None);
     assert_eq!(counters.totals().received_bytes, before.received_bytes);
 
     // An unsigned commit on top is refused; the caller keeps c1.
     repo.write("fleet/config.yaml", "hostname: unsigned\n");
     let c2 = repo.commit("unsigned two");
-    let err = source::poll(&cfg, &vcfg, Some(oid(&c1)), &counters, "edge-1").unwrap_err();
+    let err = source::poll(
+        &cfg,
+        &vcfg,
+        Some(oid(&c1)),
+        &counters,
+        "edge-1",
+        Some(oid(&c1)),
+    )
+    .unwrap_err();
     assert_eq!(refused(&err), &Refusal::Unsigned);
     assert!(err.to_string().contains(&c2), "{err}");
 
@@ -653,7 +671,15 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
     // later ones are incremental, so the history from c1 stays connected without deepening.
     repo.write("fleet/config.yaml", "hostname: three\n");
     let c3 = repo.commit_ssh_signed(&trusted.private, "signed three");
-    let third = source::poll(&cfg, &vcfg, Some(oid(&c1)), &counters, "edge-1").unwrap();
+    let third = source::poll(
+        &cfg,
+        &vcfg,
+        Some(oid(&c1)),
+        &counters,
+        "edge-1",
+        Some(oid(&c1)),
+    )
+    .unwrap();
     assert_eq!(third.commit(), oid(&c3));
     assert_eq!(third.ancestry, Ancestry::Descendant);
     {
@@ -662,13 +688,13 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
         assert!(cache.has_commit(oid(&c2)), "incremental fetch brings c2");
     }
     assert_eq!(
-        third.snapshot.get("config.yaml"),
+        third.snapshot.as_ref().unwrap().get("config.yaml"),
         Some(&b"hostname: three\n"[..])
     );
 
     // Replaying the old, validly signed c1 by force-push is a rollback: refused.
     repo.reset_hard(&c1);
-    let err = source::poll(&cfg, &vcfg, Some(oid(&c3)), &counters, "edge-1").unwrap_err();
+    let err = source::poll(&cfg, &vcfg, Some(oid(&c3)), &counters, "edge-1", None).unwrap_err();
     assert_eq!(
         refused(&err),
         &Refusal::NotDescendant {

@@ -223,7 +223,8 @@ pub struct Accepted {
     pub fetch: FetchOutcome,
     pub verdict: Verdict,
     pub ancestry: Ancestry,
-    pub snapshot: Snapshot,
+    /// The node's files; `None` when the commit is the one the caller said it already has.
+    pub snapshot: Option<Snapshot>,
 }
 
 impl Accepted {
@@ -234,7 +235,8 @@ impl Accepted {
 
 /// One full poll in chain-of-custody order: fetch the ref ([`fetch_counted`]), verify the head
 /// signature ([`verify_commit`]), refuse rollbacks ([`check_descends_or_deepen`]), then read the
-/// files of node `hostname` ([`snapshot`]). Talks to the network and writes to the cache;
+/// files of node `hostname` ([`snapshot`]) unless the commit is `have` (the caller holds its
+/// files already: an idle poll reads no tree). Talks to the network and writes to the cache;
 /// nothing else. A refusal is `Err(SourceError::Refused { .. })` and leaves the caller's
 /// applied state untouched.
 pub fn poll(
@@ -243,6 +245,7 @@ pub fn poll(
     last_applied: Option<Oid>,
     counters: &TransferCounters,
     hostname: &str,
+    have: Option<Oid>,
 ) -> Result<Accepted, SourceError> {
     let fetched = fetch_counted(cfg, counters)?;
     if matches!(fetched, FetchOutcome::Updated { .. }) {
@@ -261,8 +264,12 @@ pub fn poll(
         verify.allow_history_rewrite,
         counters,
     )?;
-    let cache = Cache::open(&cfg.cache_dir)?;
-    let snapshot = snapshot(&cache, commit, cfg.subdir.as_deref(), hostname)?;
+    let snapshot = if have == Some(commit) {
+        None
+    } else {
+        let cache = Cache::open(&cfg.cache_dir)?;
+        Some(snapshot(&cache, commit, cfg.subdir.as_deref(), hostname)?)
+    };
     Ok(Accepted {
         fetch: fetched,
         verdict,
