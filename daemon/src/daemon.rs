@@ -143,6 +143,8 @@ pub struct Daemon<A: SnapshotApplier> {
     upgrade: Option<UpgradeActor>,
     /// Pages bosun's own code out after a burst of work (see [`crate::memory`]).
     code_pages: crate::memory::CodePages,
+    /// The last accepted signature check (idle polls do not repeat it).
+    verify_memo: Arc<std::sync::Mutex<source::VerifyMemo>>,
 }
 
 impl<A: SnapshotApplier> Daemon<A> {
@@ -166,6 +168,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             drift: None,
             upgrade: None,
             code_pages: crate::memory::CodePages::default(),
+            verify_memo: Arc::default(),
             cfg,
         }
     }
@@ -312,10 +315,12 @@ impl<A: SnapshotApplier> Daemon<A> {
         let host = self.node.target.hostname.clone();
         // The files of an applied commit are at hand: an idle poll reads no tree.
         let have = last.filter(|_| self.applied_this_run && self.last_good.is_some());
+        let memo = self.verify_memo.clone();
         let joined = self
             .systemd
             .guard(tokio::task::spawn_blocking(move || {
-                source::poll(&cfg, &verify, last, &counters, &host, have)
+                let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
+                source::poll(&cfg, &verify, last, &counters, &host, have, &mut memo)
             }))
             .await;
         let result = joined

@@ -31,4 +31,5 @@ mod scale;
 mod source;
 mod upgrade_install;
 mod upgrade_scenarios;
+mod verify_memo;
 mod vm_ab;

@@ -90,3 +90,66 @@ fn rendering_one_node_of_20000_from_a_directory_matches_the_small_repo() {
             .files()
     );
 }
+
+#[test]
+fn the_daemon_keeps_only_its_own_layers_for_rollback() {
+    use crate::support::git::{free_port, GitDaemon, WorkRepo};
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = WorkRepo::init(&tmp.path().join("srv/fleet"));
+    repo.write("config.yaml", "health:\n  gate: none\nhostname: base\n")
+        .write(
+            "groups/edge.yaml",
+            "match: ['edge-*']\nk3os:\n  labels:\n    tier: edge\n",
+        )
+        .write("nodes/edge-01.yaml", "hostname: edge-01\n")
+        .write("nodes/edge-02.yaml", "hostname: edge-02\n")
+        .write("nodes/core-01.yml", "hostname: core-01\n");
+    let commit = repo.commit("fleet");
+    let git = GitDaemon::start(&tmp.path().join("srv"));
+    let (root, state) = (tmp.path().join("root"), tmp.path().join("state"));
+    std::fs::create_dir_all(&root).unwrap();
+    let agent = tmp.path().join("agent.yaml");
+    std::fs::write(
+        &agent,
+        format!(
+            "source:\n  url: {}\n  ref: main\ninterval: 1s\nnode_name: edge-01\nroot: {}\n\
+             state_dir: {}\nmetrics:\n  listen: 127.0.0.1:{}\n",
+            git.url("fleet"),
+            root.display(),
+            state.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut daemon = bosun()
+        .args(["daemon", "--config"])
+        .arg(&agent)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let history = state.join("commit-history.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let recorded = loop {
+        let v: Option<serde_json::Value> = std::fs::read(&history)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(v) = v.filter(|v| v["last_good"]["commit"] == commit.as_str()) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no last good commit");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let files: Vec<&String> = recorded["last_good"]["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        files,
+        ["config.yaml", "groups/edge.yaml", "nodes/edge-01.yaml"]
+    );
+}

@@ -621,8 +621,9 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
     cfg.depth = Some(1);
     let vcfg = ssh_verify_config(&trusted.allowed_signers_line("ops@example.invalid"));
     let counters = TransferCounters::new();
+    let mut memo = source::VerifyMemo::default();
 
-    let first = source::poll(&cfg, &vcfg, None, &counters, "edge-1", None).unwrap();
+    let first = source::poll(&cfg, &vcfg, None, &counters, "edge-1", None, &mut memo).unwrap();
     assert_eq!(first.fetch, FetchOutcome::Updated { commit: oid(&c1) });
     assert_eq!(
         first.verdict,
@@ -645,6 +646,7 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
         &counters,
         "edge-1",
         Some(oid(&c1)),
+        &mut memo,
     )
     .unwrap();
     assert_eq!(idle.fetch, FetchOutcome::Unchanged { commit: oid(&c1) });
@@ -662,6 +664,7 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
         &counters,
         "edge-1",
         Some(oid(&c1)),
+        &mut memo,
     )
     .unwrap_err();
     assert_eq!(refused(&err), &Refusal::Unsigned);
@@ -678,6 +681,7 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
         &counters,
         "edge-1",
         Some(oid(&c1)),
+        &mut memo,
     )
     .unwrap();
     assert_eq!(third.commit(), oid(&c3));
@@ -694,7 +698,16 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
 
     // Replaying the old, validly signed c1 by force-push is a rollback: refused.
     repo.reset_hard(&c1);
-    let err = source::poll(&cfg, &vcfg, Some(oid(&c3)), &counters, "edge-1", None).unwrap_err();
+    let err = source::poll(
+        &cfg,
+        &vcfg,
+        Some(oid(&c3)),
+        &counters,
+        "edge-1",
+        None,
+        &mut memo,
+    )
+    .unwrap_err();
     assert_eq!(
         refused(&err),
         &Refusal::NotDescendant {

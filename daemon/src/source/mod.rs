@@ -32,6 +32,7 @@ mod openpgp;
 mod transport;
 mod tree;
 mod verify;
+mod verify_memo;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ pub use verify::{
     check_descends, check_descends_or_deepen, verify_commit, verify_commit_at, Ancestry, Refusal,
     SignersSource, Verdict, VerifyConfig, VerifyMode, MAX_COMMIT_AHEAD_SECS,
 };
+pub use verify_memo::VerifyMemo;
 
 pub use git2::Oid;
 
@@ -234,7 +236,8 @@ impl Accepted {
 }
 
 /// One full poll in chain-of-custody order: fetch the ref ([`fetch_counted`]), verify the head
-/// signature ([`verify_commit`]), refuse rollbacks ([`check_descends_or_deepen`]), then read the
+/// signature ([`verify_commit`], through `memo`: the same commit under the same trust roots is
+/// not checked twice), refuse rollbacks ([`check_descends_or_deepen`]), then read the
 /// files of node `hostname` ([`snapshot`]) unless the commit is `have` (the caller holds its
 /// files already: an idle poll reads no tree). Talks to the network and writes to the cache;
 /// nothing else. A refusal is `Err(SourceError::Refused { .. })` and leaves the caller's
@@ -246,6 +249,7 @@ pub fn poll(
     counters: &TransferCounters,
     hostname: &str,
     have: Option<Oid>,
+    memo: &mut VerifyMemo,
 ) -> Result<Accepted, SourceError> {
     let fetched = fetch_counted(cfg, counters)?;
     if matches!(fetched, FetchOutcome::Updated { .. }) {
@@ -255,7 +259,10 @@ pub fn poll(
     let commit = fetched.commit();
     let verdict = {
         let cache = Cache::open(&cfg.cache_dir)?;
-        verify_commit(&cache, commit, verify)?
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        memo.verify(&cache, commit, verify, now)?
     };
     let ancestry = check_descends_or_deepen(
         cfg,
