@@ -15,7 +15,8 @@
 #   bench/daemon/run.sh                       # builds the release binary first
 #   BOSUN=/path/to/bosun bench/daemon/run.sh  # use an existing binary
 #   POLLS=50 INTERVAL_MS=100 COMMITS=10 bench/daemon/run.sh
-#   DAEMON_LOG=/tmp/d.log SMAPS=/tmp/smaps bench/daemon/run.sh  # keep the log / a smaps copy
+#   DAEMON_LOG=/tmp/d.log SMAPS=/tmp/smaps bench/daemon/run.sh  # keep the log / smaps copies
+#     (SMAPS after the first apply, SMAPS.burst after the applies, SMAPS.idle after IDLE_WAIT)
 #   VERIFY=ssh IDLE_WAIT=0 bench/daemon/run.sh  # signed commits, skip the 6-minute idle wait
 #
 # Needs: git, curl, python3 (ssh-keygen for VERIFY=ssh, gpg for VERIFY=openpgp). Everything
@@ -168,10 +169,12 @@ for i in $(seq "$COMMITS"); do
   pull_ms+=($(( (t1 - t0) / 1000000 )))
 done
 rss_after_kib=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+if [ -n "${SMAPS:-}" ]; then cp "/proc/$pid/smaps" "$SMAPS.burst"; fi
 if [ "$IDLE_WAIT" -gt 0 ]; then
   sleep "$IDLE_WAIT"
   kill -0 "$pid" || { cat "$work/daemon.log"; echo "daemon died while idle" >&2; exit 1; }
   rss_idle_kib=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+  if [ -n "${SMAPS:-}" ]; then cp "/proc/$pid/smaps" "$SMAPS.idle"; fi
   releases=$(metric bosun_code_page_releases_total)
 fi
 

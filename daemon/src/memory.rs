@@ -28,6 +28,10 @@
 //!   write) page can only go to swap. Nothing here can change what the program reads.
 //! - Every failure (no `/proc`, an old kernel without `MADV_PAGEOUT`) just leaves the pages
 //!   where they are.
+//! - The kernel only pages out what this process maps alone: a code page that another running
+//!   process of the same executable file also maps (a `bosun status` at that moment, or a
+//!   second daemon from the same file on a test machine) stays resident. Benchmarks that run
+//!   several daemons at once give each its own copy of the binary (`bench/daemon/README.md`).
 
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
