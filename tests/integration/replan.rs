@@ -35,12 +35,27 @@ fn cli(cmd: &str, repo: &Path, root: &Path) -> std::process::Output {
         .unwrap()
 }
 
-/// Waits until the kernel's coarse clock (the one file times come from) has ticked, so files
-/// written before are no longer "racy" and can be stamped.
-fn next_tick() {
+/// Waits until the kernel's coarse clock (the one bosun compares file times with) is past the
+/// ctime of every file under `dir`, so the files written before are no longer "racy" and can
+/// be stamped. One tick is not always enough: with multigrain timestamps (Linux ≥ 6.13) a
+/// file's ctime can be ahead of the coarse clock.
+fn wait_past_ctimes(dir: &Path) {
     use rustix::time::{clock_gettime, ClockId};
-    let t0 = clock_gettime(ClockId::RealtimeCoarse);
-    while clock_gettime(ClockId::RealtimeCoarse) == t0 {
+    use std::os::unix::fs::MetadataExt;
+    let newest = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let m = e.unwrap().metadata().unwrap();
+            (m.ctime(), m.ctime_nsec())
+        })
+        .max()
+        .unwrap();
+    loop {
+        let now = clock_gettime(ClockId::RealtimeCoarse);
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        if (now.tv_sec as i64, now.tv_nsec as i64) > newest {
+            return;
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -59,8 +74,8 @@ async fn after_an_apply_a_replan_reads_no_file_until_one_changes() {
     let after = reconcile::prepare(&snap, &target).await.unwrap();
     assert!(!after.plan.has_file_changes());
     // Files written within the last clock tick of the apply may be racy, so not stamped; an
-    // apply after the tick stamps them.
-    next_tick();
+    // apply once the clock is past their ctimes stamps them.
+    wait_past_ctimes(&root.join("srv"));
     reconcile::apply_prepared(&after, &target, &bosun::runner::DryRunner::default()).unwrap();
     let trusted = reconcile::prepare(&snap, &target).await.unwrap();
     assert!(!trusted.plan.has_file_changes());
@@ -105,7 +120,7 @@ fn plan_after_apply_sees_same_size_edits_with_mtime_put_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    next_tick();
+    wait_past_ctimes(&root.join("srv"));
     assert_eq!(cli("plan", &repo_dir, &root).status.code(), Some(0));
     for i in [0, FILES - 1] {
         let f = root.join(format!("srv/f{i:02}"));
