@@ -7,6 +7,7 @@
 #   4. RSS right after those 2 x COMMITS applies (all within 5 minutes), and IDLE_WAIT seconds
 #      later (default 360: the held-back code page-out must have happened; goal <= 8 MiB).
 # VERIFY=ssh or VERIFY=openpgp signs every commit and turns verification on (default: off).
+# DRIFT=off turns drift detection off (default: on, with its inotify watcher thread).
 # Peers in the same run: `git ls-remote` (CPU of an idle check) and `git pull --ff-only`
 # (fetch + checkout of the same commits); the script prints bosun/peer ratios.
 # K3s is replaced by a stand-in kubelet /healthz (python3 http.server on 127.0.0.1), so the
@@ -29,6 +30,12 @@ INTERVAL_MS=${INTERVAL_MS:-200}
 COMMITS=${COMMITS:-5}
 IDLE_WAIT=${IDLE_WAIT:-360}
 VERIFY=${VERIFY:-off}
+DRIFT=${DRIFT:-on}
+case "$DRIFT" in
+  on) drift="" ;;
+  off) drift="drift: {enabled: false}" ;;
+  *) echo "DRIFT must be on or off" >&2; exit 1 ;;
+esac
 if [ -z "${BOSUN:-}" ]; then
   (cd "$top" && cargo build --release --locked -q)
   BOSUN="${CARGO_TARGET_DIR:-$top/target}/release/bosun"
@@ -122,6 +129,7 @@ state_dir: $work/state
 metrics:
   listen: 127.0.0.1:$mport
 $verification
+$drift
 YAML
 
 metric() { curl -fsS "http://127.0.0.1:$mport/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
@@ -193,7 +201,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 hup_median=$(printf '%s\n' "${lat_hup[@]}" | median)
 pull_median=$(printf '%s\n' "${pull_ms[@]}" | median)
 
-echo "binary:                      $BOSUN (verification: $VERIFY)"
+echo "binary:                      $BOSUN (verification: $VERIFY, drift: $DRIFT)"
 echo "idle RSS after first apply:  $((rss_kib / 1024)).$(( (rss_kib % 1024) * 10 / 1024 )) MiB ($rss_kib KiB: anonymous $anon_kib KiB, file-backed $file_kib KiB; peak $hwm_kib KiB; $threads threads)"
 echo "idle CPU per poll:           $cpu_ms_per_poll ms (over $((p1 - p0)) polls at ${INTERVAL_MS} ms; pack bytes fetched meanwhile: $((b1 - b0)))"
 echo "  peer: git ls-remote:       $peer_cpu_ms ms CPU per call; ratio bosun/peer $(ratio "$cpu_ms_per_poll" "$peer_cpu_ms")"
