@@ -3,7 +3,11 @@
 #   1. idle RSS (VmRSS from /proc) after the first reconcile (goal: <= 8 MiB),
 #   2. CPU per idle poll (utime+stime from /proc/<pid>/stat over POLLS polls),
 #   3. commit-to-applied latency: with the poll interval, and with SIGHUP right after the
-#      commit (which isolates fetch + verify + plan + apply from the wait for the next poll).
+#      commit (which isolates fetch + verify + plan + apply from the wait for the next poll);
+#   4. RSS right after those 2 x COMMITS applies (all within 5 minutes), and IDLE_WAIT seconds
+#      later (default 360: the held-back code page-out must have happened; goal <= 8 MiB).
+# VERIFY=ssh or VERIFY=openpgp signs every commit and turns verification on (default: off).
+# DRIFT=off turns drift detection off (default: on, with its inotify watcher thread).
 # Peers in the same run: `git ls-remote` (CPU of an idle check) and `git pull --ff-only`
 # (fetch + checkout of the same commits); the script prints bosun/peer ratios.
 # K3s is replaced by a stand-in kubelet /healthz (python3 http.server on 127.0.0.1), so the
@@ -12,15 +16,26 @@
 #   bench/daemon/run.sh                       # builds the release binary first
 #   BOSUN=/path/to/bosun bench/daemon/run.sh  # use an existing binary
 #   POLLS=50 INTERVAL_MS=100 COMMITS=10 bench/daemon/run.sh
-#   DAEMON_LOG=/tmp/d.log SMAPS=/tmp/smaps bench/daemon/run.sh  # keep the log / a smaps copy
+#   DAEMON_LOG=/tmp/d.log SMAPS=/tmp/smaps bench/daemon/run.sh  # keep the log / smaps copies
+#     (SMAPS after the first apply, SMAPS.burst after the applies, SMAPS.idle after IDLE_WAIT)
+#   VERIFY=ssh IDLE_WAIT=0 bench/daemon/run.sh  # signed commits, skip the 6-minute idle wait
 #
-# Needs: git, curl, python3. Everything listens on 127.0.0.1 only.
+# Needs: git, curl, python3 (ssh-keygen for VERIFY=ssh, gpg for VERIFY=openpgp). Everything
+# listens on 127.0.0.1 only.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 POLLS=${POLLS:-30}
 INTERVAL_MS=${INTERVAL_MS:-200}
 COMMITS=${COMMITS:-5}
+IDLE_WAIT=${IDLE_WAIT:-360}
+VERIFY=${VERIFY:-off}
+DRIFT=${DRIFT:-on}
+case "$DRIFT" in
+  on) drift="" ;;
+  off) drift="drift: {enabled: false}" ;;
+  *) echo "DRIFT must be on or off" >&2; exit 1 ;;
+esac
 if [ -z "${BOSUN:-}" ]; then
   (cd "$top" && cargo build --release --locked -q)
   BOSUN="${CARGO_TARGET_DIR:-$top/target}/release/bosun"
@@ -67,9 +82,33 @@ health:
   - type: kubelet
     url: http://127.0.0.1:$hport/healthz
 YAML
+# Commits, signed as VERIFY asks; the agent config's trust roots to match.
+sign=()
+verification=""
+case "$VERIFY" in
+  off) ;;
+  ssh)
+    ssh-keygen -q -t ed25519 -N '' -C bench -f "$work/signer"
+    echo "bench@example.invalid namespaces=\"git\" $(cat "$work/signer.pub")" >"$work/allowed_signers"
+    sign=(-c gpg.format=ssh -c "user.signingkey=$work/signer")
+    verification="verification: {mode: head, allowed_signers: $work/allowed_signers}"
+    ;;
+  openpgp)
+    export GNUPGHOME="$work/gpg"
+    mkdir -m 700 "$GNUPGHOME"
+    gpg --batch --quiet --passphrase '' --quick-gen-key 'bench <bench@example.invalid>' ed25519 sign never
+    gpg --batch --quiet --armor --export bench@example.invalid >"$work/ops.asc"
+    sign=(-c gpg.program=gpg -c user.signingkey=bench@example.invalid)
+    verification="verification: {mode: head, openpgp_keys: [$work/ops.asc]}"
+    ;;
+  *) echo "VERIFY must be off, ssh or openpgp" >&2; exit 1 ;;
+esac
+commit() { # $1 = message
+  git -C "$repo" add -A
+  if [ "$VERIFY" = off ]; then git -C "$repo" commit -q -m "$1"; else git -C "$repo" "${sign[@]}" commit -q -S -m "$1"; fi
+}
 git -C "$repo" init -q -b main
-git -C "$repo" add -A
-git -C "$repo" commit -q -m "example-repo"
+commit "example-repo"
 
 gport=$(free_port)
 "$(git --exec-path)/git-daemon" --listen=127.0.0.1 --port="$gport" --export-all --reuseaddr \
@@ -89,6 +128,8 @@ root: $work/root
 state_dir: $work/state
 metrics:
   listen: 127.0.0.1:$mport
+$verification
+$drift
 YAML
 
 metric() { curl -fsS "http://127.0.0.1:$mport/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
@@ -124,8 +165,7 @@ for i in $(seq "$COMMITS"); do
     f="etc/bench/$mode-$i"
     printf 'write_files:\n- path: /%s\n  content: "%s"\n' "$f" "$i" > "$repo/groups/zz-bench.yaml"
     printf 'match: ["*"]\n' >> "$repo/groups/zz-bench.yaml"
-    git -C "$repo" add -A
-    git -C "$repo" commit -q -m "bench $mode $i"
+    commit "bench $mode $i"
     t0=$(now)
     [ "$mode" = hup ] && kill -HUP "$pid"
     while [ ! -e "$work/root/$f" ]; do sleep 0.005; done
@@ -137,6 +177,14 @@ for i in $(seq "$COMMITS"); do
   pull_ms+=($(( (t1 - t0) / 1000000 )))
 done
 rss_after_kib=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+if [ -n "${SMAPS:-}" ]; then cp "/proc/$pid/smaps" "$SMAPS.burst"; fi
+if [ "$IDLE_WAIT" -gt 0 ]; then
+  sleep "$IDLE_WAIT"
+  kill -0 "$pid" || { cat "$work/daemon.log"; echo "daemon died while idle" >&2; exit 1; }
+  rss_idle_kib=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+  if [ -n "${SMAPS:-}" ]; then cp "/proc/$pid/smaps" "$SMAPS.idle"; fi
+  releases=$(metric bosun_code_page_releases_total)
+fi
 
 # Peers, same machine, same run, same server:
 # - idle check: `git ls-remote` of the ref (what a cron job running git does each poll), CPU of
@@ -153,7 +201,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 hup_median=$(printf '%s\n' "${lat_hup[@]}" | median)
 pull_median=$(printf '%s\n' "${pull_ms[@]}" | median)
 
-echo "binary:                      $BOSUN"
+echo "binary:                      $BOSUN (verification: $VERIFY, drift: $DRIFT)"
 echo "idle RSS after first apply:  $((rss_kib / 1024)).$(( (rss_kib % 1024) * 10 / 1024 )) MiB ($rss_kib KiB: anonymous $anon_kib KiB, file-backed $file_kib KiB; peak $hwm_kib KiB; $threads threads)"
 echo "idle CPU per poll:           $cpu_ms_per_poll ms (over $((p1 - p0)) polls at ${INTERVAL_MS} ms; pack bytes fetched meanwhile: $((b1 - b0)))"
 echo "  peer: git ls-remote:       $peer_cpu_ms ms CPU per call; ratio bosun/peer $(ratio "$cpu_ms_per_poll" "$peer_cpu_ms")"
@@ -161,3 +209,6 @@ echo "commit to applied (poll):    median $(printf '%s\n' "${lat_poll[@]}" | med
 echo "commit to applied (SIGHUP):  median $hup_median ms, max $(printf '%s\n' "${lat_hup[@]}" | sort -n | tail -1) ms"
 echo "  peer: git pull --ff-only:  median $pull_median ms (fetch + checkout of the same 2 commits, no verify/apply); ratio bosun/peer $(ratio "$hup_median" "$pull_median")"
 echo "RSS after $((2 * COMMITS)) applies:      $rss_after_kib KiB"
+if [ "$IDLE_WAIT" -gt 0 ]; then
+  echo "idle RSS ${IDLE_WAIT} s after $((2 * COMMITS)) applies: $((rss_idle_kib / 1024)).$(( (rss_idle_kib % 1024) * 10 / 1024 )) MiB ($rss_idle_kib KiB; code page releases so far: $releases; goal <= 8 MiB)"
+fi

@@ -327,7 +327,7 @@ fn render(
     show_secrets: bool,
     strict: bool,
 ) -> Result<ExitCode> {
-    let snap = Snapshot::from_dir(repo)
+    let snap = Snapshot::node_from_dir(repo, hostname)
         .with_context(|| format!("reading config repo {}", repo.display()))?;
     let opts = LoadOptions {
         strict,
@@ -439,11 +439,11 @@ fn health(args: &HealthArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| args.root.join("var/lib/bosun"));
     let snap = match &args.repo {
-        Some(repo) => Snapshot::from_dir(repo)
+        Some(repo) => Snapshot::node_from_dir(repo, &hostname)
             .with_context(|| format!("reading config repo {}", repo.display()))?,
         None => CommitHistory::load(&state_dir)?
             .last_good()
-            .map(|g| g.snapshot())
+            .map(|g| g.snapshot().for_node(&hostname))
             .with_context(|| {
                 format!(
                     "no --repo given and no last good commit recorded in {}; pass --repo DIR",
@@ -587,7 +587,7 @@ fn show_status(
 /// `None` means the config was rejected (already printed).
 fn prepare(args: &TargetArgs) -> Result<Option<(reconcile::Prepared, reconcile::Target)>> {
     let t = args.target()?;
-    let snap = Snapshot::from_dir(&args.repo)
+    let snap = Snapshot::node_from_dir(&args.repo, &t.hostname)
         .with_context(|| format!("reading config repo {}", args.repo.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -625,39 +625,35 @@ fn print_diags(diags: &[Diagnostic]) {
     }
 }
 
+/// `bosun validate`: a repo directory (streamed, one node file at a time, see
+/// [`crate::repo_check`]) or standalone files. Prints diagnostics to stdout as they are found,
+/// the summary to stderr.
 fn validate(
     repo: &std::path::Path,
     files: &[PathBuf],
     opts: &LoadOptions,
     format: Format,
 ) -> Result<ExitCode> {
-    let mut diags = Vec::new();
+    let mut out = DiagnosticPrinter::new(format);
     if files.is_empty() {
-        let snap = Snapshot::from_dir(repo)
+        crate::repo_check::check_dir(repo, opts, &mut |d| out.print(d))
             .with_context(|| format!("reading config repo {}", repo.display()))?;
-        diags = config::validate_repo(&snap, opts);
     } else {
         for f in files {
             let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-            match config::load_file(&f.display().to_string(), &bytes, opts) {
-                Ok(l) => diags.extend(l.warnings),
-                Err(e) => diags.extend(e.diagnostics),
-            }
+            let diags = match config::load_file(&f.display().to_string(), &bytes, opts) {
+                Ok(l) => l.warnings,
+                Err(e) => e.diagnostics,
+            };
+            diags.iter().for_each(|d| out.print(d));
         }
     }
-    let errors = diags.iter().filter(|d| d.is_error()).count();
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&diags)?),
-        _ => {
-            for d in &diags {
-                println!("{d}");
-            }
-            let warnings = diags.len() - errors;
-            if errors == 0 {
-                eprintln!("valid ({warnings} warning(s))");
-            } else {
-                eprintln!("invalid: {errors} error(s), {warnings} warning(s)");
-            }
+    let (errors, warnings) = out.finish()?;
+    if format != Format::Json {
+        if errors == 0 {
+            eprintln!("valid ({warnings} warning(s))");
+        } else {
+            eprintln!("invalid: {errors} error(s), {warnings} warning(s)");
         }
     }
     Ok(if errors == 0 {
@@ -665,4 +661,66 @@ fn validate(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Prints diagnostics one by one: a line each, or the elements of one JSON array.
+struct DiagnosticPrinter {
+    json: bool,
+    errors: usize,
+    warnings: usize,
+    out: std::io::BufWriter<std::io::Stdout>,
+    failed: Option<std::io::Error>,
+}
+
+impl DiagnosticPrinter {
+    fn new(format: Format) -> Self {
+        DiagnosticPrinter {
+            json: format == Format::Json,
+            errors: 0,
+            warnings: 0,
+            out: std::io::BufWriter::new(std::io::stdout()),
+            failed: None,
+        }
+    }
+
+    /// Writes one diagnostic to stdout (the first write error is kept for [`Self::finish`]).
+    fn print(&mut self, d: &Diagnostic) {
+        let first = self.errors + self.warnings == 0;
+        if d.is_error() {
+            self.errors += 1;
+        } else {
+            self.warnings += 1;
+        }
+        let written = if self.json {
+            let element = serde_json::to_string_pretty(d).unwrap_or_default();
+            let indented = element.replace('\n', "\n  ");
+            write!(
+                self.out,
+                "{}  {indented}",
+                if first { "[\n" } else { ",\n" }
+            )
+        } else {
+            writeln!(self.out, "{d}")
+        };
+        if let Err(e) = written {
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    /// Closes the JSON array and flushes; returns (errors, warnings).
+    fn finish(mut self) -> Result<(usize, usize)> {
+        if self.json {
+            let end = if self.errors + self.warnings == 0 {
+                "[]\n"
+            } else {
+                "\n]\n"
+            };
+            self.out.write_all(end.as_bytes())?;
+        }
+        self.out.flush()?;
+        if let Some(e) = self.failed {
+            return Err(e.into());
+        }
+        Ok((self.errors, self.warnings))
+    }
 }

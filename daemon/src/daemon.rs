@@ -140,6 +140,8 @@ pub struct Daemon<A: SnapshotApplier> {
     last_deferred: Option<(Oid, &'static str)>,
     /// The OS version the node runs (from the upgrade state), published on its Node.
     os_version: Option<String>,
+    /// The last accepted signature check (idle polls do not repeat it).
+    verify_memo: Arc<std::sync::Mutex<source::VerifyMemo>>,
 }
 
 impl<A: SnapshotApplier> Daemon<A> {
@@ -170,6 +172,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             policy: None,
             last_deferred: None,
             os_version: None,
+            verify_memo: Arc::default(),
             cfg,
         }
     }
@@ -212,6 +215,8 @@ impl<A: SnapshotApplier> Daemon<A> {
         loop {
             let hold_end = self.drift_streak.hold_until().map(Instant::from_std);
             let waiting = self.wait.is_some();
+            // A code page-out the 5-minute gap held back (see `memory`); `after_step` does it.
+            let release_at = self.code_pages.next_release().map(Instant::from_std);
             tokio::select! {
                 biased;
                 _ = term.recv() => { info!("SIGTERM: stopping after the current step"); break; }
@@ -242,6 +247,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                     self.correct(Correction::Resync, "periodic re-plan").await;
                     next_resync = Instant::now() + resync_every;
                 }
+                _ = tokio::time::sleep_until(release_at.unwrap_or(self.next_poll)), if release_at.is_some() => {}
                 _ = tokio::time::sleep_until(self.next_poll), if !waiting => {
                     let delay = self.poll().await;
                     if self.wait.is_none() {
@@ -270,10 +276,15 @@ impl<A: SnapshotApplier> Daemon<A> {
         let verify = self.cfg.verify.clone();
         let last = self.last_applied;
         let counters = self.ledger.metrics.transfer.clone();
+        let host = self.node.target.hostname.clone();
+        // The files of an applied commit are at hand: an idle poll reads no tree.
+        let have = last.filter(|_| self.applied_this_run && self.last_good.is_some());
+        let memo = self.verify_memo.clone();
         let joined = self
             .systemd
             .guard(tokio::task::spawn_blocking(move || {
-                source::poll(&cfg, &verify, last, &counters)
+                let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
+                source::poll(&cfg, &verify, last, &counters, &host, have, &mut memo)
             }))
             .await;
         let result = joined
@@ -284,13 +295,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                     Verdict::Verified { signer } => Some(signer.clone()),
                     Verdict::NotChecked => None,
                 };
-                let arrival = Arrival {
-                    commit: accepted.commit(),
-                    committed_at: accepted.committed_at,
-                    signer,
-                    snapshot: accepted.snapshot,
-                };
-                self.decide(arrival).await
+                self.decide(accepted, signer).await
             }
             Err(SourceError::Refused { commit, reason }) => self.refused(commit, &reason),
             Err(e) => self.failed(&format!("poll of {}: {e}", self.cfg.source.url)),
@@ -307,9 +312,14 @@ impl<A: SnapshotApplier> Daemon<A> {
         jittered(self.cfg.interval, self.cfg.jitter_percent, random_u64())
     }
 
-    /// An accepted commit: apply it unless it is what is already applied.
-    async fn decide(&mut self, arrival: Arrival) -> (Duration, String) {
-        let commit = arrival.commit;
+    /// An accepted commit: apply it unless it is what is already applied (its `snapshot` is
+    /// `None` only then: the poll did not read the files of the applied commit again).
+    async fn decide(
+        &mut self,
+        accepted: source::Accepted,
+        signer: Option<String>,
+    ) -> (Duration, String) {
+        let commit = accepted.commit();
         let c = commit.to_string();
         if self.last_applied == Some(commit) && self.last_good.is_some() && self.applied_this_run {
             debug!("commit {} unchanged", short(&c));
@@ -317,6 +327,16 @@ impl<A: SnapshotApplier> Daemon<A> {
             self.succeeded();
             return (self.interval(), format!("up to date at {}", short(&c)));
         }
+        let good = self.last_good.as_ref().map(|g| g.snapshot.clone());
+        let Some(snapshot) = accepted.snapshot.or(good) else {
+            return self.failed(&format!("commit {c}: no files read"));
+        };
+        let arrival = Arrival {
+            commit,
+            committed_at: accepted.committed_at,
+            signer,
+            snapshot,
+        };
         self.code_pages.note_work();
         let result = self
             .apply_through_gates(commit, arrival.committed_at, &arrival.snapshot)

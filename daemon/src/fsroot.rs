@@ -159,13 +159,17 @@ impl std::fmt::Display for EntryKind {
 }
 
 /// What was found at one managed path. `content` is the file's bytes for regular files and
-/// empty for every other kind (symlinks are not followed, devices are not opened).
+/// empty for every other kind (symlinks are not followed, devices are not opened), and empty
+/// when `desired_content` says the file was not read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     /// What is there.
     pub kind: EntryKind,
     /// The bytes of a regular file; empty for every other kind.
     pub content: Vec<u8>,
+    /// The file was not read: its stat stamp vouches that it holds exactly the desired
+    /// content (see [`crate::stamps`]).
+    pub desired_content: bool,
     /// Permission bits only (`st_mode & 0o7777`).
     pub mode: u32,
     /// Owner user id.
@@ -180,6 +184,7 @@ impl Observed {
         Observed {
             kind: EntryKind::File,
             content: content.into(),
+            desired_content: false,
             mode,
             uid,
             gid,
@@ -603,7 +608,20 @@ impl Root {
         let Some(parent) = self.open_parent(path, false)? else {
             return Ok(None);
         };
-        let st = match rfs::statat(&parent.dir, parent.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        self.observe_in(parent.dir.as_fd(), &parent.name, path, &|_, _| false)
+    }
+
+    /// Observes what is at `name` in the open directory `dir` (node path `path`). A regular
+    /// file for which `known` is true (its stat says it holds the desired content, see
+    /// [`crate::stamps`]) is not opened. Reads the filesystem only.
+    fn observe_in(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        path: &str,
+        known: &dyn Fn(&str, &rfs::Stat) -> bool,
+    ) -> Result<Option<Observed>, FsError> {
+        let st = match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(None),
             Err(e) => return Err(self.io_err(path, "stat", e)),
@@ -612,6 +630,7 @@ impl Root {
         let mut observed = Observed {
             kind,
             content: Vec::new(),
+            desired_content: false,
             mode: st.st_mode & 0o7777,
             uid: st.st_uid,
             gid: st.st_gid,
@@ -619,25 +638,32 @@ impl Root {
         if kind != EntryKind::File {
             return Ok(Some(observed));
         }
+        if known(path, &st) {
+            observed.desired_content = true;
+            return Ok(Some(observed));
+        }
         let fd = match rfs::openat(
-            &parent.dir,
-            parent.name.as_str(),
+            dir,
+            name,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
             Ok(fd) => fd,
             // Replaced between stat and open: observe again.
-            Err(Errno::NOENT) | Err(Errno::LOOP) => return self.observe_one(path),
+            Err(Errno::NOENT) | Err(Errno::LOOP) => return self.observe_in(dir, name, path, known),
             Err(e) => return Err(self.io_err(path, "open", e)),
         };
         let st = rfs::fstat(&fd).map_err(|e| self.io_err(path, "stat", e))?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return self.observe_one(path);
+            return self.observe_in(dir, name, path, known);
         }
         observed.mode = st.st_mode & 0o7777;
         observed.uid = st.st_uid;
         observed.gid = st.st_gid;
         let mut file = std::fs::File::from(fd);
+        if let Ok(len) = usize::try_from(st.st_size) {
+            observed.content.reserve_exact(len);
+        }
         file.read_to_end(&mut observed.content)
             .map_err(|e| FsError::Io {
                 path: path.to_string(),
@@ -653,9 +679,31 @@ impl Root {
         &self,
         paths: impl IntoIterator<Item = &'a str>,
     ) -> Result<Observation, FsError> {
+        self.observe_known(paths, &|_, _| false)
+    }
+
+    /// Observes every path in `paths`, each parent directory resolved once; a regular file for
+    /// which `known` is true is not opened (see [`Root::observe_in`]). Reads the filesystem
+    /// only.
+    pub fn observe_known<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a str>,
+        known: &dyn Fn(&str, &rfs::Stat) -> bool,
+    ) -> Result<Observation, FsError> {
         let mut obs = Observation::new();
+        let mut parents: BTreeMap<String, Option<OwnedFd>> = BTreeMap::new();
         for p in paths {
-            let o = self.observe_one(p)?;
+            let (_, name) = split_node_path(p)?;
+            let dir = parent_node_path(p)?;
+            if !parents.contains_key(&dir) {
+                // Resolved through the file's path, so an error names the file.
+                let fd = self.open_parent(p, false)?.map(|parent| parent.dir);
+                parents.insert(dir.clone(), fd);
+            }
+            let o = match &parents[&dir] {
+                Some(fd) => self.observe_in(fd.as_fd(), name, p, known)?,
+                None => None,
+            };
             obs.insert(p, o);
         }
         Ok(obs)

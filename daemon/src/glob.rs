@@ -4,7 +4,8 @@
 //! - [`Dialect::Shell`] (group `match:` lists on hostnames, `config::layers`): `*` any run,
 //!   `?` one character, bracket classes `[abc]`, `[a-z]`, `[!x]` / `[^x]`. A `]` right after
 //!   the opening bracket (or its negation) is a member, a `-` before the closing bracket is a
-//!   literal, and a `[` without a closing bracket is a literal. Characters are Unicode scalar
+//!   literal, and a `[` without a closing bracket is a literal to the matcher (group files are
+//!   checked with [`check_shell`] first, which refuses it). Characters are Unicode scalar
 //!   values, compared exactly.
 //! - [`Dialect::Ssh`] and [`Dialect::SshIgnoreAsciiCase`] (OpenSSH's `match_pattern`: the
 //!   `namespaces=` of allowed_signers, case-sensitive; known_hosts host patterns, ASCII
@@ -35,6 +36,33 @@ pub fn matches(dialect: Dialect, pattern: &str, name: &str) -> bool {
         Dialect::Ssh => go(pattern.as_bytes(), name.as_bytes(), false, false),
         Dialect::SshIgnoreAsciiCase => go(pattern.as_bytes(), name.as_bytes(), false, true),
     }
+}
+
+/// Checks a shell-dialect pattern (group `match:` globs) for mistakes the matcher would
+/// otherwise read literally: every `[` must open a class closed by `]`. Returns the reason,
+/// naming the character position (1-based) of the unclosed `[`. Pure.
+pub fn check_shell(pattern: &str) -> Result<(), String> {
+    let p: Vec<char> = pattern.chars().collect();
+    let mut i = 0;
+    while i < p.len() {
+        if p[i] == '[' {
+            match class(&p[i + 1..], ' ') {
+                Some((_, used)) => {
+                    i += 1 + used;
+                    continue;
+                }
+                None => {
+                    return Err(format!(
+                        "`[` at character {} opens a class that is never closed; expected `]` \
+                         (as in `rack[1-3]-*`)",
+                        i + 1
+                    ))
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// A unit of matching: a byte (OpenSSH dialects) or a character (shell dialect).
@@ -163,6 +191,22 @@ mod tests {
         assert!(!shell("?", ""));
         assert!(shell("?", "é"));
         assert!(!shell("Edge", "edge"));
+    }
+
+    #[test]
+    fn unclosed_classes_are_refused_by_the_check() {
+        assert!(check_shell("edge-*").is_ok());
+        assert!(check_shell("rack[1-3]-*").is_ok());
+        assert!(check_shell("[]a]").is_ok());
+        assert!(check_shell("[!]]x").is_ok());
+        let e = check_shell("[abc").unwrap_err();
+        assert!(e.contains("character 1"), "{e}");
+        let e = check_shell("a[b]c[d").unwrap_err();
+        assert!(e.contains("character 6"), "{e}");
+        assert!(
+            check_shell("[]").is_err(),
+            "`]` right after `[` is a member"
+        );
     }
 
     #[test]

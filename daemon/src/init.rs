@@ -182,12 +182,13 @@ async fn check(config: &agent::AgentConfig) -> Result<String> {
     let mut src = config.source.clone();
     src.cache_dir = scratch.path().join("git-cache");
     let verify = config.verify.clone();
+    let host = config.node_name.clone();
     let (commit, verdict, snapshot) = tokio::task::spawn_blocking(move || {
         let fetched = source::fetch(&src)?;
         let commit = fetched.commit();
         let cache = Cache::open(&src.cache_dir)?;
         let verdict = source::verify_commit(&cache, commit, &verify)?;
-        let snapshot = source::snapshot(&cache, commit, src.subdir.as_deref())?;
+        let snapshot = source::snapshot(&cache, commit, src.subdir.as_deref(), &host)?;
         Ok::<_, source::SourceError>((commit, verdict, snapshot))
     })
     .await??;

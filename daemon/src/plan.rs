@@ -183,7 +183,7 @@ fn plan_file(
         Some(have) => {
             let (content_changed, mode_changed, owner_changed) = match have.kind {
                 EntryKind::File => (
-                    have.content != want.content,
+                    !have.desired_content && have.content != want.content,
                     have.mode & 0o7777 != want.mode & 0o7777,
                     (have.uid, have.gid) != (want.uid, want.gid),
                 ),

@@ -11,6 +11,7 @@
 //! recovers (inside the transaction's lock) before applying, and the transaction refuses a plan
 //! that did not count in what recovery rolled forward.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::plan::{self, Plan};
 use crate::render::{self, RenderEnv, RenderSettings, Rendered};
 use crate::runner::{display_argv, CommandRunner};
 use crate::snapshot::Snapshot;
+use crate::stamps::FileStamps;
 use crate::statefile;
 
 /// Where and how to reconcile.
@@ -124,6 +126,11 @@ pub struct Prepared {
     /// The committed transaction the plan counts as rolled forward (see
     /// [`apply::ApplyOptions::planned_over`]).
     pub planned_over: Option<String>,
+    /// The stamps the observation trusted (see [`crate::stamps`]); [`apply_prepared`] brings
+    /// them up to date.
+    pub stamps: FileStamps,
+    /// Desired files that were read because no stamp vouched for them.
+    pub unstamped: BTreeSet<String>,
 }
 
 impl Prepared {
@@ -195,7 +202,21 @@ pub async fn prepare(snapshot: &Snapshot, target: &Target) -> Result<Prepared, R
 
     let managed = view.managed();
     let paths = plan::paths_to_observe(&rendered.state, managed);
-    let observation = view.observe(paths.iter().map(String::as_str))?;
+    // Files whose stat matches their stamp are known without reading them (stat first).
+    let stamps = FileStamps::load(&target.state_dir);
+    let unstamped = std::cell::RefCell::new(BTreeSet::new());
+    let known = |path: &str, st: &rustix::fs::Stat| {
+        let Some(want) = rendered.state.files.get(path) else {
+            return false;
+        };
+        let holds = stamps.holds(path, st, &want.content);
+        if !holds {
+            unstamped.borrow_mut().insert(path.to_string());
+        }
+        holds
+    };
+    let observation = view.observe_known(paths.iter().map(String::as_str), &known)?;
+    let unstamped = unstamped.into_inner();
     let plan = plan::plan(&rendered.state, &observation, managed)?;
     Ok(Prepared {
         loaded,
@@ -204,7 +225,28 @@ pub async fn prepare(snapshot: &Snapshot, target: &Target) -> Result<Prepared, R
         warnings,
         pending: view.pending().cloned(),
         planned_over: view.planned_over().map(str::to_string),
+        stamps,
+        unstamped,
     })
+}
+
+/// Stamps the desired files that were just written or were read for want of a valid stamp,
+/// so the next plan only stats them; forgets stamps of files no longer desired. Reads the files
+/// it stamps; writes the stamps file in the state dir when it changed. Best effort: stamps
+/// are a cache, a failure only costs reads at the next plan.
+fn restamp(prepared: &Prepared, root: &Root, state_dir: &Path) {
+    let files = &prepared.rendered.state.files;
+    let written = prepared.plan.changed_paths();
+    let mut stamps = prepared.stamps.clone();
+    let keep: BTreeSet<&str> = files.keys().map(String::as_str).collect();
+    let todo = files
+        .iter()
+        .filter(|(p, _)| written.contains(p.as_str()) || prepared.unstamped.contains(*p))
+        .map(|(p, f)| (p.as_str(), f.content.as_slice()));
+    stamps.record(root, todo, &keep);
+    if let Err(e) = stamps.save(state_dir) {
+        tracing::debug!("file stamps not saved: {e}");
+    }
 }
 
 /// The commands an effect runs (pure).
@@ -353,6 +395,7 @@ pub fn apply_prepared(
         },
     )?;
     report.recovery = recovery;
+    restamp(prepared, &root, &target.state_dir);
     run_effects(&prepared.plan.effects, runner, &mut log);
     if record.after_apply.as_deref() != Some(boot.as_str()) {
         let after = phase_effects(&prepared.plan, &[CommandPhase::Run]);

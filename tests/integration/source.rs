@@ -58,7 +58,7 @@ fn git_daemon_fetch_then_idle_poll_downloads_nothing_then_update() {
     assert!(after_first.received_bytes > 0, "{after_first:?}");
 
     let cache = Cache::open(&cfg.cache_dir).unwrap();
-    let snap = source::snapshot(&cache, oid(&c1), None).unwrap();
+    let snap = source::snapshot(&cache, oid(&c1), None, "edge-1").unwrap();
     assert_eq!(snap.commit.as_deref(), Some(c1.as_str()));
     let paths: Vec<&str> = snap.files().keys().map(String::as_str).collect();
     assert_eq!(
@@ -90,17 +90,20 @@ fn git_daemon_fetch_then_idle_poll_downloads_nothing_then_update() {
     assert_eq!(second, FetchOutcome::Updated { commit: oid(&c2) });
     assert!(counters.totals().received_bytes > after_idle.received_bytes);
     let cache = Cache::open(&cfg.cache_dir).unwrap();
-    let snap = source::snapshot(&cache, oid(&c2), None).unwrap();
+    let snap = source::snapshot(&cache, oid(&c2), None, "edge-1").unwrap();
     assert_eq!(
         snap.get("nodes/edge-1.yaml"),
         Some(&b"hostname: edge-1-renamed\n"[..])
     );
+    assert_eq!(snap.get("nodes/edge-2.yml"), None, "another node's file");
+    let snap2 = source::snapshot(&cache, oid(&c2), None, "edge-2").unwrap();
     assert_eq!(
-        snap.get("nodes/edge-2.yml"),
+        snap2.get("nodes/edge-2.yml"),
         Some(&b"hostname: edge-2\n"[..])
     );
+    assert_eq!(snap2.get("nodes/edge-1.yaml"), None, "another node's file");
     // The older commit's snapshot is still readable and unchanged.
-    let old = source::snapshot(&cache, oid(&c1), None).unwrap();
+    let old = source::snapshot(&cache, oid(&c1), None, "edge-1").unwrap();
     assert_eq!(
         old.get("nodes/edge-1.yaml"),
         Some(&b"hostname: edge-1\n"[..])
@@ -127,20 +130,20 @@ fn file_remote_with_subdir_reads_only_that_directory() {
         FetchOutcome::Unchanged { commit: oid(&c1) }
     );
     let cache = Cache::open(&cfg.cache_dir).unwrap();
-    let snap = source::snapshot(&cache, out.commit(), cfg.subdir.as_deref()).unwrap();
+    let snap = source::snapshot(&cache, out.commit(), cfg.subdir.as_deref(), "edge-1").unwrap();
     assert_eq!(snap.get("config.yaml"), Some(&b"hostname: base\n"[..]));
     assert_eq!(snap.files().len(), 3);
 
-    let err = source::snapshot(&cache, out.commit(), Some("clusters/us"))
+    let err = source::snapshot(&cache, out.commit(), Some("clusters/us"), "edge-1")
         .unwrap_err()
         .to_string();
     assert!(err.contains("clusters/us") && err.contains(&c1), "{err}");
-    let err = source::snapshot(&cache, out.commit(), Some("../etc"))
+    let err = source::snapshot(&cache, out.commit(), Some("../etc"), "edge-1")
         .unwrap_err()
         .to_string();
     assert!(err.contains(".."), "{err}");
     // The repo root has no groups/nodes but has config.yaml; a subdir without config.yaml fails.
-    let err = source::snapshot(&cache, out.commit(), Some("clusters"))
+    let err = source::snapshot(&cache, out.commit(), Some("clusters"), "edge-1")
         .unwrap_err()
         .to_string();
     assert!(err.contains("clusters/config.yaml"), "{err}");
@@ -162,14 +165,17 @@ fn oversized_and_symlinked_layer_files_are_refused() {
     source::fetch(&cfg).unwrap();
     let cache = Cache::open(&cfg.cache_dir).unwrap();
 
-    let err = source::snapshot(&cache, oid(&c_big), None)
+    // Another node's oversized file is never read.
+    let fine = source::snapshot(&cache, oid(&c_big), None, "edge-1").unwrap();
+    assert!(fine.get("nodes/edge-1.yaml").is_some());
+    let err = source::snapshot(&cache, oid(&c_big), None, "huge")
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("nodes/huge.yaml") && err.contains("limit"),
         "{err}"
     );
-    let err = source::snapshot(&cache, oid(&c_link), None)
+    let err = source::snapshot(&cache, oid(&c_link), None, "link")
         .unwrap_err()
         .to_string();
     assert!(
@@ -216,7 +222,7 @@ fn tags_commit_ids_and_missing_refs() {
         FetchOutcome::Updated { commit: oid(&c0) }
     );
     let cache = Cache::open(&pin_cfg.cache_dir).unwrap();
-    let snap = source::snapshot(&cache, oid(&c0), None).unwrap();
+    let snap = source::snapshot(&cache, oid(&c0), None, "edge-1").unwrap();
     assert_eq!(snap.get("config.yaml"), Some(&b"hostname: base\n"[..]));
     drop(cache);
 
@@ -265,7 +271,7 @@ fn shallow_fetch_over_git_daemon_and_ancestry_deepening() {
             !cache.has_commit(oid(&c2)),
             "depth 1 must not fetch the parent"
         );
-        let snap = source::snapshot(&cache, oid(&c3), None).unwrap();
+        let snap = source::snapshot(&cache, oid(&c3), None, "edge-1").unwrap();
         assert_eq!(snap.get("config.yaml"), Some(&b"hostname: three\n"[..]));
         // c1 was "applied" earlier on another cache: ancestry is unknowable here, and the
         // local check says so instead of guessing either way.
@@ -616,8 +622,9 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
     cfg.depth = Some(1);
     let vcfg = ssh_verify_config(&trusted.allowed_signers_line("ops@example.invalid"));
     let counters = TransferCounters::new();
+    let mut memo = source::VerifyMemo::default();
 
-    let first = source::poll(&cfg, &vcfg, None, &counters).unwrap();
+    let first = source::poll(&cfg, &vcfg, None, &counters, "edge-1", None, &mut memo).unwrap();
     assert_eq!(first.fetch, FetchOutcome::Updated { commit: oid(&c1) });
     assert_eq!(
         first.verdict,
@@ -627,20 +634,40 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
     );
     assert_eq!(first.ancestry, Ancestry::FirstApply);
     assert_eq!(
-        first.snapshot.get("nodes/edge-1.yaml"),
+        first.snapshot.as_ref().unwrap().get("nodes/edge-1.yaml"),
         Some(&b"hostname: edge-1\n"[..])
     );
 
     let before = counters.totals();
-    let idle = source::poll(&cfg, &vcfg, Some(oid(&c1)), &counters).unwrap();
+    // The caller has c1's files: an idle poll reads no tree.
+    let idle = source::poll(
+        &cfg,
+        &vcfg,
+        Some(oid(&c1)),
+        &counters,
+        "edge-1",
+        Some(oid(&c1)),
+        &mut memo,
+    )
+    .unwrap();
     assert_eq!(idle.fetch, FetchOutcome::Unchanged { commit: oid(&c1) });
     assert_eq!(idle.ancestry, Ancestry::Same);
+    assert_eq!(idle.snapshot, None);
     assert_eq!(counters.totals().received_bytes, before.received_bytes);
 
     // An unsigned commit on top is refused; the caller keeps c1.
     repo.write("fleet/config.yaml", "hostname: unsigned\n");
     let c2 = repo.commit("unsigned two");
-    let err = source::poll(&cfg, &vcfg, Some(oid(&c1)), &counters).unwrap_err();
+    let err = source::poll(
+        &cfg,
+        &vcfg,
+        Some(oid(&c1)),
+        &counters,
+        "edge-1",
+        Some(oid(&c1)),
+        &mut memo,
+    )
+    .unwrap_err();
     assert_eq!(refused(&err), &Refusal::Unsigned);
     assert!(err.to_string().contains(&c2), "{err}");
 
@@ -648,7 +675,16 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
     // later ones are incremental, so the history from c1 stays connected without deepening.
     repo.write("fleet/config.yaml", "hostname: three\n");
     let c3 = repo.commit_ssh_signed(&trusted.private, "signed three");
-    let third = source::poll(&cfg, &vcfg, Some(oid(&c1)), &counters).unwrap();
+    let third = source::poll(
+        &cfg,
+        &vcfg,
+        Some(oid(&c1)),
+        &counters,
+        "edge-1",
+        Some(oid(&c1)),
+        &mut memo,
+    )
+    .unwrap();
     assert_eq!(third.commit(), oid(&c3));
     assert_eq!(third.ancestry, Ancestry::Descendant);
     {
@@ -657,13 +693,22 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
         assert!(cache.has_commit(oid(&c2)), "incremental fetch brings c2");
     }
     assert_eq!(
-        third.snapshot.get("config.yaml"),
+        third.snapshot.as_ref().unwrap().get("config.yaml"),
         Some(&b"hostname: three\n"[..])
     );
 
     // Replaying the old, validly signed c1 by force-push is a rollback: refused.
     repo.reset_hard(&c1);
-    let err = source::poll(&cfg, &vcfg, Some(oid(&c3)), &counters).unwrap_err();
+    let err = source::poll(
+        &cfg,
+        &vcfg,
+        Some(oid(&c3)),
+        &counters,
+        "edge-1",
+        None,
+        &mut memo,
+    )
+    .unwrap_err();
     assert_eq!(
         refused(&err),
         &Refusal::NotDescendant {

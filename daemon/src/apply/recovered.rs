@@ -165,6 +165,22 @@ impl<'r> RecoveredView<'r> {
         &self,
         paths: impl IntoIterator<Item = &'a str>,
     ) -> Result<Observation, ApplyError> {
+        self.observe_known(paths, &|_, _| false)
+    }
+
+    /// [`Self::observe`], where a regular file for which `known` is true (its stat vouches
+    /// for the desired content, see [`crate::stamps`]) is not read. With nothing pending this
+    /// is [`Root::observe_known`] (parents resolved once); with a recovery pending every path
+    /// goes through [`Self::observe_one`] and is read (stamps predate the interruption).
+    /// Reads the filesystem only.
+    pub fn observe_known<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a str>,
+        known: &dyn Fn(&str, &rustix::fs::Stat) -> bool,
+    ) -> Result<Observation, ApplyError> {
+        if self.pending.is_none() {
+            return Ok(self.root.observe_known(paths, known)?);
+        }
         let mut obs = Observation::new();
         for p in paths {
             obs.insert(p, self.observe_one(p)?);

@@ -11,8 +11,6 @@
 //! shape (scalar → one-element list, `KEY=VALUE` list → mapping) *before* merging, so `runcmd` in
 //! the base and `run_cmd` in a node layer are the same key.
 
-use std::collections::BTreeMap;
-
 use super::diag::Diagnostic;
 use super::spec::{self, Field, Shape};
 use super::yaml::{self, Entry, Kind, Node, Scalar};
@@ -38,21 +36,22 @@ pub struct Group {
     pub matches: Vec<String>,
 }
 
-/// Every layer file of a snapshot, parsed once.
+/// The layers every node shares (`config.yaml` and the groups), parsed once. A node's own
+/// file is parsed separately ([`parse_node`]) and handed to [`Repo::merged`], so checking many
+/// nodes never holds more than one node file.
 #[derive(Debug, Clone)]
 pub struct Repo {
     /// `config.yaml`, when the snapshot has one that parsed.
     pub base: Option<Layer>,
     /// `groups/*.yaml` layers that parsed, in file-name order (the merge order).
     pub groups: Vec<Group>,
-    /// Keyed by hostname.
-    pub nodes: BTreeMap<String, Layer>,
-    /// Problems found while parsing (errors make the affected files unusable).
+    /// Problems found while parsing the shared files (errors make them unusable).
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl Repo {
-    /// Parses and canonicalises every layer file of the snapshot. Pure.
+    /// Parses and canonicalises `config.yaml` and every `groups/*.yaml` of the snapshot;
+    /// `nodes/` is not looked at. Pure.
     pub fn parse(snapshot: &Snapshot, strict: bool) -> Repo {
         let mut diags = Vec::new();
         let base = snapshot
@@ -60,27 +59,12 @@ impl Repo {
             .and_then(|b| parse_layer("config.yaml", b, strict, &mut diags));
         let mut groups = Vec::new();
         for (file, bytes) in snapshot.list("groups") {
-            if !is_yaml(file) {
+            if !is_layer_file(file) {
                 continue;
             }
             if let Some(mut layer) = parse_layer(file, bytes, strict, &mut diags) {
                 let matches = take_match(&mut layer, &mut diags);
                 groups.push(Group { layer, matches });
-            }
-        }
-        let mut nodes = BTreeMap::new();
-        for (file, bytes) in snapshot.list("nodes") {
-            if !is_yaml(file) {
-                continue;
-            }
-            let name = file
-                .trim_start_matches("nodes/")
-                .trim_end_matches(".yaml")
-                .trim_end_matches(".yml")
-                .to_string();
-            if let Some(layer) = parse_layer(file, bytes, strict, &mut diags) {
-                warn_match_outside_groups(&layer, &mut diags);
-                nodes.insert(name, layer);
             }
         }
         if let Some(b) = &base {
@@ -89,13 +73,13 @@ impl Repo {
         Repo {
             base,
             groups,
-            nodes,
             diagnostics: diags,
         }
     }
 
-    /// The layers that apply to `hostname`, in merge order.
-    pub fn layers_for(&self, hostname: &str) -> Vec<&Layer> {
+    /// The layers that apply to `hostname`, in merge order: the base, the matching groups,
+    /// then `node` (the node's own file, if any).
+    pub fn layers_for<'a>(&'a self, hostname: &str, node: Option<&'a Layer>) -> Vec<&'a Layer> {
         let mut out = Vec::new();
         out.extend(self.base.iter());
         for g in &self.groups {
@@ -106,34 +90,98 @@ impl Repo {
                 out.push(&g.layer);
             }
         }
-        out.extend(self.nodes.get(hostname));
+        out.extend(node);
         out
     }
 
-    /// Merges the layers for `hostname` into one canonical tree. Pure.
-    pub fn merged(&self, hostname: &str) -> Node {
-        let mut acc: Option<Node> = None;
-        for layer in self.layers_for(hostname) {
-            acc = Some(match acc {
-                None => layer.root.clone(),
-                Some(base) => merge(base, layer.root.clone(), ""),
-            });
+    /// Merges the layers for `hostname` (with its own file `node`) into one canonical tree.
+    /// Pure.
+    pub fn merged(&self, hostname: &str, node: Option<&Layer>) -> Node {
+        merge_all(
+            self.layers_for(hostname, node)
+                .into_iter()
+                .map(|l| l.root.clone()),
+        )
+    }
+
+    /// [`Repo::merged`] without copying: consumes the layers. Returns the merged tree and the
+    /// files merged, in order. Pure.
+    pub fn into_merged(self, hostname: &str, node: Option<Layer>) -> (Node, Vec<String>) {
+        let mut layers: Vec<Layer> = self.base.into_iter().collect();
+        for g in self.groups {
+            if g.matches
+                .iter()
+                .any(|pat| glob::matches(Dialect::Shell, pat, hostname))
+            {
+                layers.push(g.layer);
+            }
         }
-        let mut node = acc.unwrap_or_else(|| Node {
-            kind: Kind::Map(Vec::new()),
-            pos: yaml::Pos {
-                file: "config.yaml".into(),
-                line: 1,
-                col: 1,
-            },
-        });
-        strip_nulls(&mut node);
-        node
+        layers.extend(node);
+        let files = layers.iter().map(|l| l.file.clone()).collect();
+        (merge_all(layers.into_iter().map(|l| l.root)), files)
     }
 }
 
-fn is_yaml(file: &str) -> bool {
-    file.ends_with(".yaml") || file.ends_with(".yml")
+/// Merges layer trees in order, then drops the explicit nulls. Pure.
+fn merge_all(roots: impl Iterator<Item = Node>) -> Node {
+    let mut acc: Option<Node> = None;
+    for root in roots {
+        acc = Some(match acc {
+            None => root,
+            Some(base) => merge(base, root, ""),
+        });
+    }
+    let mut node = acc.unwrap_or_else(|| Node {
+        kind: Kind::Map(Vec::new()),
+        pos: yaml::Pos {
+            file: "config.yaml".into(),
+            line: 1,
+            col: 1,
+        },
+    });
+    strip_nulls(&mut node);
+    node
+}
+
+/// Parses a node's own file from `files` (its paths and contents: `nodes/<host>.yaml` and/or
+/// `nodes/<host>.yml`). Exactly one may exist: two are an error naming both, and neither
+/// file is used. Pure.
+pub fn parse_node(
+    files: &[(&str, &[u8])],
+    strict: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Layer> {
+    match files {
+        [] => None,
+        [(file, bytes)] => {
+            let layer = parse_layer(file, bytes, strict, diags)?;
+            warn_match_outside_groups(&layer, diags);
+            Some(layer)
+        }
+        [(first, _), rest @ ..] => {
+            let others: Vec<&str> = rest.iter().map(|(f, _)| *f).collect();
+            let names = format!("{first} and {}", others.join(" and "));
+            for (file, _) in files {
+                diags.push(Diagnostic::error(
+                    yaml::Pos {
+                        file: (*file).into(),
+                        line: 1,
+                        col: 1,
+                    },
+                    "",
+                    format!(
+                        "{names} both configure this node; keep exactly one of them (the \
+                         .yaml and .yml spellings are not merged)"
+                    ),
+                ));
+            }
+            None
+        }
+    }
+}
+
+fn is_layer_file(file: &str) -> bool {
+    crate::snapshot::is_layer_file(file)
 }
 
 /// Parses and canonicalises one layer file (pure): UTF-8 and YAML checks, keys canonicalised and
@@ -176,21 +224,34 @@ pub fn parse_layer(
     })
 }
 
+/// Removes `match:` from a group layer and returns its globs; an invalid glob (such as an
+/// unclosed `[`) is an error at its position and is not used.
 fn take_match(layer: &mut Layer, diags: &mut Vec<Diagnostic>) -> Vec<String> {
     let mut out = Vec::new();
+    let mut refused = false;
     if let Kind::Map(entries) = &mut layer.root.kind {
         if let Some(i) = entries.iter().position(|e| e.key == "match") {
             let e = entries.remove(i);
             if let Kind::Seq(items) = e.value.kind {
-                for it in items {
+                for (i, it) in items.into_iter().enumerate() {
                     if let Kind::Scalar(s) = it.kind {
-                        out.push(s.value);
+                        match glob::check_shell(&s.value) {
+                            Ok(()) => out.push(s.value),
+                            Err(reason) => {
+                                refused = true;
+                                diags.push(Diagnostic::error(
+                                    it.pos,
+                                    &format!("match[{i}]"),
+                                    format!("invalid glob {:?}: {reason}", s.value),
+                                ));
+                            }
+                        }
                     }
                 }
             }
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && !refused {
         diags.push(Diagnostic::warning(
             layer.root.pos.clone(),
             "match",

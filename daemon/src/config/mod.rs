@@ -58,12 +58,6 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
-fn relevant(file: &str, hostname: &str) -> bool {
-    !file.starts_with("nodes/")
-        || file == format!("nodes/{hostname}.yaml")
-        || file == format!("nodes/{hostname}.yml")
-}
-
 /// Under `--strict`, lenient warnings (k3os leniencies) are errors.
 fn strictness(diags: &mut [Diagnostic], strict: bool) {
     if strict {
@@ -86,42 +80,64 @@ fn sort_dedup(diags: &mut Vec<Diagnostic>) {
     diags.dedup();
 }
 
+/// The error for a repo without `config.yaml`.
+fn no_base() -> Diagnostic {
+    Diagnostic::error(
+        yaml::Pos {
+            file: "config.yaml".into(),
+            line: 1,
+            col: 1,
+        },
+        "",
+        "the repo has no config.yaml; expected the fleet base at the repo (or subdir) root",
+    )
+}
+
+/// The node file(s) of `hostname` that `snapshot` holds, as (path, content).
+fn node_files<'s>(snapshot: &'s Snapshot, hostname: &str) -> Vec<(String, &'s [u8])> {
+    let names = crate::snapshot::node_file_names(hostname).unwrap_or_default();
+    names
+        .iter()
+        .filter_map(|n| {
+            let path = format!("nodes/{n}");
+            let bytes = snapshot.get(&path)?;
+            Some((path, bytes))
+        })
+        .collect()
+}
+
 /// Loads, merges and validates the config of `hostname` from a snapshot. Pure.
 ///
-/// Errors in the base, in any group file, or in this node's file reject the whole config;
-/// errors in other nodes' files do not concern this node.
+/// Reads `config.yaml`, the groups and `nodes/<hostname>.y(a)ml` of the snapshot; other nodes'
+/// files (a snapshot recorded by an older bosun may hold them) are never parsed. Errors in the
+/// base, in any group file, or in this node's file reject the whole config.
 pub fn load(
     snapshot: &Snapshot,
     hostname: &str,
     opts: &LoadOptions,
 ) -> Result<Loaded, ConfigError> {
-    let repo = layers::Repo::parse(snapshot, opts.strict);
-    load_from(&repo, hostname, opts)
+    let mut repo = layers::Repo::parse(snapshot, opts.strict);
+    let mut diags = std::mem::take(&mut repo.diagnostics);
+    let files = node_files(snapshot, hostname);
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (p.as_str(), *b)).collect();
+    let node = layers::parse_node(&files, opts.strict, &mut diags);
+    let base_missing = repo.base.is_none();
+    let (merged, layers) = repo.into_merged(hostname, node);
+    finish(hostname, merged, layers, base_missing, diags, opts)
 }
 
-fn load_from(
-    repo: &layers::Repo,
+/// Converts a merged tree; `diags` already holds the parse diagnostics. Pure.
+fn finish(
     hostname: &str,
+    merged: yaml::Node,
+    layers: Vec<String>,
+    base_missing: bool,
+    mut diags: Vec<Diagnostic>,
     opts: &LoadOptions,
 ) -> Result<Loaded, ConfigError> {
-    let mut diags: Vec<Diagnostic> = repo
-        .diagnostics
-        .iter()
-        .filter(|d| relevant(&d.pos.file, hostname))
-        .cloned()
-        .collect();
-    if repo.base.is_none() && !diags.iter().any(Diagnostic::is_error) {
-        diags.push(Diagnostic::error(
-            yaml::Pos {
-                file: "config.yaml".into(),
-                line: 1,
-                col: 1,
-            },
-            "",
-            "the repo has no config.yaml; expected the fleet base at the repo (or subdir) root",
-        ));
+    if base_missing && !diags.iter().any(Diagnostic::is_error) {
+        diags.push(no_base());
     }
-    let merged = repo.merged(hostname);
     let config = convert::convert(&merged, &opts.convert, &mut diags);
     strictness(&mut diags, opts.strict);
     sort_dedup(&mut diags);
@@ -132,47 +148,90 @@ fn load_from(
         hostname: hostname.to_string(),
         config,
         merged,
-        layers: repo
-            .layers_for(hostname)
-            .iter()
-            .map(|l| l.file.clone())
-            .collect(),
+        layers,
         warnings: diags,
     })
 }
 
-/// Validates every layer file and the merged config of every node that has a `nodes/` file.
-/// Returns all diagnostics (errors and warnings), sorted, without duplicates. Pure.
-pub fn validate_repo(snapshot: &Snapshot, opts: &LoadOptions) -> Vec<Diagnostic> {
-    let repo = layers::Repo::parse(snapshot, opts.strict);
-    let mut all = repo.diagnostics.clone();
-    let hosts: Vec<String> = repo.nodes.keys().cloned().collect();
-    if hosts.is_empty() {
-        // Still validate the base (and groups, as far as they merge onto it).
-        let merged = repo.merged("");
-        convert::convert(&merged, &opts.convert, &mut all);
-        strictness(&mut all, opts.strict);
-    }
-    for h in hosts {
-        match load_from(&repo, &h, opts) {
-            Ok(l) => all.extend(l.warnings),
-            Err(e) => all.extend(e.diagnostics),
+/// Checks a whole repo one node at a time: the shared layers (`config.yaml`, groups) are
+/// parsed once, then each node's file is parsed, merged and converted on its own
+/// ([`RepoCheck::check_node`]), so memory does not grow with the number of nodes. `Sync`:
+/// nodes may be checked on several threads. Pure.
+#[derive(Debug)]
+pub struct RepoCheck {
+    repo: layers::Repo,
+    opts: LoadOptions,
+}
+
+impl RepoCheck {
+    /// Parses the shared layers of `shared` (its `nodes/` files are ignored). Pure.
+    pub fn new(shared: &Snapshot, opts: &LoadOptions) -> Self {
+        RepoCheck {
+            repo: layers::Repo::parse(shared, opts.strict),
+            opts: opts.clone(),
         }
     }
-    // A config.yaml that exists but does not parse has its own error already.
-    let base_reported = all
-        .iter()
-        .any(|d| d.is_error() && &*d.pos.file == "config.yaml");
-    if repo.base.is_none() && !base_reported {
-        all.push(Diagnostic::error(
-            yaml::Pos {
-                file: "config.yaml".into(),
-                line: 1,
-                col: 1,
-            },
-            "",
-            "the repo has no config.yaml; expected the fleet base at the repo root",
-        ));
+
+    /// The diagnostics of the shared files themselves, sorted (a missing `config.yaml`
+    /// included).
+    pub fn shared_diagnostics(&self) -> Vec<Diagnostic> {
+        let mut diags = self.repo.diagnostics.clone();
+        // A config.yaml that exists but does not parse has its own error already.
+        let base_reported = diags
+            .iter()
+            .any(|d| d.is_error() && &*d.pos.file == "config.yaml");
+        if self.repo.base.is_none() && !base_reported {
+            diags.push(no_base());
+        }
+        sort_dedup(&mut diags);
+        diags
+    }
+
+    /// The base and groups merged as for a node without a file (for a repo with no nodes):
+    /// its diagnostics, sorted.
+    pub fn check_without_nodes(&self) -> Vec<Diagnostic> {
+        let mut diags = Vec::new();
+        let merged = self.repo.merged("", None);
+        convert::convert(&merged, &self.opts.convert, &mut diags);
+        strictness(&mut diags, self.opts.strict);
+        sort_dedup(&mut diags);
+        diags
+    }
+
+    /// Checks node `hostname` whose own file(s) are `files` (path, content): the file's
+    /// diagnostics and those of the merged config (which may point into shared files),
+    /// sorted. Diagnostics of the shared files themselves are left to
+    /// [`RepoCheck::shared_diagnostics`]. Pure.
+    pub fn check_node(&self, hostname: &str, files: &[(&str, &[u8])]) -> Vec<Diagnostic> {
+        let mut diags = Vec::new();
+        let node = layers::parse_node(files, self.opts.strict, &mut diags);
+        let merged = self.repo.merged(hostname, node.as_ref());
+        convert::convert(&merged, &self.opts.convert, &mut diags);
+        strictness(&mut diags, self.opts.strict);
+        sort_dedup(&mut diags);
+        diags
+    }
+}
+
+/// Validates every layer file and the merged config of every node that has a `nodes/` file of
+/// an in-memory snapshot. Returns all diagnostics (errors and warnings), sorted, without
+/// duplicates. Pure. (`bosun validate --repo` streams a directory instead: see
+/// [`crate::repo_check`].)
+pub fn validate_repo(snapshot: &Snapshot, opts: &LoadOptions) -> Vec<Diagnostic> {
+    let check = RepoCheck::new(snapshot, opts);
+    let mut all = check.shared_diagnostics();
+    let mut by_node: std::collections::BTreeMap<&str, Vec<(&str, &[u8])>> = Default::default();
+    for (path, bytes) in snapshot.list("nodes") {
+        let name = &path["nodes/".len()..];
+        if let Some(host) = crate::snapshot::node_of_file(name) {
+            by_node.entry(host).or_default().push((path, bytes));
+        }
+    }
+    if by_node.is_empty() {
+        all.extend(check.check_without_nodes());
+    }
+    for (host, files) in by_node {
+        all.extend(check.check_node(host, &files));
     }
     sort_dedup(&mut all);
     all
@@ -183,11 +242,14 @@ pub fn validate_repo(snapshot: &Snapshot, opts: &LoadOptions) -> Vec<Diagnostic>
 pub fn load_file(name: &str, bytes: &[u8], opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let mut diagnostics = Vec::new();
     let base = layers::parse_layer(name, bytes, opts.strict, &mut diagnostics);
-    let repo = layers::Repo {
+    let layers = base.iter().map(|l| l.file.clone()).collect();
+    let base_missing = base.is_none();
+    let merged = layers::Repo {
         base,
         groups: Vec::new(),
-        nodes: Default::default(),
-        diagnostics,
-    };
-    load_from(&repo, "", opts)
+        diagnostics: Vec::new(),
+    }
+    .into_merged("", None)
+    .0;
+    finish("", merged, layers, base_missing, diagnostics, opts)
 }

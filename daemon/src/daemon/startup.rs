@@ -193,9 +193,10 @@ impl<A: SnapshotApplier> Daemon<A> {
     async fn cached_snapshot(&self, commit: Oid) -> Option<Snapshot> {
         let dir = self.cfg.source.cache_dir.clone();
         let subdir = self.cfg.source.subdir.clone();
+        let host = self.node.target.hostname.clone();
         let read = tokio::task::spawn_blocking(move || {
             let cache = source::Cache::open(&dir)?;
-            source::snapshot(&cache, commit, subdir.as_deref())
+            source::snapshot(&cache, commit, subdir.as_deref(), &host)
         })
         .await;
         match read {

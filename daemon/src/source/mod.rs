@@ -9,9 +9,9 @@
 //! 2. [`verify_commit`] checks the head commit's SSH or OpenPGP signature against the trust roots
 //!    of the local agent config (never taken from Git), and [`check_descends`] refuses a commit
 //!    that does not descend from the last applied one (anti-rollback).
-//! 3. [`snapshot`] reads `config.yaml`, `groups/*.yaml` and `nodes/*.yaml` straight from the
-//!    commit's tree in the object database. There is no worktree and no checkout, so a
-//!    half-fetched or half-written tree can never be applied.
+//! 3. [`snapshot`] reads `config.yaml`, `groups/*.yaml` and this node's `nodes/<host>.yaml`
+//!    straight from the commit's tree in the object database (no other node's file). There is
+//!    no worktree and no checkout, so a half-fetched or half-written tree can never be applied.
 //!
 //! [`poll`] runs the three steps in that order for the daemon.
 //!
@@ -37,6 +37,7 @@ mod openpgp;
 mod transport;
 mod tree;
 mod verify;
+mod verify_memo;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -49,11 +50,12 @@ pub use fetch::{fetch, fetch_counted, unshallow, FetchOutcome, TransferCounters,
 pub use known_hosts::KnownHosts;
 pub use openpgp::OpenPgpKeyring;
 pub use transport::SshTarget;
-pub use tree::snapshot;
+pub use tree::{snapshot, snapshot_counted, ReadCount};
 pub use verify::{
     check_descends, check_descends_or_deepen, verify_commit, verify_commit_at, Ancestry, Refusal,
     SignersSource, Verdict, VerifyConfig, VerifyMode, MAX_COMMIT_AHEAD_SECS,
 };
+pub use verify_memo::VerifyMemo;
 
 pub use git2::Oid;
 
@@ -308,8 +310,8 @@ pub struct Accepted {
     pub verdict: Verdict,
     /// How the commit relates to the last applied one.
     pub ancestry: Ancestry,
-    /// The config files read from the commit.
-    pub snapshot: Snapshot,
+    /// The node's files; `None` when the commit is the one the caller said it already has.
+    pub snapshot: Option<Snapshot>,
     /// The commit's committer time (unix seconds): the clock of rollout waves.
     pub committed_at: i64,
 }
@@ -322,20 +324,33 @@ impl Accepted {
 }
 
 /// One full poll in chain-of-custody order: fetch the ref ([`fetch_counted`]), verify the head
-/// signature ([`verify_commit`]), refuse rollbacks ([`check_descends_or_deepen`]), then read the
-/// files ([`snapshot`]). Talks to the network and writes to the cache; nothing else. A refusal
-/// is `Err(SourceError::Refused { .. })` and leaves the caller's applied state untouched.
+/// signature ([`verify_commit`], through `memo`: the same commit under the same trust roots is
+/// not checked twice), refuse rollbacks ([`check_descends_or_deepen`]), then read the
+/// files of node `hostname` ([`snapshot`]) unless the commit is `have` (the caller holds its
+/// files already: an idle poll reads no tree). Talks to the network and writes to the cache;
+/// nothing else. A refusal is `Err(SourceError::Refused { .. })` and leaves the caller's
+/// applied state untouched.
 pub fn poll(
     cfg: &SourceConfig,
     verify: &VerifyConfig,
     last_applied: Option<Oid>,
     counters: &TransferCounters,
+    hostname: &str,
+    have: Option<Oid>,
+    memo: &mut VerifyMemo,
 ) -> Result<Accepted, SourceError> {
     let fetched = fetch_counted(cfg, counters)?;
+    if matches!(fetched, FetchOutcome::Updated { .. }) {
+        // libgit2's indexer freed its per-object tables; give them back (see `memory`).
+        crate::memory::trim_heap();
+    }
     let commit = fetched.commit();
     let verdict = {
         let cache = Cache::open(&cfg.cache_dir)?;
-        verify_commit(&cache, commit, verify)?
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        memo.verify(&cache, commit, verify, now)?
     };
     let ancestry = check_descends_or_deepen(
         cfg,
@@ -345,8 +360,12 @@ pub fn poll(
         counters,
     )?;
     let cache = Cache::open(&cfg.cache_dir)?;
-    let snapshot = snapshot(&cache, commit, cfg.subdir.as_deref())?;
     let committed_at = cache.commit_time(commit)?;
+    let snapshot = if have == Some(commit) {
+        None
+    } else {
+        Some(snapshot(&cache, commit, cfg.subdir.as_deref(), hostname)?)
+    };
     Ok(Accepted {
         fetch: fetched,
         verdict,

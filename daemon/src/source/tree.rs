@@ -1,16 +1,20 @@
-//! Reading a [`Snapshot`] out of a commit's tree in the object database (no worktree, no
-//! checkout).
+//! Reading one node's [`Snapshot`] out of a commit's tree in the object database (no
+//! worktree, no checkout).
 //!
-//! Invariants: only regular files (mode 100644/100755) named `config.yaml`, `groups/*.y(a)ml`
-//! and `nodes/*.y(a)ml` under the subdir are read; each blob's size is checked against
-//! [`MAX_CONFIG_FILE`] from the object header before its content is loaded.
+//! Invariants:
+//! - Only `config.yaml`, `groups/*.y(a)ml` and `nodes/<hostname>.y(a)ml` under the subdir are
+//!   read: the `nodes/` tree is searched for the node's two possible names, and no other node's
+//!   blob is ever loaded, so a node's cost does not grow with the fleet ([`ReadCount`] says
+//!   what was read).
+//! - A layer file must be a regular file (mode 100644/100755); each blob's size is checked
+//!   against [`MAX_CONFIG_FILE`] from the object header before its content is loaded.
 
 use std::collections::BTreeMap;
 
 use git2::{ObjectType, Odb, Repository, Tree};
 
 use super::{Cache, Oid, SourceError};
-use crate::snapshot::{Snapshot, MAX_CONFIG_FILE};
+use crate::snapshot::{is_layer_file, node_file_names, Snapshot, MAX_CONFIG_FILE};
 
 /// Validates a repo subdirectory: relative, `/`-separated, no `.`/`..` components. Returns it
 /// without leading/trailing slashes (`None` for the repo root).
@@ -32,19 +36,40 @@ fn normalize_subdir(subdir: Option<&str>) -> Result<Option<String>, String> {
     }
 }
 
-fn is_layer_file(name: &str) -> bool {
-    name.ends_with(".yaml") || name.ends_with(".yml")
-}
-
 fn is_regular_file(filemode: i32) -> bool {
     filemode == 0o100644 || filemode == 0o100755
 }
 
-/// Reads the layer files of `commit` (under `subdir`) from the cache's object database.
-/// Reads the cache only.
-pub fn snapshot(cache: &Cache, commit: Oid, subdir: Option<&str>) -> Result<Snapshot, SourceError> {
+/// How many objects a snapshot read took from the object database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadCount {
+    /// Blobs loaded (their content, not just their header).
+    pub blobs: usize,
+    /// Tree objects loaded (the commit's root tree included).
+    pub trees: usize,
+}
+
+/// Reads node `hostname`'s layer files of `commit` (under `subdir`) from the cache's object
+/// database: `config.yaml`, the groups and `nodes/<hostname>.y(a)ml`. Reads the cache only.
+pub fn snapshot(
+    cache: &Cache,
+    commit: Oid,
+    subdir: Option<&str>,
+    hostname: &str,
+) -> Result<Snapshot, SourceError> {
+    snapshot_counted(cache, commit, subdir, hostname).map(|(s, _)| s)
+}
+
+/// [`snapshot`], also saying how many objects it read (for tests and benchmarks).
+pub fn snapshot_counted(
+    cache: &Cache,
+    commit: Oid,
+    subdir: Option<&str>,
+    hostname: &str,
+) -> Result<(Snapshot, ReadCount), SourceError> {
     let subdir =
         normalize_subdir(subdir).map_err(|r| snapshot_error(commit, subdir.unwrap_or(""), r))?;
+    let node_files = node_file_names(hostname).map_err(|r| snapshot_error(commit, "nodes", r))?;
     let repo = &cache.repo;
     let base = base_tree(repo, commit, subdir.as_deref())?;
     let odb = repo
@@ -55,13 +80,29 @@ pub fn snapshot(cache: &Cache, commit: Oid, subdir: Option<&str>) -> Result<Snap
         odb,
         commit,
         subdir,
+        count: std::cell::Cell::new(ReadCount { blobs: 0, trees: 1 }),
     };
     let mut files = BTreeMap::new();
     reader.config(&base, &mut files)?;
-    for dir in ["groups", "nodes"] {
-        reader.layer_dir(&base, dir, &mut files)?;
+    if let Some(groups) = reader.dir_tree(&base, "groups")? {
+        for child in groups.iter() {
+            let Ok(name) = child.name() else { continue };
+            if is_layer_file(name) && child.kind() == Some(ObjectType::Blob) {
+                reader.layer_file("groups", name, &child, &mut files)?;
+            }
+        }
     }
-    Ok(Snapshot::from_files(Some(commit.to_string()), files))
+    if let Some(nodes) = reader.dir_tree(&base, "nodes")? {
+        for name in &node_files {
+            if let Some(child) = nodes.get_name(name) {
+                if child.kind() == Some(ObjectType::Blob) {
+                    reader.layer_file("nodes", name, &child, &mut files)?;
+                }
+            }
+        }
+    }
+    let count = reader.count.get();
+    Ok((Snapshot::from_files(Some(commit.to_string()), files), count))
 }
 
 /// A [`SourceError::Snapshot`] about `path` (as it appears in the repository) in `commit`.
@@ -108,9 +149,11 @@ struct LayerReader<'r> {
     odb: Odb<'r>,
     commit: Oid,
     subdir: Option<String>,
+    /// What was read so far.
+    count: std::cell::Cell<ReadCount>,
 }
 
-impl LayerReader<'_> {
+impl<'r> LayerReader<'r> {
     /// `rel` (relative to the subdir) as it appears in the repository.
     fn shown(&self, rel: &str) -> String {
         match &self.subdir {
@@ -146,6 +189,7 @@ impl LayerReader<'_> {
             .repo
             .find_blob(id)
             .map_err(|e| self.fail(rel, format!("reading blob {id}: {e}")))?;
+        self.bump(|c| c.blobs += 1);
         Ok(blob.content().to_vec())
     }
 
@@ -175,16 +219,13 @@ impl LayerReader<'_> {
         }
     }
 
-    /// Reads every layer file (`*.yaml`, `*.yml`) of directory `dir` of `base`, if it exists,
-    /// into `files`; a layer file must be a regular file. Reads the cache.
-    fn layer_dir(
-        &self,
-        base: &Tree<'_>,
-        dir: &str,
-        files: &mut BTreeMap<String, Vec<u8>>,
-    ) -> Result<(), SourceError> {
+    /// The tree of directory `dir` of `base`, if it exists. Reads the cache.
+    fn dir_tree<'t>(&self, base: &Tree<'t>, dir: &str) -> Result<Option<Tree<'t>>, SourceError>
+    where
+        'r: 't,
+    {
         let Some(entry) = base.get_name(dir) else {
-            return Ok(());
+            return Ok(None);
         };
         if entry.kind() != Some(ObjectType::Tree) {
             return Err(self.fail(dir, "is not a directory".to_string()));
@@ -193,23 +234,35 @@ impl LayerReader<'_> {
             .repo
             .find_tree(entry.id())
             .map_err(|e| self.fail(dir, format!("reading tree: {e}")))?;
-        for child in tree.iter() {
-            // A name that is not UTF-8 cannot be a layer file name.
-            let Ok(name) = child.name() else { continue };
-            if !is_layer_file(name) || child.kind() != Some(ObjectType::Blob) {
-                continue;
-            }
-            let rel = format!("{dir}/{name}");
-            if !is_regular_file(child.filemode()) {
-                return Err(self.fail(
-                    &rel,
-                    "is not a regular file (symlinks are not followed)".to_string(),
-                ));
-            }
-            let content = self.blob(&rel, child.id())?;
-            files.insert(rel, content);
+        self.bump(|c| c.trees += 1);
+        Ok(Some(tree))
+    }
+
+    /// Reads the layer file `dir/name` (a blob entry of that directory) into `files`; it must
+    /// be a regular file. Reads the cache.
+    fn layer_file(
+        &self,
+        dir: &str,
+        name: &str,
+        entry: &git2::TreeEntry<'_>,
+        files: &mut BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), SourceError> {
+        let rel = format!("{dir}/{name}");
+        if !is_regular_file(entry.filemode()) {
+            return Err(self.fail(
+                &rel,
+                "is not a regular file (symlinks are not followed)".to_string(),
+            ));
         }
+        let content = self.blob(&rel, entry.id())?;
+        files.insert(rel, content);
         Ok(())
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut ReadCount)) {
+        let mut c = self.count.get();
+        f(&mut c);
+        self.count.set(c);
     }
 }
 
@@ -226,13 +279,5 @@ mod tests {
         assert!(normalize_subdir(Some("/etc")).is_err());
         assert!(normalize_subdir(Some("a/../b")).is_err());
         assert!(normalize_subdir(Some("./a")).is_err());
-    }
-
-    #[test]
-    fn only_yaml_names_are_layer_files() {
-        assert!(is_layer_file("edge-1.yaml"));
-        assert!(is_layer_file("edge-1.yml"));
-        assert!(!is_layer_file("README.md"));
-        assert!(!is_layer_file("yaml"));
     }
 }

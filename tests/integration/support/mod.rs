@@ -1,5 +1,6 @@
 //! Helpers shared by integration tests.
 
+pub mod fleet;
 pub mod fleetlock;
 pub mod git;
 pub mod image_server;

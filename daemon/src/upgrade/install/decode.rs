@@ -119,10 +119,10 @@ pub(super) fn finish_target(
     };
     slot.sync().map_err(|e| slot.to_error(e))?;
     let written = slot.flushed;
-    let digest: [u8; 32] = match slot.hasher.take() {
-        Some(h) => h.finalize().into(),
-        None => download_digest,
-    };
+    let digest: [u8; 32] = slot
+        .take_digest()
+        .map_err(|e| slot.to_error(e))?
+        .unwrap_or(download_digest);
     if req.verify_written {
         let f = File::open(&req.slot).map_err(slot_err(&req.slot, "open for read-back"))?;
         if let Some(len) = NonZeroU64::new(written) {

@@ -66,21 +66,80 @@ pub(super) fn slot_err<'a>(
 }
 
 /// Buffered positional writer into the slot that hashes what it writes. Writes to disk.
+///
+/// Full buffers are handed to a write-behind thread (`slot-write`) that hashes and writes them
+/// in order while the caller decodes the next one: hashing and copying into the page cache
+/// cost about as much CPU as decompressing, so the two halves run on two cores. At most
+/// [`IN_FLIGHT`] buffers wait there; an error of that thread is returned by the next call.
 pub(super) struct SlotWriter {
     pub(super) file: File,
     path: PathBuf,
     buf: Vec<u8>,
-    /// Bytes of the file already written (everything before the buffer).
+    /// Bytes of the file written and acknowledged (everything before the buffers in flight).
     pub(super) flushed: u64,
+    /// Bytes handed to the write-behind thread (or written, without one).
+    submitted: u64,
     synced: u64,
     capacity: Option<u64>,
-    pub(super) hasher: Option<Sha256>,
+    /// The written bytes' hash, when no write-behind thread holds it.
+    hasher: Option<Sha256>,
+    behind: Option<WriteBehind>,
+    /// Emptied buffers to reuse.
+    spare: Vec<Vec<u8>>,
     /// Sync every this many bytes by itself (0: only when asked), in the background.
     pub(super) auto_sync: u64,
     /// A background `fdatasync` covering the slot up to this offset.
     pending: Option<(u64, std::thread::JoinHandle<io::Result<()>>)>,
     /// Set when an I/O error came from the slot (so a decoder error can be told apart).
     pub(super) failed: Option<(&'static str, io::ErrorKind)>,
+}
+
+/// Buffers handed to the write-behind thread and not yet acknowledged, at most.
+const IN_FLIGHT: usize = 2;
+
+/// The write-behind thread: buffers go in with their offset, come back written (or an error).
+struct WriteBehind {
+    jobs: std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
+    done: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    in_flight: usize,
+    thread: std::thread::JoinHandle<Option<Sha256>>,
+}
+
+impl WriteBehind {
+    /// Starts the thread on its own handle of the slot; `None` when that is not possible (the
+    /// writer then writes inline).
+    fn start(file: &File, hasher: Option<Sha256>) -> Result<WriteBehind, Option<Sha256>> {
+        let Ok(file) = file.try_clone() else {
+            return Err(hasher);
+        };
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(IN_FLIGHT);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let mut h = hasher.clone();
+        let spawned = std::thread::Builder::new()
+            .name("slot-write".into())
+            .spawn(move || {
+                for (offset, buf) in job_rx {
+                    if let Some(h) = &mut h {
+                        h.update(&buf);
+                    }
+                    let result = file.write_all_at(&buf, offset).map(|()| buf);
+                    let failed = result.is_err();
+                    if done_tx.send(result).is_err() || failed {
+                        break;
+                    }
+                }
+                h
+            });
+        match spawned {
+            Ok(thread) => Ok(WriteBehind {
+                jobs,
+                done,
+                in_flight: 0,
+                thread,
+            }),
+            Err(_) => Err(hasher),
+        }
+    }
 }
 
 impl SlotWriter {
@@ -97,14 +156,21 @@ impl SlotWriter {
             .write(true)
             .open(&slot.path)
             .map_err(slot_err(&slot.path, "open for writing"))?;
+        let (behind, hasher) = match WriteBehind::start(&file, hash.then(Sha256::new)) {
+            Ok(b) => (Some(b), None),
+            Err(h) => (None, h),
+        };
         Ok(SlotWriter {
             file,
             path: slot.path.clone(),
             buf: Vec::with_capacity(WRITE_BUF),
             flushed: offset,
+            submitted: offset,
             synced: offset,
             capacity: slot.capacity,
-            hasher: hash.then(Sha256::new),
+            hasher,
+            behind,
+            spare: Vec::new(),
             auto_sync,
             pending: None,
             failed: None,
@@ -112,20 +178,92 @@ impl SlotWriter {
     }
 
     fn position(&self) -> u64 {
-        self.flushed + self.buf.len() as u64
+        self.submitted + self.buf.len() as u64
     }
 
-    fn flush_buf(&mut self) -> io::Result<()> {
+    /// Hands the buffer to the write-behind thread (or writes it inline).
+    fn submit(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.file.write_all_at(&self.buf, self.flushed) {
-            self.failed = Some(("write", e.kind()));
-            return Err(e);
+        let Some(behind) = &self.behind else {
+            if let Some(h) = &mut self.hasher {
+                h.update(&self.buf);
+            }
+            if let Err(e) = self.file.write_all_at(&self.buf, self.submitted) {
+                self.failed = Some(("write", e.kind()));
+                return Err(e);
+            }
+            self.submitted += self.buf.len() as u64;
+            self.flushed = self.submitted;
+            self.buf.clear();
+            return Ok(());
+        };
+        if behind.in_flight >= IN_FLIGHT {
+            self.acknowledge_one()?;
         }
-        self.flushed += self.buf.len() as u64;
-        self.buf.clear();
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUF));
+        let full = std::mem::replace(&mut self.buf, next);
+        let len = full.len() as u64;
+        let behind = self.behind.as_mut().expect("checked above");
+        if behind.jobs.send((self.submitted, full)).is_err() {
+            return self.acknowledge_one();
+        }
+        behind.in_flight += 1;
+        self.submitted += len;
         Ok(())
+    }
+
+    /// Waits for the oldest buffer in flight.
+    fn acknowledge_one(&mut self) -> io::Result<()> {
+        let Some(behind) = &mut self.behind else {
+            return Ok(());
+        };
+        let done = behind
+            .done
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("slot write thread stopped")));
+        match done {
+            Ok(mut buf) => {
+                behind.in_flight -= 1;
+                self.flushed += buf.len() as u64;
+                buf.clear();
+                self.spare.push(buf);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = Some(("write", e.kind()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the buffer and waits until everything handed over is written.
+    fn flush_buf(&mut self) -> io::Result<()> {
+        self.submit()?;
+        while self.behind.as_ref().is_some_and(|b| b.in_flight > 0) {
+            self.acknowledge_one()?;
+        }
+        Ok(())
+    }
+
+    /// The SHA-256 of everything written, when the writer was opened to hash; ends the
+    /// write-behind thread. Call after [`SlotWriter::sync`].
+    pub(super) fn take_digest(&mut self) -> io::Result<Option<[u8; 32]>> {
+        self.flush_buf()?;
+        let hasher = match self.behind.take() {
+            Some(b) => {
+                drop(b.jobs);
+                b.thread
+                    .join()
+                    .map_err(|_| io::Error::other("slot write thread panicked"))?
+            }
+            None => self.hasher.take(),
+        };
+        Ok(hasher.map(|h| h.finalize().into()))
     }
 
     /// Flushes, `fdatasync`s and drops the synced range from the page cache.
@@ -203,13 +341,11 @@ impl Write for SlotWriter {
         }
         let n = data.len().min(WRITE_BUF - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        if let Some(h) = &mut self.hasher {
-            h.update(&data[..n]);
-        }
         if self.buf.len() == WRITE_BUF {
-            self.flush_buf()?;
-            let since = self.flushed - self.pending.as_ref().map_or(self.synced, |p| p.0);
+            self.submit()?;
+            let since = self.submitted - self.pending.as_ref().map_or(self.synced, |p| p.0);
             if self.auto_sync > 0 && since >= self.auto_sync {
+                self.flush_buf()?;
                 self.sync_in_background()?;
             }
         }
