@@ -295,6 +295,8 @@ impl<A: SnapshotApplier> Daemon<A> {
             Err(SourceError::Refused { commit, reason }) => self.refused(commit, &reason),
             Err(e) => self.failed(&format!("poll of {}: {e}", self.cfg.source.url)),
         };
+        // The Node's labels follow the applied commit (a patch only when something changed).
+        self.rollout_report().await;
         self.systemd.status(&line);
         if !self.ready {
             self.ready = true;

@@ -73,9 +73,10 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_HALT_AFTER_FAILURES: u32 = 1;
 /// Default `rollout.lock_ttl`.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(3600);
-/// Shortest `rollout.lock_ttl`: a holder renews at a third of the TTL, so shorter TTLs would
-/// let a slow API server break live holders.
-pub const MIN_LOCK_TTL: Duration = Duration::from_secs(30);
+/// Shortest `rollout.lock_ttl`. The daemon renews a held slot every 5 s at the latest (also
+/// while a long step such as a k3s restart or an image download runs), and at a third of the
+/// TTL; 15 s leaves three renewals before another node may break the slot.
+pub const MIN_LOCK_TTL: Duration = Duration::from_secs(15);
 /// Largest `rollout.max_unavailable` (one Lease per slot is scanned when taking one).
 pub const MAX_SLOTS: u32 = 100;
 

@@ -21,7 +21,7 @@ use super::Daemon;
 use crate::config::rollout::RolloutConfig;
 use crate::config::Loaded;
 use crate::reconcile::{ApplyOutcome, Applying, Disposition, Permit, SnapshotApplier};
-use crate::rollout::driver::{Change, Published};
+use crate::rollout::driver::{Change, Published, Rollout};
 use crate::rollout::{DisruptionKind, Verdict};
 use crate::snapshot::Snapshot;
 use crate::source::Oid;
@@ -29,12 +29,34 @@ use crate::status::short;
 use crate::upgrade::machine::{Lifecycle, Note};
 use crate::upgrade::pass::Pass;
 
-/// How often the gates are asked again while a change is pending or a slot is held.
+/// How often the gates are asked again while a change is pending or a slot is held, and how
+/// often a held slot is renewed while a long step runs.
 pub(super) const TICK: Duration = Duration::from_secs(5);
+
+/// Awaits `fut` (a long step: an apply with a k3s restart, an image download), renewing a
+/// held slot meanwhile so no other node breaks it. Network only when a renewal is due.
+pub(super) async fn holding<F: std::future::Future>(
+    rollout: &mut Rollout,
+    cfg: &RolloutConfig,
+    fut: F,
+) -> F::Output {
+    if !rollout.lock_held() {
+        return fut.await;
+    }
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tick.tick() => rollout.renew(cfg).await,
+        }
+    }
+}
 
 impl<A: SnapshotApplier> Daemon<A> {
     /// The rollout policy of the newest config the node loaded.
-    fn policy(&self) -> RolloutConfig {
+    pub(super) fn policy(&self) -> RolloutConfig {
         self.policy.clone().unwrap_or_default()
     }
 
@@ -58,8 +80,9 @@ impl<A: SnapshotApplier> Daemon<A> {
         };
         loop {
             let (target, runner) = (self.node.target.clone(), self.node.effects.clone());
+            let (sd, policy) = (self.systemd, self.policy());
             let guarded = self.applier.apply(snapshot, &target, runner, permit);
-            let applying = self.systemd.guard(guarded).await?;
+            let applying = holding(&mut self.rollout, &policy, sd.guard(guarded)).await?;
             let Applying::Done(o) = &applying else {
                 return Ok(applying);
             };

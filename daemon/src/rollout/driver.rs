@@ -436,31 +436,36 @@ impl Rollout {
         }
     }
 
+    /// Renews a held slot when a renewal is due; notes a lost one. Network only when due.
+    pub async fn renew(&mut self, cfg: &RolloutConfig) {
+        if !self.lock_held {
+            return;
+        }
+        let alive = match self.lock_for(cfg) {
+            Ok(Some(lock)) => lock.keep_alive().await,
+            Ok(None) => Ok(false),
+            Err(e) => {
+                self.failed(e);
+                return;
+            }
+        };
+        match alive {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("rollout: the slot was lost (broken by another node?)");
+                self.lock_held = false;
+            }
+            Err(e) => {
+                self.failed(e);
+            }
+        }
+    }
+
     /// Periodic upkeep: renews a held slot when due, releases one held for nothing (a crash
     /// between taking and recording it), and lifts a FleetLock hold once the node follows a
     /// newer commit (`head`). Network only when due or needed.
     pub async fn tick(&mut self, cfg: &RolloutConfig, head: Option<&str>) {
-        if self.lock_held {
-            let alive = match self.lock_for(cfg) {
-                Ok(Some(lock)) => lock.keep_alive().await,
-                Ok(None) => Ok(false),
-                Err(e) => {
-                    self.failed(e);
-                    return;
-                }
-            };
-            match alive {
-                Ok(held) => {
-                    if !held {
-                        tracing::warn!("rollout: the slot was lost (broken by another node?)");
-                    }
-                    self.lock_held = held;
-                }
-                Err(e) => {
-                    self.failed(e);
-                }
-            }
-        }
+        self.renew(cfg).await;
         let idle_with_slot = self.record.change.is_none() && self.lock_held;
         let holding = matches!(self.record.phase, Phase::HoldingFailed { .. });
         if idle_with_slot || holding {

@@ -407,6 +407,11 @@ impl KubeApi {
                 .unwrap_or(0)
         })
     }
+
+    /// Nodes unschedulable now.
+    pub fn unschedulable_now(&self) -> usize {
+        self.with(|c| c.unschedulable())
+    }
 }
 
 struct Shared {

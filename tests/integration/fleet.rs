@@ -1,0 +1,678 @@
+//! Fleet simulation: several `bosun daemon` processes (own roots and node names) follow one
+//! repo served by `git daemon` on 127.0.0.1 and coordinate through one stand-in Kubernetes API
+//! server (`support::kube`: K3s and kube-apiserver cannot run here; the stand-in has real
+//! Lease, Node, Pod and Eviction semantics and is checked against `kubectl` in kubectl.rs).
+//! Each node's kubelet is a stand-in HTTP endpoint that fails while the node's root holds
+//! the marker file a broken commit writes. Effects (k3s restarts) are recorded, not run (the
+//! roots are not `/`); reboots are done by the test, which kills the daemon, lets the GRUB
+//! simulator of `support::upgrade` pick the slot, and starts the daemon again.
+//!
+//! What is checked comes from the API server's own request log: how many nodes were cordoned
+//! at any moment, and when each node was cordoned relative to the commit.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config_cli::bosun;
+use crate::support::git::{GitDaemon, WorkRepo};
+use crate::support::kube::{Auth, KubeApi, Owner};
+use crate::support::tls::{serve_http, TestServer};
+
+const GROUP: &str = "fleet";
+const BROKEN: &str = "etc/standin/kubelet-broken";
+const DROPIN: &str = "etc/systemd/system/k3s.service.d/90-bosun.conf";
+
+/// One node of the fleet: its directory, root, state and agent config.
+struct FleetNode {
+    name: String,
+    root: PathBuf,
+    state: PathBuf,
+    config: PathBuf,
+    daemon: Option<Daemon>,
+}
+
+/// A running `bosun daemon` with its stderr collected.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl FleetNode {
+    fn new(base: &Path, name: &str, url: &str, kubeconfig: &str, extra: &str) -> FleetNode {
+        let dir = base.join(name);
+        let root = dir.join("root");
+        let state = dir.join("state");
+        std::fs::create_dir_all(root.join("etc/bosun")).unwrap();
+        std::fs::write(root.join("etc/bosun/kubeconfig"), kubeconfig).unwrap();
+        let config = dir.join("agent.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "source:\n  url: {url}\n  ref: main\ninterval: 1s\njitter_percent: 0\n\
+                 node_name: {name}\nroot: {root}\nstate_dir: {state}\n\
+                 metrics:\n  enabled: false\ndrift:\n  enabled: false\n\
+                 coordination:\n  backend: kubernetes\n  kubeconfig: /etc/bosun/kubeconfig\n{extra}",
+                root = root.display(),
+                state = state.display(),
+            ),
+        )
+        .unwrap();
+        FleetNode {
+            name: name.to_string(),
+            root,
+            state,
+            config,
+            daemon: None,
+        }
+    }
+
+    fn start(&mut self) {
+        let mut child = bosun()
+            .args(["daemon", "--config"])
+            .arg(&self.config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env("BOSUN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bosun daemon");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        self.daemon = Some(Daemon { child, log });
+    }
+
+    fn log(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| d.log.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL, as a power cut or an OOM kill.
+    fn kill(&mut self) {
+        self.daemon = None;
+    }
+
+    fn status(&self) -> serde_json::Value {
+        std::fs::read(self.state.join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn applied(&self) -> Option<String> {
+        self.status()["last_applied_commit"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    fn dropin(&self) -> String {
+        std::fs::read_to_string(self.root.join(DROPIN)).unwrap_or_default()
+    }
+}
+
+/// A stand-in kubelet `/healthz` per node: 500 while `<root>/etc/standin/kubelet-broken`
+/// exists, else 200. On its own runtime (the test is synchronous).
+struct Kubelets {
+    server: TestServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Kubelets {
+    fn start(roots: BTreeMap<String, PathBuf>) -> Kubelets {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let roots = Arc::new(roots);
+        let router = axum::Router::new().route(
+            "/{node}/healthz",
+            axum::routing::get(
+                move |axum::extract::Path(node): axum::extract::Path<String>| {
+                    let roots = roots.clone();
+                    async move {
+                        match roots.get(&node) {
+                            Some(r) if !r.join(BROKEN).exists() => {
+                                (axum::http::StatusCode::OK, "ok")
+                            }
+                            _ => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "broken"),
+                        }
+                    }
+                },
+            ),
+        );
+        let server = rt.block_on(serve_http(router));
+        Kubelets { server, _rt: rt }
+    }
+}
+
+/// The fleet: repo, git daemon, API server, kubelets, nodes.
+struct Fleet {
+    _tmp: tempfile::TempDir,
+    repo: WorkRepo,
+    _git: GitDaemon,
+    api: KubeApi,
+    kubelets: Kubelets,
+    nodes: Vec<FleetNode>,
+}
+
+impl Fleet {
+    /// `n` nodes named `node-0`…; each with one evictable pod and one DaemonSet pod.
+    fn new(n: usize, extra_agent: impl Fn(&Path) -> String) -> Fleet {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = WorkRepo::init(&tmp.path().join("fleet"));
+        let git = GitDaemon::start(tmp.path());
+        let api = KubeApi::start_background(Auth::ClientCert);
+        let kubeconfig = api.kubeconfig(None);
+        api.add_daemonset("kube-system", "svclb");
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let name = format!("node-{i}");
+            api.add_node(&name);
+            api.add_pod(
+                "default",
+                &format!("web-{i}"),
+                &name,
+                Owner::ReplicaSet,
+                &[("app", "web")],
+            );
+            api.add_pod(
+                "kube-system",
+                &format!("svclb-{i}"),
+                &name,
+                Owner::DaemonSet,
+                &[],
+            );
+            let dir = tmp.path().join(&name);
+            let extra = extra_agent(&dir);
+            nodes.push(FleetNode::new(
+                tmp.path(),
+                &name,
+                &git.url("fleet"),
+                &kubeconfig,
+                &extra,
+            ));
+        }
+        let roots = nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.root.clone()))
+            .collect();
+        let kubelets = Kubelets::start(roots);
+        let fleet = Fleet {
+            _tmp: tmp,
+            repo,
+            _git: git,
+            api,
+            kubelets,
+            nodes,
+        };
+        for n in &fleet.nodes {
+            fleet.repo.write(
+                &format!("nodes/{}.yaml", n.name),
+                &format!(
+                    "health:\n  checks:\n  - type: kubelet\n    url: {}\n",
+                    fleet.kubelets.server.url(&format!("/{}/healthz", n.name))
+                ),
+            );
+        }
+        fleet.repo.write(
+            "groups/canary.yaml",
+            "match: [node-0]\nrollout:\n  canary: true\n",
+        );
+        fleet
+    }
+
+    /// The base config: label `tier`, the health gate, the rollout policy `rollout` (YAML
+    /// lines under `rollout:`), and optionally the marker that breaks the kubelet.
+    fn base(&self, tier: &str, rollout: &str, broken: bool) -> String {
+        let mut y = format!(
+            "k3os:\n  labels:\n    tier: \"{tier}\"\nhealth:\n  gate: k3s\n  timeout: 3s\n  \
+             interval: 200ms\n  successes: 1\nrollout:\n  group: {GROUP}\n{rollout}"
+        );
+        if broken {
+            y.push_str(&format!(
+                "write_files:\n- path: /{BROKEN}\n  content: \"broken\\n\"\n"
+            ));
+        }
+        y
+    }
+
+    fn start_all(&mut self) {
+        for n in &mut self.nodes {
+            n.start();
+        }
+    }
+
+    /// Waits until every node's status says it applied `commit` (or `timeout`).
+    fn wait_applied(&self, commit: &str, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            self.nodes
+                .iter()
+                .all(|n| n.applied().as_deref() == Some(commit))
+        });
+        if !ok {
+            let mut report = String::new();
+            for n in &self.nodes {
+                report.push_str(&format!(
+                    "--- {} applied {:?} rollout {:?}\n{}\n",
+                    n.name,
+                    n.applied(),
+                    n.status()["rollout_state"],
+                    tail(&n.log(), 25)
+                ));
+            }
+            panic!("not every node applied {commit} within {timeout:?}:\n{report}");
+        }
+    }
+
+    /// The node's label `key` on its Node object.
+    fn label(&self, node: &str, key: &str) -> Option<String> {
+        self.api.node(node)["metadata"]["labels"][key]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// When each node was first cordoned after `since` (from the API server's log).
+    fn cordons_since(&self, since: Instant) -> BTreeMap<String, Instant> {
+        let mut out = BTreeMap::new();
+        let mut before = 0;
+        for l in self.api.log() {
+            let cordoned = l.unschedulable_after > before;
+            before = l.unschedulable_after;
+            if l.at < since || !cordoned || l.method != "PATCH" {
+                continue;
+            }
+            if let Some(node) = l.path.strip_prefix("/api/v1/nodes/") {
+                out.entry(node.to_string()).or_insert(l.at);
+            }
+        }
+        out
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The rollout policy lines of the k3s-change scenario.
+fn policy(waves: &str) -> String {
+    format!(
+        "  max_unavailable: 2\n  drain_on_restart: true\n  drain:\n    timeout: 20s\n  \
+         lock_ttl: 15s\n{waves}"
+    )
+}
+
+#[test]
+fn a_k3s_change_rolls_out_in_waves_two_at_a_time_and_a_failing_canary_halts_the_fleet() {
+    let mut fleet = Fleet::new(8, |_| String::new());
+    // v1: the first apply restarts k3s everywhere, through the lock (two at a time).
+    fleet
+        .repo
+        .write("config.yaml", &fleet.base("v1", &policy(""), false));
+    let v1 = fleet.repo.commit("v1");
+    fleet.start_all();
+    fleet.wait_applied(&v1, Duration::from_secs(90));
+    assert!(
+        fleet.api.max_unschedulable() <= 2,
+        "more than 2 nodes cordoned at once"
+    );
+
+    // v2: a label change for all, in two waves after the canary: 50 % after 3 s, the rest
+    // after 6 s (committer time).
+    let waves = "  waves:\n  - {after: 3s, percent: 50}\n  - {after: 6s, percent: 100}\n";
+    fleet
+        .repo
+        .write("config.yaml", &fleet.base("v2", &policy(waves), false));
+    let before_commit = Instant::now();
+    let v2 = fleet.repo.commit("v2: label tier v2, in waves");
+    fleet.wait_applied(&v2, Duration::from_secs(90));
+    for n in &fleet.nodes {
+        assert!(n.dropin().contains("tier=v2"), "{}: {}", n.name, n.dropin());
+    }
+    let cordons = fleet.cordons_since(before_commit);
+    assert_eq!(
+        cordons.len(),
+        8,
+        "every node drains before its restart: {cordons:?}"
+    );
+    let first = cordons.iter().min_by_key(|(_, at)| **at).unwrap();
+    assert_eq!(first.0, "node-0", "the canary goes first: {cordons:?}");
+    // The committer time is whole seconds: a wave may open up to 1 s before `after`.
+    for (node, at) in &cordons {
+        let position = bosun::rollout::wave::position(GROUP, node);
+        let after = match (node.as_str(), position < 0.5) {
+            ("node-0", _) => 0,
+            (_, true) => 3,
+            (_, false) => 6,
+        };
+        let waited = at.saturating_duration_since(before_commit);
+        assert!(
+            waited + Duration::from_secs(1) >= Duration::from_secs(after),
+            "{node} (position {position:.2}) started {waited:?} after the commit, before its wave at {after}s"
+        );
+    }
+    assert!(
+        fleet.api.max_unschedulable() <= 2,
+        "more than 2 nodes cordoned at once"
+    );
+
+    // v3 breaks the kubelet. The canary tries it, fails its health gate, rolls back and marks
+    // its Node; every other node reaches its wave (8 s), sees the mark and holds.
+    let slow = "  waves:\n  - {after: 8s, percent: 100}\n";
+    fleet
+        .repo
+        .write("config.yaml", &fleet.base("v3", &policy(slow), true));
+    let before_v3 = Instant::now();
+    let v3 = fleet.repo.commit("v3: breaks the kubelet");
+    let short = &v3[..12];
+    let halted = wait_until(Duration::from_secs(60), || {
+        fleet.label("node-0", "bosun.dev/failed").as_deref() == Some(short)
+            && fleet.nodes[1..]
+                .iter()
+                .all(|n| fleet.label(&n.name, "bosun.dev/state").as_deref() == Some("halted"))
+    });
+    assert!(
+        halted,
+        "the fleet did not halt behind the canary: {:?}",
+        fleet.api.node("node-1")
+    );
+    let cordons = fleet.cordons_since(before_v3);
+    assert_eq!(
+        cordons.keys().collect::<Vec<_>>(),
+        vec!["node-0"],
+        "only the canary may disrupt for a commit that failed"
+    );
+    for n in &fleet.nodes {
+        assert_eq!(
+            n.applied().as_deref(),
+            Some(v2.as_str()),
+            "{} left v2",
+            n.name
+        );
+        assert!(!n.root.join(BROKEN).exists(), "{} kept v3's files", n.name);
+    }
+
+    // v4, good again: the halt lifts and every node converges; the canary's mark is cleared.
+    fleet
+        .repo
+        .write("config.yaml", &fleet.base("v4", &policy(""), false));
+    let v4 = fleet.repo.commit("v4: fixed");
+    fleet.wait_applied(&v4, Duration::from_secs(90));
+    assert_eq!(fleet.label("node-0", "bosun.dev/failed"), None);
+    assert!(
+        fleet.api.max_unschedulable() <= 2,
+        "more than 2 nodes cordoned at once"
+    );
+    for n in &fleet.nodes {
+        assert!(n.dropin().contains("tier=v4"), "{}", n.name);
+    }
+    // The Nodes say so (each daemon patches its Node after the apply).
+    let labelled = wait_until(Duration::from_secs(10), || {
+        fleet.nodes.iter().all(|n| {
+            fleet.label(&n.name, "bosun.dev/state").as_deref() == Some("idle")
+                && fleet.label(&n.name, "bosun.dev/commit").as_deref() == Some(&v4[..12])
+        })
+    });
+    assert!(labelled, "{:?}", fleet.api.node("node-7"));
+    assert_eq!(fleet.api.unschedulable_now(), 0, "a node stayed cordoned");
+}
+
+/// The node's upgrade lifecycle name (`committed`, `staged`, …) from its state file.
+fn lifecycle(n: &FleetNode) -> String {
+    std::fs::read(n.state.join(bosun::upgrade::actor::STATE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<bosun::upgrade::machine::UpgradeState>(&b).ok())
+        .map(|s| s.lifecycle.name().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reboot() {
+    use crate::support_upgrade::{Backend, Node as AbNode};
+    use bosun::bootenv::Slot;
+    // Slot files and a GRUB env per node (the simulator of support::upgrade boots them).
+    let mut ab: Vec<AbNode> = (0..3).map(|_| AbNode::new(Backend::Grub, false)).collect();
+    let grub = |n: &AbNode| match &n.medium {
+        crate::support_upgrade::Medium::Grub(p) => p.clone(),
+        _ => unreachable!(),
+    };
+    let agents: Vec<String> = ab
+        .iter()
+        .map(|n| {
+            format!(
+                "upgrade:\n  slots:\n    a: {}\n    b: {}\n  bootloader: grub\n  grubenv: {}\n  cmdline: {}\n",
+                n.slots.a.display(),
+                n.slots.b.display(),
+                grub(n).display(),
+                n.cmdline.display()
+            )
+        })
+        .collect();
+    let idx = std::cell::Cell::new(0);
+    let mut fleet = Fleet::new(3, |_| {
+        let i = idx.get();
+        idx.set(i + 1);
+        agents[i].clone()
+    });
+    let image = ab[0].image("v2");
+    let one = "  max_unavailable: 1\n  lock_ttl: 15s\n";
+    fleet
+        .repo
+        .write("config.yaml", &fleet.base("v1", one, false));
+    let v1 = fleet.repo.commit("v1");
+    fleet.start_all();
+    fleet.wait_applied(&v1, Duration::from_secs(60));
+
+    let upgrade = format!(
+        "upgrade:\n  version: v2\n  image: {}\n  sha256: {}\n  tries: 3\n",
+        image.path.display(),
+        image.sha_hex()
+    );
+    let config = format!("{}{upgrade}", fleet.base("v1", one, false));
+    fleet.repo.write("config.yaml", &config);
+    let v2 = fleet.repo.commit("v2: upgrade to OS v2");
+    // The test is the bootloader: when a daemon asks for a reboot, stop it, let GRUB pick a
+    // slot, start it again. Meanwhile its Lease must stay held.
+    let mut reboots = vec![0usize; 3];
+    let mut held_across = vec![false; 3];
+    let done = wait_until(Duration::from_secs(120), || {
+        for (i, n) in fleet.nodes.iter_mut().enumerate() {
+            let asked = n.log().matches("upgrade: reboot requested").count();
+            if asked > 0 && n.daemon.is_some() {
+                n.kill();
+                let holder = fleet.api.lease("kube-system", "bosun-fleet-0");
+                held_across[i] |=
+                    holder.is_some_and(|l| l["spec"]["holderIdentity"] == n.name.as_str());
+                ab[i].boot();
+                reboots[i] += 1;
+                n.start();
+            }
+        }
+        fleet.nodes.iter().all(|n| lifecycle(n) == "committed")
+            && fleet
+                .nodes
+                .iter()
+                .all(|n| n.status()["rollout_state"] == "idle")
+    });
+    if !done {
+        let report: Vec<String> = fleet
+            .nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {} {} {}\n{}",
+                    n.name,
+                    lifecycle(n),
+                    n.status()["rollout_state"],
+                    tail(&n.log(), 30)
+                )
+            })
+            .collect();
+        panic!("the fleet did not commit v2:\n{}", report.join("\n"));
+    }
+    assert_eq!(reboots, vec![1, 1, 1], "one trial reboot per node");
+    assert_eq!(
+        held_across,
+        vec![true, true, true],
+        "the slot is held across the reboot"
+    );
+    for (i, n) in ab.iter().enumerate() {
+        assert_eq!(n.boots.last(), Some(&Slot::B), "node-{i} runs slot b");
+        assert_eq!(fleet.nodes[i].applied().as_deref(), Some(v2.as_str()));
+    }
+    assert!(
+        fleet.api.max_unschedulable() <= 1,
+        "more than one node drained at once"
+    );
+    for i in 0..3 {
+        assert!(
+            fleet
+                .api
+                .pods_on(&format!("node-{i}"))
+                .iter()
+                .all(|p| p.starts_with("svclb")),
+            "node-{i} was not drained before its reboot"
+        );
+    }
+    assert_eq!(fleet.api.unschedulable_now(), 0, "a node stayed cordoned");
+    assert!(
+        fleet.api.lease("kube-system", "bosun-fleet-0").is_none(),
+        "the slot was not released"
+    );
+}
+
+#[test]
+fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up() {
+    let mut fleet = Fleet::new(3, |_| String::new());
+    let policy =
+        |waves_drain: &str| format!("  max_unavailable: 1\n  lock_ttl: 15s\n{waves_drain}");
+    let drained = "  drain_on_restart: true\n  drain:\n    timeout: 3s\n";
+    fleet
+        .repo
+        .write("config.yaml", &fleet.base("v1", &policy(drained), false));
+    let v1 = fleet.repo.commit("v1");
+    fleet.start_all();
+    fleet.wait_applied(&v1, Duration::from_secs(60));
+
+    // A PodDisruptionBudget that never allows evicting node-1's pod: its drain times out, it
+    // uncordons, gives the slot back and backs off; the others go ahead.
+    fleet.api.set_pdb("default", "web-1", &[("app", "web")], 3);
+    fleet
+        .repo
+        .write("config.yaml", &fleet.base("v2", &policy(drained), false));
+    let before = Instant::now();
+    let v2 = fleet.repo.commit("v2");
+    let others = wait_until(Duration::from_secs(60), || {
+        [0, 2]
+            .iter()
+            .all(|&i| fleet.nodes[i].applied().as_deref() == Some(v2.as_str()))
+    });
+    assert!(others, "the others did not get past the stuck drain");
+    let log = fleet.api.log();
+    let node1: Vec<_> = log
+        .iter()
+        .filter(|l| l.at >= before && l.method == "PATCH" && l.path == "/api/v1/nodes/node-1")
+        .collect();
+    assert!(
+        node1.len() >= 2,
+        "node-1 was not cordoned and uncordoned: {node1:?}"
+    );
+    let gave_up = node1[1].at.saturating_duration_since(node1[0].at);
+    assert!(
+        gave_up >= Duration::from_secs(3),
+        "node-1 gave up after {gave_up:?}, before the drain timeout"
+    );
+    assert!(
+        log.iter().any(|l| l.at >= before && l.status == 429),
+        "the budget never refused an eviction"
+    );
+    assert!(
+        fleet.api.max_unschedulable() <= 1,
+        "more than one node cordoned at once"
+    );
+    // The budget is relaxed: node-1 retries after its backoff and converges.
+    fleet.api.set_pdb("default", "web-1", &[("app", "web")], 0);
+    fleet.wait_applied(&v2, Duration::from_secs(60));
+
+    // v3, without drains and with a slower health gate: the first node that takes the slot is
+    // killed while holding it. Nobody else may start before the TTL (15 s, judged on each
+    // node's own clock) has passed; then the slot is broken and the rest converge.
+    let slow_gate = fleet.base("v3", &policy(""), false).replace(
+        "timeout: 3s\n  interval: 200ms\n  successes: 1",
+        "timeout: 10s\n  interval: 1s\n  successes: 2",
+    );
+    fleet.repo.write("config.yaml", &slow_gate);
+    let v3 = fleet.repo.commit("v3");
+    let mut holder = None;
+    assert!(wait_until(Duration::from_secs(30), || {
+        holder = fleet
+            .api
+            .lease("kube-system", "bosun-fleet-0")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string));
+        holder.is_some()
+    }));
+    let victim = holder.unwrap();
+    let killed_at = Instant::now();
+    let v = fleet.nodes.iter_mut().find(|n| n.name == victim).unwrap();
+    v.kill();
+    let broken = wait_until(Duration::from_secs(60), || {
+        fleet
+            .api
+            .lease("kube-system", "bosun-fleet-0")
+            .is_some_and(|l| l["spec"]["holderIdentity"] != victim.as_str())
+    });
+    assert!(broken, "the dead holder's slot was never broken");
+    let waited = killed_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(12),
+        "the slot of {victim} was broken {waited:?} after it died, before its 15 s TTL"
+    );
+    let alive: Vec<usize> = (0..3).filter(|&i| fleet.nodes[i].name != victim).collect();
+    assert!(wait_until(Duration::from_secs(60), || alive.iter().all(
+        |&i| fleet.nodes[i].applied().as_deref() == Some(v3.as_str())
+    )));
+    // The victim comes back and converges too.
+    fleet
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == victim)
+        .unwrap()
+        .start();
+    fleet.wait_applied(&v3, Duration::from_secs(60));
+}
