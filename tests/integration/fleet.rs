@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config_cli::bosun;
 use crate::support::git::{GitDaemon, WorkRepo};
-use crate::support::kube::{Auth, KubeApi, Owner};
+use crate::support::kube::{Auth, KubeApi, Logged, Owner};
 use crate::support::tls::{serve_http, TestServer};
 
 const GROUP: &str = "fleet";
@@ -297,19 +297,37 @@ impl Fleet {
     /// When each node was first cordoned after `since` (from the API server's log).
     fn cordons_since(&self, since: Instant) -> BTreeMap<String, Instant> {
         let mut out = BTreeMap::new();
-        let mut before = 0;
-        for l in self.api.log() {
-            let cordoned = l.unschedulable_after > before;
-            before = l.unschedulable_after;
-            if l.at < since || !cordoned || l.method != "PATCH" {
-                continue;
-            }
-            if let Some(node) = l.path.strip_prefix("/api/v1/nodes/") {
-                out.entry(node.to_string()).or_insert(l.at);
+        for (node, from, _) in cordon_spans(&self.api.log()) {
+            if from >= since {
+                out.entry(node).or_insert(from);
             }
         }
         out
     }
+}
+
+/// Every time a node was unschedulable: (node, cordoned at, uncordoned at), in the order of
+/// the cordons, from the API server's own log (which records the unschedulable nodes after
+/// each request, under the same lock as the request).
+fn cordon_spans(log: &[Logged]) -> Vec<(String, Instant, Option<Instant>)> {
+    let mut spans: Vec<(String, Instant, Option<Instant>)> = Vec::new();
+    let mut before: Vec<String> = Vec::new();
+    for l in log {
+        for n in &l.unschedulable_nodes {
+            if !before.contains(n) {
+                spans.push((n.clone(), l.at, None));
+            }
+        }
+        for n in &before {
+            if !l.unschedulable_nodes.contains(n) {
+                if let Some(s) = spans.iter_mut().rev().find(|s| &s.0 == n) {
+                    s.2 = Some(l.at);
+                }
+            }
+        }
+        before = l.unschedulable_nodes.clone();
+    }
+    spans
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -590,45 +608,67 @@ fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up
     fleet.start_all();
     fleet.wait_applied(&v1, Duration::from_secs(60));
 
-    // A PodDisruptionBudget that never allows evicting node-1's pod: its drain times out, it
-    // uncordons, gives the slot back and backs off; the others go ahead.
-    fleet.api.set_pdb("default", "web-1", &[("app", "web")], 3);
+    // The v1 drains evicted every pod. node-1 gets a new one that a PodDisruptionBudget
+    // never allows to evict: its drain times out, it uncordons, gives the slot back and backs
+    // off; the others go ahead.
+    fleet.api.add_pod(
+        "default",
+        "db-1",
+        "node-1",
+        Owner::ReplicaSet,
+        &[("app", "db")],
+    );
+    fleet.api.set_pdb("default", "db", &[("app", "db")], 1);
     fleet
         .repo
         .write("config.yaml", &fleet.base("v2", &policy(drained), false));
     let before = Instant::now();
     let v2 = fleet.repo.commit("v2");
+    let gave_up = |fleet: &Fleet| {
+        cordon_spans(&fleet.api.log())
+            .into_iter()
+            .find(|(n, from, to)| n == "node-1" && *from >= before && to.is_some())
+    };
     let others = wait_until(Duration::from_secs(60), || {
-        [0, 2]
-            .iter()
-            .all(|&i| fleet.nodes[i].applied().as_deref() == Some(v2.as_str()))
+        gave_up(&fleet).is_some()
+            && [0, 2]
+                .iter()
+                .all(|&i| fleet.nodes[i].applied().as_deref() == Some(v2.as_str()))
     });
-    assert!(others, "the others did not get past the stuck drain");
+    assert!(
+        others,
+        "node-1 did not give up, or the others did not get past its stuck drain: {:?}",
+        cordon_spans(&fleet.api.log())
+    );
+    let (_, cordoned, uncordoned) = gave_up(&fleet).unwrap();
+    let held = uncordoned.unwrap().saturating_duration_since(cordoned);
+    // The drain clock counts whole seconds: it may give up up to 1 s before the 3 s.
+    assert!(
+        held >= Duration::from_secs(2),
+        "node-1 gave up after {held:?}, before the drain timeout"
+    );
+    assert_ne!(
+        fleet.nodes[1].applied().as_deref(),
+        Some(v2.as_str()),
+        "node-1 restarted without its drain"
+    );
+    assert!(fleet.api.pods_on("node-1").contains(&"db-1".to_string()));
     let log = fleet.api.log();
-    let node1: Vec<_> = log
-        .iter()
-        .filter(|l| l.at >= before && l.method == "PATCH" && l.path == "/api/v1/nodes/node-1")
-        .collect();
     assert!(
-        node1.len() >= 2,
-        "node-1 was not cordoned and uncordoned: {node1:?}"
-    );
-    let gave_up = node1[1].at.saturating_duration_since(node1[0].at);
-    assert!(
-        gave_up >= Duration::from_secs(3),
-        "node-1 gave up after {gave_up:?}, before the drain timeout"
-    );
-    assert!(
-        log.iter().any(|l| l.at >= before && l.status == 429),
+        log.iter().any(|l| l.at >= before
+            && l.status == 429
+            && l.path == "/api/v1/namespaces/default/pods/db-1/eviction"),
         "the budget never refused an eviction"
     );
     assert!(
         fleet.api.max_unschedulable() <= 1,
         "more than one node cordoned at once"
     );
-    // The budget is relaxed: node-1 retries after its backoff and converges.
-    fleet.api.set_pdb("default", "web-1", &[("app", "web")], 0);
+    // The budget is relaxed: node-1 retries after its backoff, drains and converges.
+    fleet.api.set_pdb("default", "db", &[("app", "db")], 0);
     fleet.wait_applied(&v2, Duration::from_secs(60));
+    assert!(!fleet.api.pods_on("node-1").contains(&"db-1".to_string()));
+    assert_eq!(fleet.api.unschedulable_now(), 0, "a node stayed cordoned");
 
     // v3, without drains and with a slower health gate: the first node that takes the slot is
     // killed while holding it. Nobody else may start before the TTL (15 s, judged on each
@@ -648,9 +688,10 @@ fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up
         holder.is_some()
     }));
     let victim = holder.unwrap();
-    let killed_at = Instant::now();
     let v = fleet.nodes.iter_mut().find(|n| n.name == victim).unwrap();
     v.kill();
+    let killed_at = Instant::now();
+    let lease_path = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/bosun-fleet-0";
     let broken = wait_until(Duration::from_secs(60), || {
         fleet
             .api
@@ -658,10 +699,24 @@ fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up
             .is_some_and(|l| l["spec"]["holderIdentity"] != victim.as_str())
     });
     assert!(broken, "the dead holder's slot was never broken");
-    let waited = killed_at.elapsed();
+    // From the API server's log: the victim's last write of the Lease (its take or a renewal)
+    // and the write that took it over. Nobody may break it before the TTL has passed since.
+    let log = fleet.api.log();
+    let writes: Vec<&Logged> = log
+        .iter()
+        .filter(|l| {
+            (l.status == 200 || l.status == 201)
+                && ((l.method == "PUT" && l.path == lease_path)
+                    || (l.method == "POST"
+                        && l.path == lease_path.trim_end_matches("/bosun-fleet-0")))
+        })
+        .collect();
+    let last_renewal = writes.iter().rev().find(|l| l.at < killed_at).unwrap().at;
+    let takeover = writes.iter().find(|l| l.at > killed_at).unwrap().at;
+    let silent = takeover.saturating_duration_since(last_renewal);
     assert!(
-        waited >= Duration::from_secs(12),
-        "the slot of {victim} was broken {waited:?} after it died, before its 15 s TTL"
+        silent >= Duration::from_secs(15),
+        "the slot of {victim} was broken {silent:?} after its last renewal, before its 15 s TTL"
     );
     let alive: Vec<usize> = (0..3).filter(|&i| fleet.nodes[i].name != victim).collect();
     assert!(wait_until(Duration::from_secs(60), || alive.iter().all(
