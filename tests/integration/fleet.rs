@@ -330,8 +330,16 @@ fn cordon_spans(log: &[Logged]) -> Vec<(String, Instant, Option<Instant>)> {
     spans
 }
 
+/// The last `n` lines of a daemon's log, a line repeating the one before (timestamps aside)
+/// left out.
 fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
+    let message = |l: &str| l.split_once(' ').map_or(l, |(_, m)| m).to_string();
+    let mut lines: Vec<&str> = Vec::new();
+    for l in s.lines() {
+        if lines.last().map(|p| message(p)) != Some(message(l)) {
+            lines.push(l);
+        }
+    }
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
@@ -508,7 +516,12 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
         idx.set(i + 1);
         agents[i].clone()
     });
+    // Each node's bootloader simulator knows the image (it boots a slot only when it holds
+    // an image it recognises); the bytes are the same for all.
     let image = ab[0].image("v2");
+    for n in &mut ab[1..] {
+        assert_eq!(n.image("v2").bytes, image.bytes);
+    }
     let one = "  max_unavailable: 1\n  lock_ttl: 15s\n";
     fleet
         .repo
@@ -529,11 +542,13 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
     // slot, start it again. Meanwhile its Lease must stay held.
     let mut reboots = vec![0usize; 3];
     let mut held_across = vec![false; 3];
+    let mut rebooted_at: Vec<Option<Instant>> = vec![None; 3];
     let done = wait_until(Duration::from_secs(120), || {
         for (i, n) in fleet.nodes.iter_mut().enumerate() {
             let asked = n.log().matches("upgrade: reboot requested").count();
             if asked > 0 && n.daemon.is_some() {
                 n.kill();
+                rebooted_at[i] = Some(Instant::now());
                 let holder = fleet.api.lease("kube-system", "bosun-fleet-0");
                 held_across[i] |=
                     holder.is_some_and(|l| l["spec"]["holderIdentity"] == n.name.as_str());
@@ -558,7 +573,7 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
                     n.name,
                     lifecycle(n),
                     n.status()["rollout_state"],
-                    tail(&n.log(), 30)
+                    tail(&n.log(), 200)
                 )
             })
             .collect();
@@ -578,6 +593,18 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
         fleet.api.max_unschedulable() <= 1,
         "more than one node drained at once"
     );
+    // Each reboot happened while its node was cordoned (and the one cordon at a time).
+    let spans = cordon_spans(&fleet.api.log());
+    for (i, at) in rebooted_at.iter().enumerate() {
+        let at = at.unwrap();
+        let name = format!("node-{i}");
+        assert!(
+            spans
+                .iter()
+                .any(|(n, from, to)| *n == name && *from < at && to.is_some_and(|t| t > at)),
+            "{name} rebooted outside a cordon: {spans:?}"
+        );
+    }
     for i in 0..3 {
         assert!(
             fleet
