@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use super::schedule::now_unix;
 use super::Daemon;
 use crate::config::rollout::RolloutConfig;
-use crate::config::Loaded;
+use crate::config::{self, Loaded};
 use crate::reconcile::{ApplyOutcome, Applying, Disposition, Permit, SnapshotApplier};
 use crate::rollout::driver::{Change, Published, Rollout};
 use crate::rollout::{DisruptionKind, Verdict};
@@ -74,9 +74,14 @@ impl<A: SnapshotApplier> Daemon<A> {
         committed_at: i64,
         snapshot: &Snapshot,
     ) -> Result<Applying, A::Error> {
+        // The commit's own policy decides whether its waves hold files back (a commit that
+        // turns `waves_for_all` on is already held by it); one config load, no network.
+        let t = &self.node.target;
+        let own = config::load(snapshot, &t.hostname, &t.load).map(|l| l.config.rollout);
+        let policy = own.unwrap_or_else(|_| self.policy());
         let mut permit = Permit {
             restart_k3s: self.rollout.permits(DisruptionKind::RestartK3s),
-            change: !self.policy().waves_for_all,
+            change: !policy.waves_for_all || self.rollout.wave_open(&policy, committed_at),
         };
         loop {
             let (target, runner) = (self.node.target.clone(), self.node.effects.clone());

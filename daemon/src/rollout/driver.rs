@@ -50,6 +50,9 @@ pub const ANNOTATION_LAST_ERROR: &str = "bosun.dev/last-error";
 const MAX_ROUNDS: usize = 6;
 /// Longest annotation value written (reasons and errors are cut).
 const MAX_ANNOTATION: usize = 1024;
+/// Evictions are asked again (a PodDisruptionBudget answered 429) at most this often, as
+/// `kubectl drain` does, however often the gates are asked.
+pub const EVICTION_RETRY: Duration = Duration::from_secs(5);
 
 /// A change that needs a disruption, as first seen by this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +149,8 @@ pub struct Rollout {
     detail: Option<String>,
     published: Option<Published>,
     evictions: u64,
+    /// When evictions were last asked (monotonic clock), for [`EVICTION_RETRY`].
+    evicted_at: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Rollout {
@@ -214,6 +219,7 @@ impl Rollout {
             detail: None,
             published: None,
             evictions: 0,
+            evicted_at: None,
         })
     }
 
@@ -233,6 +239,7 @@ impl Rollout {
             detail: None,
             published: None,
             evictions: 0,
+            evicted_at: None,
         }
     }
 
@@ -377,15 +384,19 @@ impl Rollout {
         self.record.change.clone().unwrap_or_else(|| unreachable!())
     }
 
-    /// Whether the node's wave for a change committed at `committed_at` has started (pure).
-    pub fn wave_open(&self, cfg: &RolloutConfig, committed_at: i64) -> bool {
+    /// Whether the node's wave for a change committed at `committed_at` has started (for
+    /// changes that need no disruption, with `waves_for_all`). While it has not, the status
+    /// says `waiting-wave`; once it has, a wave wait ends. No I/O.
+    pub fn wave_open(&mut self, cfg: &RolloutConfig, committed_at: i64) -> bool {
         let position = wave::position(&cfg.group, &self.node);
-        let pending = Pending {
-            commit: "",
-            committed_at,
-            kind: DisruptionKind::RestartK3s,
-        };
-        gate::wave_open(cfg, &pending, position, now_unix()) || cfg.canary
+        let starts_at = wave::start(cfg, committed_at, position);
+        let open = now_unix() >= starts_at;
+        if !open {
+            self.status = Status::WaitingWave { starts_at };
+        } else if matches!(self.status, Status::WaitingWave { .. }) && !self.busy() {
+            self.status = Status::Idle;
+        }
+        open
     }
 
     /// Runs the gates for the pending change: wave, halt, window, lock, drain. `true`: the
@@ -555,6 +566,12 @@ impl Rollout {
         for step in steps {
             match step {
                 Step::Persist(phase) => {
+                    if matches!(phase, Phase::Draining { .. })
+                        && !matches!(self.record.phase, Phase::Draining { .. })
+                    {
+                        // A new drain asks for its evictions at once.
+                        self.evicted_at = None;
+                    }
                     self.record.phase = phase;
                     if let Err(e) = self.save() {
                         tracing::error!("{e}");
@@ -622,11 +639,19 @@ impl Rollout {
     }
 
     /// Asks once to evict every pod that a drain evicts; a 429 (a PodDisruptionBudget) is
-    /// retried at the next request. Network.
+    /// retried at a later request, at most every [`EVICTION_RETRY`]. Network.
     async fn evict(&mut self) -> Result<(), LockError> {
         let Some(client) = &self.kube else {
             return Ok(());
         };
+        let now = self.clock.now();
+        if self
+            .evicted_at
+            .is_some_and(|at| now.saturating_duration_since(at) < EVICTION_RETRY)
+        {
+            return Ok(());
+        }
+        self.evicted_at = Some(now);
         for pod in client.pods_on_node(&self.node).await? {
             if !pod.needs_eviction() {
                 continue;

@@ -349,6 +349,11 @@ impl KubeApi {
         self.with(|c| c.insert(LEASES, key(ns, name), lease));
     }
 
+    /// Deletes Lease `ns/name` (as its holder would release it).
+    pub fn delete_lease(&self, ns: &str, name: &str) {
+        self.with(|c| c.store(LEASES).remove(&key(ns, name)));
+    }
+
     /// Sets a PodDisruptionBudget (replacing one of the same name).
     pub fn set_pdb(
         &self,
