@@ -534,7 +534,8 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
     use crate::support_upgrade::{Backend, Node as AbNode};
     use bosun::bootenv::Slot;
     // Slot files and a GRUB env per node (the simulator of support::upgrade boots them).
-    let mut ab: Vec<AbNode> = (0..3).map(|_| AbNode::new(Backend::Grub, false)).collect();
+    const N: usize = 8;
+    let mut ab: Vec<AbNode> = (0..N).map(|_| AbNode::new(Backend::Grub, false)).collect();
     let grub = |n: &AbNode| match &n.medium {
         crate::support_upgrade::Medium::Grub(p) => p.clone(),
         _ => unreachable!(),
@@ -552,7 +553,7 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
         })
         .collect();
     let idx = std::cell::Cell::new(0);
-    let mut fleet = Fleet::new(3, |_| {
+    let mut fleet = Fleet::new(N, |_| {
         let i = idx.get();
         idx.set(i + 1);
         agents[i].clone()
@@ -581,9 +582,9 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
     let v2 = fleet.repo.commit("v2: upgrade to OS v2");
     // The test is the bootloader: when a daemon asks for a reboot, stop it, let GRUB pick a
     // slot, start it again. Meanwhile its Lease must stay held.
-    let mut reboots = vec![0usize; 3];
-    let mut held_across = vec![false; 3];
-    let mut rebooted_at: Vec<Option<Instant>> = vec![None; 3];
+    let mut reboots = vec![0usize; N];
+    let mut held_across = vec![false; N];
+    let mut rebooted_at: Vec<Option<Instant>> = vec![None; N];
     let done = wait_until(Duration::from_secs(120), || {
         for (i, n) in fleet.nodes.iter_mut().enumerate() {
             let asked = n.log().matches("upgrade: reboot requested").count();
@@ -620,10 +621,10 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
             .collect();
         panic!("the fleet did not commit v2:\n{}", report.join("\n"));
     }
-    assert_eq!(reboots, vec![1, 1, 1], "one trial reboot per node");
+    assert_eq!(reboots, vec![1; N], "one trial reboot per node");
     assert_eq!(
         held_across,
-        vec![true, true, true],
+        vec![true; N],
         "the slot is held across the reboot"
     );
     for (i, n) in ab.iter().enumerate() {
@@ -646,7 +647,7 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
             "{name} rebooted outside a cordon: {spans:?}"
         );
     }
-    for i in 0..3 {
+    for i in 0..N {
         assert!(
             fleet
                 .api
