@@ -874,6 +874,17 @@ fn each_node_says_which_gate_it_waits_at_and_changes_without_disruption_are_not_
         assert!(n.dropin().contains("tier=v1"), "{}", n.name);
     }
     assert!(fleet.api.lease("kube-system", "bosun-fleet-0").is_none());
+    // A node waiting for its window asks the cluster nothing (it would ask every 5 s and at
+    // every 1 s poll otherwise).
+    let asked = fleet.api.log().len();
+    std::thread::sleep(Duration::from_secs(6));
+    let later = fleet.api.log();
+    assert_eq!(
+        later.len(),
+        asked,
+        "requests while waiting for the window: {:?}",
+        &later[asked..]
+    );
 
     // Someone else holds the group's only slot (its Lease's 1 h duration outlasts the test,
     // so nobody breaks it). v3 opens the window: every node waits at the lock and names the

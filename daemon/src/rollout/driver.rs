@@ -12,7 +12,8 @@
 //!
 //! Requests to the cluster are made only when needed: none while nothing is pending, except
 //! lease renewals while a slot is held and a Node patch when the published state changes.
-//! Waves and windows are judged locally before anything is asked.
+//! Waves and windows are judged locally before anything is asked: a node waiting for its
+//! wave or its window asks nothing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -541,7 +542,10 @@ impl Rollout {
         let mut observed = (false, 0usize, 0u32);
         if let (Some(client), Some(change)) = (&self.kube, &self.record.change) {
             let past_lock = self.lock_held || !self.caps().lock;
-            if wave_open && cfg.halt_after_failures > 0 && phase == Phase::Idle {
+            // The halt is looked up only when it could matter now: past the wave, inside a
+            // window (a node waiting for its window asks nothing).
+            let window_open = crate::config::window::open(&cfg.windows, now_unix());
+            if wave_open && window_open && cfg.halt_after_failures > 0 && phase == Phase::Idle {
                 let selector = format!("{LABEL_FAILED}={}", short(&change.commit));
                 let failed = client.list_nodes(&selector).await?;
                 observed.2 = failed
