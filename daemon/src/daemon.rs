@@ -140,6 +140,8 @@ pub struct Daemon<A: SnapshotApplier> {
     last_deferred: Option<(Oid, &'static str)>,
     /// The OS version the node runs (from the upgrade state), published on its Node.
     os_version: Option<String>,
+    /// The newest commit a poll accepted (applied or not): a newer one lifts a FleetLock hold.
+    head: Option<Oid>,
 }
 
 impl<A: SnapshotApplier> Daemon<A> {
@@ -170,6 +172,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             policy: None,
             last_deferred: None,
             os_version: None,
+            head: None,
             cfg,
         }
     }
@@ -280,6 +283,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             .unwrap_or_else(|e| Err(SourceError::InvalidConfig(format!("poll task failed: {e}"))));
         let (delay, line) = match result {
             Ok(accepted) => {
+                self.head = Some(accepted.commit());
                 let signer = match &accepted.verdict {
                     Verdict::Verified { signer } => Some(signer.clone()),
                     Verdict::NotChecked => None,

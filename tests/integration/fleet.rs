@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config_cli::bosun;
+use crate::support::fleetlock::{Dialect, FleetLockServer};
 use crate::support::git::{free_port, GitDaemon, WorkRepo};
 use crate::support::kube::{Auth, KubeApi, Logged, Owner};
 use crate::support::tls::{serve_http, TestServer};
@@ -50,6 +51,7 @@ impl Drop for Daemon {
 }
 
 impl FleetNode {
+    /// `extra`: agent config lines (the `coordination:` section among them).
     fn new(base: &Path, name: &str, url: &str, kubeconfig: &str, extra: &str) -> FleetNode {
         let dir = base.join(name);
         let root = dir.join("root");
@@ -63,8 +65,7 @@ impl FleetNode {
             format!(
                 "source:\n  url: {url}\n  ref: main\ninterval: 1s\njitter_percent: 0\n\
                  node_name: {name}\nroot: {root}\nstate_dir: {state}\n\
-                 metrics:\n  listen: 127.0.0.1:{port}\ndrift:\n  enabled: false\n\
-                 coordination:\n  backend: kubernetes\n  kubeconfig: /etc/bosun/kubeconfig\n{extra}",
+                 metrics:\n  listen: 127.0.0.1:{port}\ndrift:\n  enabled: false\n{extra}",
                 root = root.display(),
                 state = state.display(),
                 port = metrics_port,
@@ -220,8 +221,15 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// `n` nodes named `node-0`…; each with one evictable pod and one DaemonSet pod.
+    /// `n` nodes named `node-0`…, coordinating through the stand-in API server (Leases);
+    /// each with one evictable pod and one DaemonSet pod. `extra_agent`: more agent config.
     fn new(n: usize, extra_agent: impl Fn(&Path) -> String) -> Fleet {
+        let kube = "coordination:\n  backend: kubernetes\n  kubeconfig: /etc/bosun/kubeconfig\n";
+        Fleet::with_coordination(n, |dir| format!("{kube}{}", extra_agent(dir)))
+    }
+
+    /// `n` nodes with the agent config lines `agent` (which name the coordination backend).
+    fn with_coordination(n: usize, agent: impl Fn(&Path) -> String) -> Fleet {
         let tmp = tempfile::tempdir().unwrap();
         let repo = WorkRepo::init(&tmp.path().join("fleet"));
         let git = GitDaemon::start(tmp.path());
@@ -247,7 +255,7 @@ impl Fleet {
                 &[],
             );
             let dir = tmp.path().join(&name);
-            let extra = extra_agent(&dir);
+            let extra = agent(&dir);
             nodes.push(FleetNode::new(
                 tmp.path(),
                 &name,
@@ -983,4 +991,108 @@ fn each_node_says_which_gate_it_waits_at_and_changes_without_disruption_are_not_
         fleet.api.lease("kube-system", "bosun-fleet-0").unwrap()["spec"]["holderIdentity"],
         "operator"
     );
+}
+
+#[test]
+fn with_fleetlock_a_node_that_failed_keeps_its_slot_until_a_newer_commit() {
+    // A fake airlock (support::fleetlock: a real semaphore, airlock's answers) with one slot.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let airlock = rt.block_on(FleetLockServer::start(
+        Dialect::Airlock,
+        1,
+        &[GROUP],
+        "/airlock",
+        0,
+    ));
+    let url = airlock.base();
+    let mut fleet = Fleet::with_coordination(3, |_| {
+        format!("coordination:\n  backend: fleetlock\n  fleetlock_url: {url}\n")
+    });
+    let policy = "  max_unavailable: 1\n";
+    fleet
+        .repo
+        .write("config.yaml", &fleet.base("v1", policy, false));
+    let v1 = fleet.repo.commit("v1");
+    fleet.start_all();
+    fleet.wait_applied(&v1, Duration::from_secs(60));
+    assert!(airlock.holders(GROUP).is_empty(), "a slot was kept");
+
+    // v2 breaks the kubelet: the first node through the lock fails its health gate, rolls
+    // back and keeps the slot, so nobody else tries v2 (no cluster API: no failure marks).
+    fleet
+        .repo
+        .write("config.yaml", &fleet.base("v2", policy, true));
+    let v2 = fleet.repo.commit("v2: breaks the kubelet");
+    let state = |n: &FleetNode| {
+        n.status()["rollout_state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut failed = None;
+    let held = wait_until(Duration::from_secs(60), || {
+        let halted: Vec<&FleetNode> = fleet
+            .nodes
+            .iter()
+            .filter(|n| state(n) == "halted")
+            .collect();
+        failed = halted.first().map(|n| n.name.clone());
+        halted.len() == 1
+            && airlock.holders(GROUP) == vec![halted[0].name.clone()]
+            && fleet
+                .nodes
+                .iter()
+                .filter(|n| state(n) == "waiting-lock")
+                .count()
+                == 2
+    });
+    let failed = failed.unwrap_or_default();
+    assert!(
+        held,
+        "the failed node did not keep the group stopped: holders {:?}, states {:?}",
+        airlock.holders(GROUP),
+        fleet.nodes.iter().map(state).collect::<Vec<_>>()
+    );
+    // It stays so across the failed node's polls of v2 (it polls every second; the slot
+    // would be released at the first upkeep tick, 5 s, if the hold were lifted).
+    let released_before = |log: &[crate::support::fleetlock::Logged]| {
+        log.iter()
+            .filter(|(path, id, _, status)| {
+                path.ends_with("/v1/steady-state") && *id == failed && *status == 200
+            })
+            .count()
+    };
+    let releases = released_before(&airlock.log());
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(airlock.holders(GROUP), vec![failed.clone()]);
+    assert_eq!(
+        released_before(&airlock.log()),
+        releases,
+        "{failed} let go of its slot for the commit it failed"
+    );
+    let f = fleet.nodes.iter().find(|n| n.name == failed).unwrap();
+    assert_eq!(state(f), "halted", "{}", tail(&f.log(), 40));
+    for n in &fleet.nodes {
+        assert_eq!(n.applied().as_deref(), Some(v1.as_str()), "{}", n.name);
+        assert!(!n.root.join(BROKEN).exists(), "{} kept v2's files", n.name);
+        assert!(n.dropin().contains("tier=v1"), "{}", n.name);
+    }
+    let _ = v2;
+
+    // v3, good: the failed node gives the slot back and the group converges.
+    fleet
+        .repo
+        .write("config.yaml", &fleet.base("v3", policy, false));
+    let v3 = fleet.repo.commit("v3: fixed");
+    fleet.wait_applied(&v3, Duration::from_secs(60));
+    for n in &fleet.nodes {
+        assert!(n.dropin().contains("tier=v3"), "{}", n.name);
+    }
+    assert!(wait_until(Duration::from_secs(30), || airlock
+        .holders(GROUP)
+        .is_empty()));
 }

@@ -581,7 +581,7 @@ mod tests {
             ("rollout:\n  max_unavailable: 0\n", "config.yaml:2:20: rollout.max_unavailable: expected a whole number from 1 to 100"),
             ("rollout:\n  group: Edge_1\n", "config.yaml:2:10: rollout.group: \"Edge_1\": expected"),
             ("rollout:\n  canary: maybe\n", "config.yaml:2:11: rollout.canary: expected true or false"),
-            ("rollout:\n  lock_ttl: 5s\n", "config.yaml:2:13: rollout.lock_ttl: expected at least 30s"),
+            ("rollout:\n  lock_ttl: 5s\n", "config.yaml:2:13: rollout.lock_ttl: expected at least 15s"),
             ("rollout:\n  lock_ttl: soon\n", "config.yaml:2:13: rollout.lock_ttl: \"soon\" is not a duration"),
             ("rollout:\n  drain: {timeout: 0s}\n", "rollout.drain.timeout: expected a duration greater than zero"),
             ("rollout:\n  drain: {timeuot: 1m}\n", "config.yaml:2:11: rollout.drain.timeuot: unknown key"),

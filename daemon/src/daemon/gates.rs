@@ -220,7 +220,9 @@ impl<A: SnapshotApplier> Daemon<A> {
     /// the disruption they now allow (a poll for a config change, a pass for an upgrade).
     pub(super) async fn rollout_tick(&mut self) {
         let cfg = self.policy();
-        let head = self.ledger.status.last_applied_commit.clone();
+        // The commit the node follows is the newest a poll accepted, not the last applied
+        // (a failed commit is rolled back, so the last applied is older than the failure).
+        let head = self.head.map(|c| c.to_string());
         self.rollout.tick(&cfg, head.as_deref()).await;
         if let Some(change) = self.rollout.change().cloned() {
             let ready = self.rollout.permits(change.kind) || self.rollout.request(&cfg).await;

@@ -369,20 +369,33 @@ impl Rollout {
     }
 
     /// Notes that `change` wants a disruption and returns the change the gates judge: the
-    /// first commit that brought the same change keeps its wave clock. Writes the state file.
+    /// first commit that brought the same change keeps its wave clock. While no disruption is
+    /// in flight, a newer commit bringing the same change becomes the one judged (its failure
+    /// marks count, an older commit's do not: a newer commit lifts a halt). Writes the state
+    /// file when something changed.
     pub fn note(&mut self, change: Change) -> Change {
-        let same = self
-            .record
-            .change
-            .as_ref()
-            .is_some_and(|c| c.kind == change.kind && c.fingerprint == change.fingerprint);
-        if !same {
-            self.record.change = Some(change);
+        let idle = self.record.phase == Phase::Idle;
+        let next = match self.record.change.take() {
+            Some(c) if c.kind == change.kind && c.fingerprint == change.fingerprint => {
+                if idle && c.commit != change.commit {
+                    Change {
+                        commit: change.commit,
+                        ..c
+                    }
+                } else {
+                    c
+                }
+            }
+            _ => change,
+        };
+        let changed = self.record.change.as_ref() != Some(&next);
+        self.record.change = Some(next.clone());
+        if changed {
             if let Err(e) = self.save() {
                 tracing::error!("{e}");
             }
         }
-        self.record.change.clone().unwrap_or_else(|| unreachable!())
+        next
     }
 
     /// Whether the node's wave for a change committed at `committed_at` has started (for
@@ -714,4 +727,47 @@ enum Flow {
     Stop,
     /// Perform the disruption.
     Proceed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(commit: &str, at: i64, fingerprint: &str) -> Change {
+        Change {
+            kind: DisruptionKind::RestartK3s,
+            commit: commit.into(),
+            committed_at: at,
+            fingerprint: fingerprint.into(),
+        }
+    }
+
+    #[test]
+    fn the_same_change_keeps_its_wave_clock_and_follows_the_newest_commit_while_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rollout::idle("n", dir.path());
+        assert_eq!(r.note(change("c1", 100, "f")), change("c1", 100, "f"));
+        // A newer commit with the same k3s config: the wave clock stays, the commit is new.
+        assert_eq!(r.note(change("c2", 200, "f")), change("c2", 100, "f"));
+        // Another change starts its own clock.
+        assert_eq!(r.note(change("c3", 300, "g")), change("c3", 300, "g"));
+        // Persisted: a restart finds it.
+        let again = Rollout::load(
+            "n",
+            dir.path(),
+            dir.path(),
+            CoordinationConfig::default(),
+            Arc::new(crate::clock::SystemClock),
+        )
+        .unwrap();
+        assert_eq!(again.change(), Some(&change("c3", 300, "g")));
+        // While a disruption of c3 is in flight, a newer commit does not change what it is for.
+        r.record.phase = Phase::Disrupting {
+            commit: "c3".into(),
+            kind: DisruptionKind::RestartK3s,
+            cordoned: false,
+            was_unschedulable: false,
+        };
+        assert_eq!(r.note(change("c4", 400, "g")), change("c3", 300, "g"));
+    }
 }
