@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config_cli::bosun;
 use crate::support::fleetlock::{Dialect, FleetLockServer};
-use crate::support::git::{free_port, GitDaemon, WorkRepo};
+use crate::support::git::{GitDaemon, WorkRepo};
 use crate::support::kube::{Auth, KubeApi, Logged, Owner};
 use crate::support::tls::{serve_http, TestServer};
 
@@ -33,7 +33,6 @@ struct FleetNode {
     root: PathBuf,
     state: PathBuf,
     config: PathBuf,
-    metrics_port: u16,
     daemon: Option<Daemon>,
 }
 
@@ -59,16 +58,14 @@ impl FleetNode {
         std::fs::create_dir_all(root.join("etc/bosun")).unwrap();
         std::fs::write(root.join("etc/bosun/kubeconfig"), kubeconfig).unwrap();
         let config = dir.join("agent.yaml");
-        let metrics_port = free_port();
         std::fs::write(
             &config,
             format!(
                 "source:\n  url: {url}\n  ref: main\ninterval: 1s\njitter_percent: 0\n\
                  node_name: {name}\nroot: {root}\nstate_dir: {state}\n\
-                 metrics:\n  listen: 127.0.0.1:{port}\ndrift:\n  enabled: false\n{extra}",
+                 metrics:\n  listen: 127.0.0.1:0\ndrift:\n  enabled: false\n{extra}",
                 root = root.display(),
                 state = state.display(),
-                port = metrics_port,
             ),
         )
         .unwrap();
@@ -77,7 +74,6 @@ impl FleetNode {
             root,
             state,
             config,
-            metrics_port,
             daemon: None,
         }
     }
@@ -134,7 +130,11 @@ impl FleetNode {
 
     /// The value of metric series `series` (labels included), if the daemon serves it.
     fn metric(&self, series: &str) -> Option<f64> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        // The daemon listens on a port the kernel picked (port 0) and logs it.
+        let log = self.log();
+        let (_, rest) = log.split_once("metrics on http://127.0.0.1:")?;
+        let port: u16 = rest.split('/').next()?.parse().ok()?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .ok()?;
@@ -422,7 +422,7 @@ fn a_k3s_change_rolls_out_in_waves_two_at_a_time_and_a_failing_canary_halts_the_
         .write("config.yaml", &fleet.base("v1", &policy(""), false));
     let v1 = fleet.repo.commit("v1");
     fleet.start_all();
-    fleet.wait_applied(&v1, Duration::from_secs(90));
+    fleet.wait_applied(&v1, Duration::from_secs(180));
     assert!(
         fleet.api.max_unschedulable() <= 2,
         "more than 2 nodes cordoned at once"
@@ -436,7 +436,7 @@ fn a_k3s_change_rolls_out_in_waves_two_at_a_time_and_a_failing_canary_halts_the_
         .write("config.yaml", &fleet.base("v2", &policy(waves), false));
     let before_commit = Instant::now();
     let v2 = fleet.repo.commit("v2: label tier v2, in waves");
-    fleet.wait_applied(&v2, Duration::from_secs(90));
+    fleet.wait_applied(&v2, Duration::from_secs(180));
     for n in &fleet.nodes {
         assert!(n.dropin().contains("tier=v2"), "{}: {}", n.name, n.dropin());
     }
@@ -476,7 +476,7 @@ fn a_k3s_change_rolls_out_in_waves_two_at_a_time_and_a_failing_canary_halts_the_
     let before_v3 = Instant::now();
     let v3 = fleet.repo.commit("v3: breaks the kubelet");
     let short = &v3[..12];
-    let halted = wait_until(Duration::from_secs(60), || {
+    let halted = wait_until(Duration::from_secs(120), || {
         fleet.label("node-0", "bosun.dev/failed").as_deref() == Some(short)
             && fleet.nodes[1..]
                 .iter()
@@ -508,7 +508,7 @@ fn a_k3s_change_rolls_out_in_waves_two_at_a_time_and_a_failing_canary_halts_the_
         .repo
         .write("config.yaml", &fleet.base("v4", &policy(""), false));
     let v4 = fleet.repo.commit("v4: fixed");
-    fleet.wait_applied(&v4, Duration::from_secs(90));
+    fleet.wait_applied(&v4, Duration::from_secs(180));
     assert_eq!(fleet.label("node-0", "bosun.dev/failed"), None);
     assert!(
         fleet.api.max_unschedulable() <= 2,
@@ -578,7 +578,7 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
         .write("config.yaml", &fleet.base("v1", one, false));
     let v1 = fleet.repo.commit("v1");
     fleet.start_all();
-    fleet.wait_applied(&v1, Duration::from_secs(60));
+    fleet.wait_applied(&v1, Duration::from_secs(120));
 
     let upgrade = format!(
         "upgrade:\n  version: v2\n  image: {}\n  sha256: {}\n  tries: 3\n",
@@ -593,7 +593,7 @@ fn an_upgrade_reboots_one_drained_node_at_a_time_holding_its_slot_across_the_reb
     let mut reboots = vec![0usize; N];
     let mut held_across = vec![false; N];
     let mut rebooted_at: Vec<Option<Instant>> = vec![None; N];
-    let done = wait_until(Duration::from_secs(120), || {
+    let done = wait_until(Duration::from_secs(180), || {
         for (i, n) in fleet.nodes.iter_mut().enumerate() {
             let asked = n.log().matches("upgrade: reboot requested").count();
             if asked > 0 && n.daemon.is_some() {
@@ -683,7 +683,7 @@ fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up
         .write("config.yaml", &fleet.base("v1", &policy(drained), false));
     let v1 = fleet.repo.commit("v1");
     fleet.start_all();
-    fleet.wait_applied(&v1, Duration::from_secs(60));
+    fleet.wait_applied(&v1, Duration::from_secs(120));
 
     // The v1 drains evicted every pod. node-1 gets a new one that a PodDisruptionBudget
     // never allows to evict: its drain times out, it uncordons, gives the slot back and backs
@@ -706,7 +706,7 @@ fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up
             .into_iter()
             .find(|(n, from, to)| n == "node-1" && *from >= before && to.is_some())
     };
-    let others = wait_until(Duration::from_secs(60), || {
+    let others = wait_until(Duration::from_secs(120), || {
         gave_up(&fleet).is_some()
             && [0, 2]
                 .iter()
@@ -758,7 +758,7 @@ fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up
     );
     // The budget is relaxed: node-1 retries after its backoff, drains and converges.
     fleet.api.set_pdb("default", "db", &[("app", "db")], 0);
-    fleet.wait_applied(&v2, Duration::from_secs(60));
+    fleet.wait_applied(&v2, Duration::from_secs(120));
     assert!(!fleet.api.pods_on("node-1").contains(&"db-1".to_string()));
     assert_eq!(fleet.api.unschedulable_now(), 0, "a node stayed cordoned");
 
@@ -772,7 +772,7 @@ fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up
     fleet.repo.write("config.yaml", &slow_gate);
     let v3 = fleet.repo.commit("v3");
     let mut holder = None;
-    assert!(wait_until(Duration::from_secs(30), || {
+    assert!(wait_until(Duration::from_secs(60), || {
         holder = fleet
             .api
             .lease("kube-system", "bosun-fleet-0")
@@ -784,7 +784,7 @@ fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up
     v.kill();
     let killed_at = Instant::now();
     let lease_path = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/bosun-fleet-0";
-    let broken = wait_until(Duration::from_secs(60), || {
+    let broken = wait_until(Duration::from_secs(120), || {
         fleet
             .api
             .lease("kube-system", "bosun-fleet-0")
@@ -811,7 +811,7 @@ fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up
         "the slot of {victim} was broken {silent:?} after its last renewal, before its 15 s TTL"
     );
     let alive: Vec<usize> = (0..3).filter(|&i| fleet.nodes[i].name != victim).collect();
-    assert!(wait_until(Duration::from_secs(60), || alive.iter().all(
+    assert!(wait_until(Duration::from_secs(120), || alive.iter().all(
         |&i| fleet.nodes[i].applied().as_deref() == Some(v3.as_str())
     )));
     // The victim comes back and converges too.
@@ -821,7 +821,7 @@ fn a_dead_holder_is_broken_after_the_ttl_and_a_drain_that_cannot_finish_gives_up
         .find(|n| n.name == victim)
         .unwrap()
         .start();
-    fleet.wait_applied(&v3, Duration::from_secs(60));
+    fleet.wait_applied(&v3, Duration::from_secs(120));
 }
 
 /// `HH:MM` in UTC, `offset_h` hours from now.
@@ -851,7 +851,7 @@ fn each_node_says_which_gate_it_waits_at_and_changes_without_disruption_are_not_
         .write("config.yaml", &fleet.base("v1", &policy(""), false));
     let v1 = fleet.repo.commit("v1");
     fleet.start_all();
-    fleet.wait_applied(&v1, Duration::from_secs(60));
+    fleet.wait_applied(&v1, Duration::from_secs(120));
     let all_say = |fleet: &Fleet, state: &str| {
         fleet
             .nodes
@@ -873,7 +873,7 @@ fn each_node_says_which_gate_it_waits_at_and_changes_without_disruption_are_not_
         .repo
         .write("config.yaml", &fleet.base("v2", &policy(&closed), false));
     fleet.repo.commit("v2: label tier v2, outside the window");
-    let waiting = wait_until(Duration::from_secs(30), || {
+    let waiting = wait_until(Duration::from_secs(60), || {
         all_say(&fleet, "waiting-window")
     });
     assert!(waiting, "{}", report(&fleet));
@@ -905,7 +905,7 @@ fn each_node_says_which_gate_it_waits_at_and_changes_without_disruption_are_not_
         .repo
         .write("config.yaml", &fleet.base("v2", &policy(&open), false));
     let v3 = fleet.repo.commit("v3: inside the window");
-    let waiting = wait_until(Duration::from_secs(30), || all_say(&fleet, "waiting-lock"));
+    let waiting = wait_until(Duration::from_secs(60), || all_say(&fleet, "waiting-lock"));
     assert!(waiting, "{}", report(&fleet));
     for n in &fleet.nodes {
         let detail = n.status()["rollout_detail"]
@@ -918,8 +918,8 @@ fn each_node_says_which_gate_it_waits_at_and_changes_without_disruption_are_not_
     }
     // The holder lets go: the nodes go through, one at a time.
     fleet.api.delete_lease("kube-system", "bosun-fleet-0");
-    fleet.wait_applied(&v3, Duration::from_secs(60));
-    assert!(wait_until(Duration::from_secs(30), || all_say(
+    fleet.wait_applied(&v3, Duration::from_secs(120));
+    assert!(wait_until(Duration::from_secs(60), || all_say(
         &fleet, "idle"
     )));
     for n in &fleet.nodes {
@@ -937,7 +937,7 @@ fn each_node_says_which_gate_it_waits_at_and_changes_without_disruption_are_not_
         .repo
         .write("config.yaml", &format!("{base}{}", motd("v4")));
     let v4 = fleet.repo.commit("v4: a file");
-    fleet.wait_applied(&v4, Duration::from_secs(30));
+    fleet.wait_applied(&v4, Duration::from_secs(60));
     for n in &fleet.nodes {
         let got = std::fs::read_to_string(n.root.join("etc/motd")).unwrap();
         assert_eq!(got, "v4\n", "{}", n.name);
@@ -959,7 +959,7 @@ fn each_node_says_which_gate_it_waits_at_and_changes_without_disruption_are_not_
             .parse()
             .unwrap();
     let mut seen_waiting = std::collections::BTreeSet::new();
-    let converged = wait_until(Duration::from_secs(30), || {
+    let converged = wait_until(Duration::from_secs(60), || {
         for n in &fleet.nodes {
             if n.status()["rollout_state"] == "waiting-wave" {
                 seen_waiting.insert(n.name.clone());
@@ -984,7 +984,7 @@ fn each_node_says_which_gate_it_waits_at_and_changes_without_disruption_are_not_
             committed_at + 4
         );
     }
-    assert!(wait_until(Duration::from_secs(30), || all_say(
+    assert!(wait_until(Duration::from_secs(60), || all_say(
         &fleet, "idle"
     )));
     assert_eq!(
@@ -1018,7 +1018,7 @@ fn with_fleetlock_a_node_that_failed_keeps_its_slot_until_a_newer_commit() {
         .write("config.yaml", &fleet.base("v1", policy, false));
     let v1 = fleet.repo.commit("v1");
     fleet.start_all();
-    fleet.wait_applied(&v1, Duration::from_secs(60));
+    fleet.wait_applied(&v1, Duration::from_secs(120));
     assert!(airlock.holders(GROUP).is_empty(), "a slot was kept");
 
     // v2 breaks the kubelet: the first node through the lock fails its health gate, rolls
@@ -1034,7 +1034,7 @@ fn with_fleetlock_a_node_that_failed_keeps_its_slot_until_a_newer_commit() {
             .to_string()
     };
     let mut failed = None;
-    let held = wait_until(Duration::from_secs(60), || {
+    let held = wait_until(Duration::from_secs(120), || {
         let halted: Vec<&FleetNode> = fleet
             .nodes
             .iter()
@@ -1088,11 +1088,11 @@ fn with_fleetlock_a_node_that_failed_keeps_its_slot_until_a_newer_commit() {
         .repo
         .write("config.yaml", &fleet.base("v3", policy, false));
     let v3 = fleet.repo.commit("v3: fixed");
-    fleet.wait_applied(&v3, Duration::from_secs(60));
+    fleet.wait_applied(&v3, Duration::from_secs(120));
     for n in &fleet.nodes {
         assert!(n.dropin().contains("tier=v3"), "{}", n.name);
     }
-    assert!(wait_until(Duration::from_secs(30), || airlock
+    assert!(wait_until(Duration::from_secs(60), || airlock
         .holders(GROUP)
         .is_empty()));
 }
