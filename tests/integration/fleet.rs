@@ -7,8 +7,12 @@
 //! roots are not `/`); reboots are done by the test, which kills the daemon, lets the GRUB
 //! simulator of `support::upgrade` pick the slot, and starts the daemon again.
 //!
-//! What is checked comes from the API server's own request log: how many nodes were cordoned
-//! at any moment, and when each node was cordoned relative to the commit.
+//! One test uses the fake FleetLock server of `support::fleetlock` (airlock's answers, a
+//! real semaphore) instead of Leases.
+//!
+//! What is checked comes from the servers' own request logs: how many nodes were cordoned
+//! at any moment, when each node was cordoned and uncordoned relative to the commit, when a
+//! dead holder's Lease was last renewed and taken over, which evictions were refused.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
