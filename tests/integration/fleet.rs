@@ -1100,3 +1100,65 @@ fn with_fleetlock_a_node_that_failed_keeps_its_slot_until_a_newer_commit() {
         .holders(GROUP)
         .is_empty()));
 }
+
+#[test]
+fn a_holder_keeps_its_slot_through_a_health_wait_longer_than_the_ttl() {
+    let mut fleet = Fleet::new(3, |_| String::new());
+    // A 15 s TTL and a health gate that may take up to 60 s.
+    let policy = "  max_unavailable: 1\n  lock_ttl: 15s\n";
+    let slow = |fleet: &Fleet, tier: &str| {
+        fleet.base(tier, policy, false).replace(
+            "timeout: 3s\n  interval: 200ms",
+            "timeout: 60s\n  interval: 500ms",
+        )
+    };
+    fleet.repo.write("config.yaml", &slow(&fleet, "v1"));
+    let v1 = fleet.repo.commit("v1");
+    fleet.start_all();
+    fleet.wait_applied(&v1, Duration::from_secs(120));
+
+    // Every kubelet is unhealthy until the test says otherwise (the marker is not managed by
+    // bosun, so no apply removes it).
+    for n in &fleet.nodes {
+        std::fs::create_dir_all(n.root.join(BROKEN).parent().unwrap()).unwrap();
+        std::fs::write(n.root.join(BROKEN), "test\n").unwrap();
+    }
+    fleet.repo.write("config.yaml", &slow(&fleet, "v2"));
+    let v2 = fleet.repo.commit("v2");
+    let lease = "bosun-fleet-0";
+    let mut holder = None;
+    assert!(wait_until(Duration::from_secs(60), || {
+        holder = fleet
+            .api
+            .lease("kube-system", lease)
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string));
+        holder.is_some()
+    }));
+    let holder = holder.unwrap();
+    let took = Instant::now();
+    // Its health wait outlasts the TTL (20 s > 15 s): the slot stays its own meanwhile,
+    // renewed while it waits, and nobody else starts.
+    std::thread::sleep(Duration::from_secs(20));
+    let l = fleet.api.lease("kube-system", lease).unwrap();
+    assert_eq!(l["spec"]["holderIdentity"], holder.as_str());
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{lease}");
+    let renewals = fleet
+        .api
+        .log()
+        .iter()
+        .filter(|l| l.at > took && l.method == "PUT" && l.path == path && l.status == 200)
+        .count();
+    assert!(renewals >= 2, "{renewals} renewals in 20 s with a 15 s TTL");
+    for n in &fleet.nodes {
+        if n.name != holder {
+            assert_eq!(n.applied().as_deref(), Some(v1.as_str()), "{}", n.name);
+            assert!(n.dropin().contains("tier=v1"), "{} started", n.name);
+        }
+    }
+    // Healthy again: the holder commits v2 and releases, the others follow.
+    for n in &fleet.nodes {
+        std::fs::remove_file(n.root.join(BROKEN)).unwrap();
+    }
+    fleet.wait_applied(&v2, Duration::from_secs(120));
+    assert!(fleet.api.lease("kube-system", lease).is_none());
+}
