@@ -142,6 +142,8 @@ pub struct Daemon<A: SnapshotApplier> {
     os_version: Option<String>,
     /// The last accepted signature check (idle polls do not repeat it).
     verify_memo: Arc<std::sync::Mutex<source::VerifyMemo>>,
+    /// The newest commit a poll accepted (applied or not): a newer one lifts a FleetLock hold.
+    head: Option<Oid>,
 }
 
 impl<A: SnapshotApplier> Daemon<A> {
@@ -173,6 +175,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             last_deferred: None,
             os_version: None,
             verify_memo: Arc::default(),
+            head: None,
             cfg,
         }
     }
@@ -291,6 +294,7 @@ impl<A: SnapshotApplier> Daemon<A> {
             .unwrap_or_else(|e| Err(SourceError::InvalidConfig(format!("poll task failed: {e}"))));
         let (delay, line) = match result {
             Ok(accepted) => {
+                self.head = Some(accepted.commit());
                 let signer = match &accepted.verdict {
                     Verdict::Verified { signer } => Some(signer.clone()),
                     Verdict::NotChecked => None,
@@ -300,6 +304,8 @@ impl<A: SnapshotApplier> Daemon<A> {
             Err(SourceError::Refused { commit, reason }) => self.refused(commit, &reason),
             Err(e) => self.failed(&format!("poll of {}: {e}", self.cfg.source.url)),
         };
+        // The Node's labels follow the applied commit (a patch only when something changed).
+        self.rollout_report().await;
         self.systemd.status(&line);
         if !self.ready {
             self.ready = true;

@@ -728,7 +728,17 @@ fn daemon_keeps_last_good_state_and_backs_off_while_the_remote_is_down() {
         Duration::from_secs(10),
     );
     assert_eq!(node.read(APP).as_deref(), Some("v1\n"));
-    let s = node.status();
+    // The status file is written right after the line is logged: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut s = node.status();
+    while !s["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("fleet"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        s = node.status();
+    }
     assert_eq!(s["last_applied_commit"].as_str(), Some(first.as_str()));
     assert!(
         s["last_error"]

@@ -22,6 +22,7 @@ mod config_cli;
 mod config_fixtures;
 mod config_merge;
 mod daemon;
+mod fleet;
 mod fleetlock;
 mod guarded_apply;
 mod health;

@@ -73,9 +73,10 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_HALT_AFTER_FAILURES: u32 = 1;
 /// Default `rollout.lock_ttl`.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(3600);
-/// Shortest `rollout.lock_ttl`: a holder renews at a third of the TTL, so shorter TTLs would
-/// let a slow API server break live holders.
-pub const MIN_LOCK_TTL: Duration = Duration::from_secs(30);
+/// Shortest `rollout.lock_ttl`. The daemon renews a held slot every 5 s at the latest (also
+/// while a long step such as a k3s restart or an image download runs), and at a third of the
+/// TTL; 15 s leaves three renewals before another node may break the slot.
+pub const MIN_LOCK_TTL: Duration = Duration::from_secs(15);
 /// Largest `rollout.max_unavailable` (one Lease per slot is scanned when taking one).
 pub const MAX_SLOTS: u32 = 100;
 
@@ -580,7 +581,7 @@ mod tests {
             ("rollout:\n  max_unavailable: 0\n", "config.yaml:2:20: rollout.max_unavailable: expected a whole number from 1 to 100"),
             ("rollout:\n  group: Edge_1\n", "config.yaml:2:10: rollout.group: \"Edge_1\": expected"),
             ("rollout:\n  canary: maybe\n", "config.yaml:2:11: rollout.canary: expected true or false"),
-            ("rollout:\n  lock_ttl: 5s\n", "config.yaml:2:13: rollout.lock_ttl: expected at least 30s"),
+            ("rollout:\n  lock_ttl: 5s\n", "config.yaml:2:13: rollout.lock_ttl: expected at least 15s"),
             ("rollout:\n  lock_ttl: soon\n", "config.yaml:2:13: rollout.lock_ttl: \"soon\" is not a duration"),
             ("rollout:\n  drain: {timeout: 0s}\n", "rollout.drain.timeout: expected a duration greater than zero"),
             ("rollout:\n  drain: {timeuot: 1m}\n", "config.yaml:2:11: rollout.drain.timeuot: unknown key"),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
+use super::gates::holding;
 use super::{wait, Daemon};
 use crate::config;
 use crate::reconcile::SnapshotApplier;
@@ -34,7 +35,13 @@ impl<A: SnapshotApplier> Daemon<A> {
         let mut actor = actor;
         for _ in 0..2 {
             actor.trial_permitted = self.rollout.permits(DisruptionKind::Reboot);
-            match self.systemd.guard(begin(actor, &loaded.config)).await {
+            let (sd, policy) = (self.systemd, self.policy());
+            let begun = holding(
+                &mut self.rollout,
+                &policy,
+                sd.guard(begin(actor, &loaded.config)),
+            );
+            match begun.await {
                 Begun::Done(pass) => {
                     let again = self.upgrade_gates(&pass).await;
                     self.upgrade_passed(pass);

@@ -19,9 +19,9 @@ use tracing::{debug, info};
 use super::schedule::now_unix;
 use super::Daemon;
 use crate::config::rollout::RolloutConfig;
-use crate::config::Loaded;
+use crate::config::{self, Loaded};
 use crate::reconcile::{ApplyOutcome, Applying, Disposition, Permit, SnapshotApplier};
-use crate::rollout::driver::{Change, Published};
+use crate::rollout::driver::{Change, Published, Rollout};
 use crate::rollout::{DisruptionKind, Verdict};
 use crate::snapshot::Snapshot;
 use crate::source::Oid;
@@ -29,12 +29,34 @@ use crate::status::short;
 use crate::upgrade::machine::{Lifecycle, Note};
 use crate::upgrade::pass::Pass;
 
-/// How often the gates are asked again while a change is pending or a slot is held.
+/// How often the gates are asked again while a change is pending or a slot is held, and how
+/// often a held slot is renewed while a long step runs.
 pub(super) const TICK: Duration = Duration::from_secs(5);
+
+/// Awaits `fut` (a long step: an apply with a k3s restart, an image download), renewing a
+/// held slot meanwhile so no other node breaks it. Network only when a renewal is due.
+pub(super) async fn holding<F: std::future::Future>(
+    rollout: &mut Rollout,
+    cfg: &RolloutConfig,
+    fut: F,
+) -> F::Output {
+    if !rollout.lock_held() {
+        return fut.await;
+    }
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tick.tick() => rollout.renew(cfg).await,
+        }
+    }
+}
 
 impl<A: SnapshotApplier> Daemon<A> {
     /// The rollout policy of the newest config the node loaded.
-    fn policy(&self) -> RolloutConfig {
+    pub(super) fn policy(&self) -> RolloutConfig {
         self.policy.clone().unwrap_or_default()
     }
 
@@ -52,14 +74,20 @@ impl<A: SnapshotApplier> Daemon<A> {
         committed_at: i64,
         snapshot: &Snapshot,
     ) -> Result<Applying, A::Error> {
+        // The commit's own policy decides whether its waves hold files back (a commit that
+        // turns `waves_for_all` on is already held by it); one config load, no network.
+        let t = &self.node.target;
+        let own = config::load(snapshot, &t.hostname, &t.load).map(|l| l.config.rollout);
+        let policy = own.unwrap_or_else(|_| self.policy());
         let mut permit = Permit {
             restart_k3s: self.rollout.permits(DisruptionKind::RestartK3s),
-            change: !self.policy().waves_for_all,
+            change: !policy.waves_for_all || self.rollout.wave_open(&policy, committed_at),
         };
         loop {
             let (target, runner) = (self.node.target.clone(), self.node.effects.clone());
+            let (sd, policy) = (self.systemd, self.policy());
             let guarded = self.applier.apply(snapshot, &target, runner, permit);
-            let applying = self.systemd.guard(guarded).await?;
+            let applying = holding(&mut self.rollout, &policy, sd.guard(guarded)).await?;
             let Applying::Done(o) = &applying else {
                 return Ok(applying);
             };
@@ -192,7 +220,9 @@ impl<A: SnapshotApplier> Daemon<A> {
     /// the disruption they now allow (a poll for a config change, a pass for an upgrade).
     pub(super) async fn rollout_tick(&mut self) {
         let cfg = self.policy();
-        let head = self.ledger.status.last_applied_commit.clone();
+        // The commit the node follows is the newest a poll accepted, not the last applied
+        // (a failed commit is rolled back, so the last applied is older than the failure).
+        let head = self.head.map(|c| c.to_string());
         self.rollout.tick(&cfg, head.as_deref()).await;
         if let Some(change) = self.rollout.change().cloned() {
             let ready = self.rollout.permits(change.kind) || self.rollout.request(&cfg).await;

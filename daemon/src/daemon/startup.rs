@@ -223,7 +223,9 @@ impl<A: SnapshotApplier> Daemon<A> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| DaemonError::Metrics { addr, source })?;
-        info!("metrics on http://{addr}/metrics");
+        // The bound address: with port 0 the kernel picked one.
+        let bound = listener.local_addr().unwrap_or(addr);
+        info!("metrics on http://{bound}/metrics");
         let m = self.ledger.metrics.clone();
         Ok(Some(tokio::spawn(metrics::serve(listener, m, async {
             let _ = stop.await;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tracing::info;
 
+use super::gates::holding;
 use super::schedule::now_unix;
 use super::{Arrival, Correction, Daemon};
 use crate::health::{wait_healthy, HealthReport};
@@ -131,11 +132,13 @@ impl<A: SnapshotApplier> Daemon<A> {
         let (target, runner) = (self.node.target.clone(), self.node.effects.clone());
         match w.origin {
             Origin::Apply(caller, _) => {
+                let (sd, policy) = (self.systemd, self.policy());
                 let judged = self.applier.judge(report, &target, runner);
-                let result = self.systemd.guard(judged).await;
+                let result = holding(&mut self.rollout, &policy, sd.guard(judged)).await;
                 match caller {
                     Caller::Poll(arrival) => {
                         let (delay, line) = self.decided(arrival, result).await;
+                        self.rollout_report().await;
                         self.systemd.status(&line);
                         self.upgrade_pass().await;
                         self.schedule_poll(delay);
@@ -150,7 +153,9 @@ impl<A: SnapshotApplier> Daemon<A> {
                 }
             }
             Origin::Upgrade(j) => {
-                let pass = self.systemd.guard(finish(j, &report)).await;
+                let (sd, policy) = (self.systemd, self.policy());
+                let pass = holding(&mut self.rollout, &policy, sd.guard(finish(j, &report))).await;
+                self.upgrade_gates(&pass).await;
                 self.upgrade_passed(pass);
                 self.ledger.save();
             }
@@ -201,8 +206,9 @@ impl<A: SnapshotApplier> Daemon<A> {
     /// Records an upgrade pass: the upgrade metrics, and the actor for the next pass.
     pub(super) fn upgrade_passed(&mut self, pass: Pass) {
         if let Some(r) = &pass.report {
-            let text = r.state.metrics(r.booted).render_prometheus();
-            self.ledger.metrics.set_upgrade_text(text);
+            let m = r.state.metrics(r.booted);
+            self.ledger.metrics.set_upgrade_text(m.render_prometheus());
+            self.os_version = m.current_version;
         }
         self.upgrade = pass.actor;
     }

@@ -12,7 +12,8 @@
 //!
 //! Requests to the cluster are made only when needed: none while nothing is pending, except
 //! lease renewals while a slot is held and a Node patch when the published state changes.
-//! Waves and windows are judged locally before anything is asked.
+//! Waves and windows are judged locally before anything is asked: a node waiting for its
+//! wave or its window asks nothing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,9 @@ pub const ANNOTATION_LAST_ERROR: &str = "bosun.dev/last-error";
 const MAX_ROUNDS: usize = 6;
 /// Longest annotation value written (reasons and errors are cut).
 const MAX_ANNOTATION: usize = 1024;
+/// Evictions are asked again (a PodDisruptionBudget answered 429) at most this often, as
+/// `kubectl drain` does, however often the gates are asked.
+pub const EVICTION_RETRY: Duration = Duration::from_secs(5);
 
 /// A change that needs a disruption, as first seen by this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +150,8 @@ pub struct Rollout {
     detail: Option<String>,
     published: Option<Published>,
     evictions: u64,
+    /// When evictions were last asked (monotonic clock), for [`EVICTION_RETRY`].
+    evicted_at: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Rollout {
@@ -214,6 +220,7 @@ impl Rollout {
             detail: None,
             published: None,
             evictions: 0,
+            evicted_at: None,
         })
     }
 
@@ -233,6 +240,7 @@ impl Rollout {
             detail: None,
             published: None,
             evictions: 0,
+            evicted_at: None,
         }
     }
 
@@ -361,31 +369,48 @@ impl Rollout {
     }
 
     /// Notes that `change` wants a disruption and returns the change the gates judge: the
-    /// first commit that brought the same change keeps its wave clock. Writes the state file.
+    /// first commit that brought the same change keeps its wave clock. While no disruption is
+    /// in flight, a newer commit bringing the same change becomes the one judged (its failure
+    /// marks count, an older commit's do not: a newer commit lifts a halt). Writes the state
+    /// file when something changed.
     pub fn note(&mut self, change: Change) -> Change {
-        let same = self
-            .record
-            .change
-            .as_ref()
-            .is_some_and(|c| c.kind == change.kind && c.fingerprint == change.fingerprint);
-        if !same {
-            self.record.change = Some(change);
+        let idle = self.record.phase == Phase::Idle;
+        let next = match self.record.change.take() {
+            Some(c) if c.kind == change.kind && c.fingerprint == change.fingerprint => {
+                if idle && c.commit != change.commit {
+                    Change {
+                        commit: change.commit,
+                        ..c
+                    }
+                } else {
+                    c
+                }
+            }
+            _ => change,
+        };
+        let changed = self.record.change.as_ref() != Some(&next);
+        self.record.change = Some(next.clone());
+        if changed {
             if let Err(e) = self.save() {
                 tracing::error!("{e}");
             }
         }
-        self.record.change.clone().unwrap_or_else(|| unreachable!())
+        next
     }
 
-    /// Whether the node's wave for a change committed at `committed_at` has started (pure).
-    pub fn wave_open(&self, cfg: &RolloutConfig, committed_at: i64) -> bool {
+    /// Whether the node's wave for a change committed at `committed_at` has started (for
+    /// changes that need no disruption, with `waves_for_all`). While it has not, the status
+    /// says `waiting-wave`; once it has, a wave wait ends. No I/O.
+    pub fn wave_open(&mut self, cfg: &RolloutConfig, committed_at: i64) -> bool {
         let position = wave::position(&cfg.group, &self.node);
-        let pending = Pending {
-            commit: "",
-            committed_at,
-            kind: DisruptionKind::RestartK3s,
-        };
-        gate::wave_open(cfg, &pending, position, now_unix()) || cfg.canary
+        let starts_at = wave::start(cfg, committed_at, position);
+        let open = now_unix() >= starts_at;
+        if !open {
+            self.status = Status::WaitingWave { starts_at };
+        } else if matches!(self.status, Status::WaitingWave { .. }) && !self.busy() {
+            self.status = Status::Idle;
+        }
+        open
     }
 
     /// Runs the gates for the pending change: wave, halt, window, lock, drain. `true`: the
@@ -436,31 +461,36 @@ impl Rollout {
         }
     }
 
+    /// Renews a held slot when a renewal is due; notes a lost one. Network only when due.
+    pub async fn renew(&mut self, cfg: &RolloutConfig) {
+        if !self.lock_held {
+            return;
+        }
+        let alive = match self.lock_for(cfg) {
+            Ok(Some(lock)) => lock.keep_alive().await,
+            Ok(None) => Ok(false),
+            Err(e) => {
+                self.failed(e);
+                return;
+            }
+        };
+        match alive {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("rollout: the slot was lost (broken by another node?)");
+                self.lock_held = false;
+            }
+            Err(e) => {
+                self.failed(e);
+            }
+        }
+    }
+
     /// Periodic upkeep: renews a held slot when due, releases one held for nothing (a crash
     /// between taking and recording it), and lifts a FleetLock hold once the node follows a
     /// newer commit (`head`). Network only when due or needed.
     pub async fn tick(&mut self, cfg: &RolloutConfig, head: Option<&str>) {
-        if self.lock_held {
-            let alive = match self.lock_for(cfg) {
-                Ok(Some(lock)) => lock.keep_alive().await,
-                Ok(None) => Ok(false),
-                Err(e) => {
-                    self.failed(e);
-                    return;
-                }
-            };
-            match alive {
-                Ok(held) => {
-                    if !held {
-                        tracing::warn!("rollout: the slot was lost (broken by another node?)");
-                    }
-                    self.lock_held = held;
-                }
-                Err(e) => {
-                    self.failed(e);
-                }
-            }
-        }
+        self.renew(cfg).await;
         let idle_with_slot = self.record.change.is_none() && self.lock_held;
         let holding = matches!(self.record.phase, Phase::HoldingFailed { .. });
         if idle_with_slot || holding {
@@ -525,7 +555,10 @@ impl Rollout {
         let mut observed = (false, 0usize, 0u32);
         if let (Some(client), Some(change)) = (&self.kube, &self.record.change) {
             let past_lock = self.lock_held || !self.caps().lock;
-            if wave_open && cfg.halt_after_failures > 0 && phase == Phase::Idle {
+            // The halt is looked up only when it could matter now: past the wave, inside a
+            // window (a node waiting for its window asks nothing).
+            let window_open = crate::config::window::open(&cfg.windows, now_unix());
+            if wave_open && window_open && cfg.halt_after_failures > 0 && phase == Phase::Idle {
                 let selector = format!("{LABEL_FAILED}={}", short(&change.commit));
                 let failed = client.list_nodes(&selector).await?;
                 observed.2 = failed
@@ -550,6 +583,12 @@ impl Rollout {
         for step in steps {
             match step {
                 Step::Persist(phase) => {
+                    if matches!(phase, Phase::Draining { .. })
+                        && !matches!(self.record.phase, Phase::Draining { .. })
+                    {
+                        // A new drain asks for its evictions at once.
+                        self.evicted_at = None;
+                    }
                     self.record.phase = phase;
                     if let Err(e) = self.save() {
                         tracing::error!("{e}");
@@ -617,11 +656,19 @@ impl Rollout {
     }
 
     /// Asks once to evict every pod that a drain evicts; a 429 (a PodDisruptionBudget) is
-    /// retried at the next request. Network.
+    /// retried at a later request, at most every [`EVICTION_RETRY`]. Network.
     async fn evict(&mut self) -> Result<(), LockError> {
         let Some(client) = &self.kube else {
             return Ok(());
         };
+        let now = self.clock.now();
+        if self
+            .evicted_at
+            .is_some_and(|at| now.saturating_duration_since(at) < EVICTION_RETRY)
+        {
+            return Ok(());
+        }
+        self.evicted_at = Some(now);
         for pod in client.pods_on_node(&self.node).await? {
             if !pod.needs_eviction() {
                 continue;
@@ -680,4 +727,47 @@ enum Flow {
     Stop,
     /// Perform the disruption.
     Proceed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(commit: &str, at: i64, fingerprint: &str) -> Change {
+        Change {
+            kind: DisruptionKind::RestartK3s,
+            commit: commit.into(),
+            committed_at: at,
+            fingerprint: fingerprint.into(),
+        }
+    }
+
+    #[test]
+    fn the_same_change_keeps_its_wave_clock_and_follows_the_newest_commit_while_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rollout::idle("n", dir.path());
+        assert_eq!(r.note(change("c1", 100, "f")), change("c1", 100, "f"));
+        // A newer commit with the same k3s config: the wave clock stays, the commit is new.
+        assert_eq!(r.note(change("c2", 200, "f")), change("c2", 100, "f"));
+        // Another change starts its own clock.
+        assert_eq!(r.note(change("c3", 300, "g")), change("c3", 300, "g"));
+        // Persisted: a restart finds it.
+        let again = Rollout::load(
+            "n",
+            dir.path(),
+            dir.path(),
+            CoordinationConfig::default(),
+            Arc::new(crate::clock::SystemClock),
+        )
+        .unwrap();
+        assert_eq!(again.change(), Some(&change("c3", 300, "g")));
+        // While a disruption of c3 is in flight, a newer commit does not change what it is for.
+        r.record.phase = Phase::Disrupting {
+            commit: "c3".into(),
+            kind: DisruptionKind::RestartK3s,
+            cordoned: false,
+            was_unschedulable: false,
+        };
+        assert_eq!(r.note(change("c4", 400, "g")), change("c3", 300, "g"));
+    }
 }

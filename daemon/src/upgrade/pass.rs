@@ -64,7 +64,12 @@ async fn step(
             for n in &report.notes {
                 tracing::debug!("upgrade: {n:?}");
             }
-            tracing::info!("upgrade: {}", report.state.lifecycle.name());
+            // Every poll runs a pass: the lifecycle is news only when something was done.
+            if report.performed.is_empty() {
+                tracing::debug!("upgrade: {}", report.state.lifecycle.name());
+            } else {
+                tracing::info!("upgrade: {}", report.state.lifecycle.name());
+            }
             Some(report)
         }
         Err(e) => {

@@ -74,6 +74,8 @@ pub struct Logged {
     pub table: bool,
     /// Nodes with `spec.unschedulable` after this request.
     pub unschedulable_after: usize,
+    /// Their names (sorted).
+    pub unschedulable_nodes: Vec<String>,
 }
 
 /// A PodDisruptionBudget: pods in `namespace` with all of `match_labels` must keep at least
@@ -174,10 +176,16 @@ impl Cluster {
 
     /// Nodes currently unschedulable.
     pub fn unschedulable(&self) -> usize {
-        self.objects.get(NODES).map_or(0, |m| {
+        self.unschedulable_nodes().len()
+    }
+
+    /// Names of the nodes currently unschedulable (sorted).
+    pub fn unschedulable_nodes(&self) -> Vec<String> {
+        self.objects.get(NODES).map_or(Vec::new(), |m| {
             m.values()
                 .filter(|n| n["spec"]["unschedulable"] == json!(true))
-                .count()
+                .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+                .collect()
         })
     }
 
@@ -341,6 +349,11 @@ impl KubeApi {
         self.with(|c| c.insert(LEASES, key(ns, name), lease));
     }
 
+    /// Deletes Lease `ns/name` (as its holder would release it).
+    pub fn delete_lease(&self, ns: &str, name: &str) {
+        self.with(|c| c.store(LEASES).remove(&key(ns, name)));
+    }
+
     /// Sets a PodDisruptionBudget (replacing one of the same name).
     pub fn set_pdb(
         &self,
@@ -406,6 +419,11 @@ impl KubeApi {
                 .max()
                 .unwrap_or(0)
         })
+    }
+
+    /// Nodes unschedulable now.
+    pub fn unschedulable_now(&self) -> usize {
+        self.with(|c| c.unschedulable())
     }
 }
 
@@ -481,7 +499,8 @@ async fn handle(
                         "Unauthorized",
                         json!({}),
                     );
-                    log(&st, "anonymous", &method, &uri, false, 401);
+                    let mut c = st.cluster.lock().unwrap();
+                    log(&mut c, "anonymous", &method, &uri, false, 401);
                     return r;
                 }
             }
@@ -503,18 +522,24 @@ async fn handle(
         body,
         can_write,
     };
-    let resp = {
-        let mut c = st.cluster.lock().unwrap();
-        c.purge(Instant::now());
-        route(&mut c, &req, &st.auth)
-    };
-    log(&st, &user, &method, &uri, req.table, resp.status().as_u16());
+    // Routed and logged under one lock, so the log sees every state the cluster was in.
+    let mut c = st.cluster.lock().unwrap();
+    c.purge(Instant::now());
+    let resp = route(&mut c, &req, &st.auth);
+    log(
+        &mut c,
+        &user,
+        &method,
+        &uri,
+        req.table,
+        resp.status().as_u16(),
+    );
     resp
 }
 
-fn log(st: &Shared, user: &str, method: &Method, uri: &Uri, table: bool, code: u16) {
-    let mut c = st.cluster.lock().unwrap();
-    let unschedulable_after = c.unschedulable();
+fn log(c: &mut Cluster, user: &str, method: &Method, uri: &Uri, table: bool, code: u16) {
+    let unschedulable_nodes = c.unschedulable_nodes();
+    let unschedulable_after = unschedulable_nodes.len();
     c.log.push(Logged {
         at: Instant::now(),
         user: user.to_string(),
@@ -524,6 +549,7 @@ fn log(st: &Shared, user: &str, method: &Method, uri: &Uri, table: bool, code: u
         status: code,
         table,
         unschedulable_after,
+        unschedulable_nodes,
     });
 }
 
