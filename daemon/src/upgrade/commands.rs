@@ -228,11 +228,14 @@ pub fn install_image(args: &InstallImageArgs) -> Result<ExitCode> {
         .build()?;
     let report = rt.block_on(install::install(&req, &http, &opts))?;
     println!(
-        "installed {} into {}: {} bytes written (sha256 {}), {} bytes fetched, mode {:?}{}",
+        "installed {} into {}: {} bytes written{}, {} bytes fetched, mode {:?}{}",
         args.image,
         args.slot.display(),
         report.written,
-        hex::encode(report.written_sha256),
+        report
+            .written_sha256
+            .map(|d| format!(" (sha256 {})", hex::encode(d)))
+            .unwrap_or_default(),
         report.fetched,
         report.mode,
         if report.resumed_from > 0 {

@@ -79,12 +79,13 @@ pub(super) fn decode_error(
 }
 
 /// Finishes writing: ends the decoder, syncs the slot, optionally reads it back. Returns
-/// (bytes written, their SHA-256). Writes to and reads from the slot.
+/// (bytes written, their SHA-256 when known: see [`super::InstallReport::written_sha256`]).
+/// Writes to and reads from the slot.
 pub(super) fn finish_target(
     target: Target,
     download_digest: [u8; 32],
     req: &InstallRequest,
-) -> Result<(u64, [u8; 32]), InstallError> {
+) -> Result<(u64, Option<[u8; 32]>), InstallError> {
     let format = format_name(req.compression);
     let mut slot = match target {
         Target::Direct(w) => w,
@@ -119,11 +120,10 @@ pub(super) fn finish_target(
     };
     slot.sync().map_err(|e| slot.to_error(e))?;
     let written = slot.flushed;
-    let digest: [u8; 32] = slot
-        .take_digest()
-        .map_err(|e| slot.to_error(e))?
-        .unwrap_or(download_digest);
-    if req.verify_written {
+    let hashed = slot.take_digest().map_err(|e| slot.to_error(e))?;
+    // A raw image is written as it is: its digest is the written bytes' digest.
+    let digest = hashed.or((req.compression == Compression::None).then_some(download_digest));
+    if let (true, Some(digest)) = (req.verify_written, digest) {
         let f = File::open(&req.slot).map_err(slot_err(&req.slot, "open for read-back"))?;
         if let Some(len) = NonZeroU64::new(written) {
             let _ = rustix::fs::fadvise(&f, 0, Some(len), Advice::DontNeed);

@@ -245,7 +245,7 @@ async fn transfer(
     setup: SinkSetup,
     opts: &InstallOptions,
     url_s: &str,
-) -> Result<(u64, u64, [u8; 32]), InstallError> {
+) -> Result<(u64, u64, Option<[u8; 32]>), InstallError> {
     let mut offset = setup.start;
     let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
     let sink = tokio::task::spawn_blocking(move || run_sink(setup, rx));

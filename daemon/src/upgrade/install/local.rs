@@ -48,7 +48,8 @@ pub(super) fn install_local(
         }
     }
     statefile::remove_durable(&req.progress_file)?;
-    let hash_written = req.compression != Compression::None;
+    // Only a read-back needs the decompressed bytes' hash (see InstallReport::written_sha256).
+    let hash_written = req.verify_written && req.compression != Compression::None;
     let writer = SlotWriter::open(slot, 0, hash_written, opts.sync_interval)?;
     let mut pipe = Pipeline {
         target: decoding_target(req.compression, writer, opts)?,

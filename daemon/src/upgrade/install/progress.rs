@@ -146,14 +146,14 @@ pub(super) fn complete_record(
     mode: InstallMode,
     image_size: u64,
     written: u64,
-    digest: [u8; 32],
+    digest: Option<[u8; 32]>,
 ) -> InstallProgress {
     InstallProgress {
         phase: ProgressPhase::Complete,
         downloaded: image_size,
         total: Some(image_size),
         written: Some(written),
-        written_sha256: Some(hex::encode(digest)),
+        written_sha256: digest.map(hex::encode),
         ..InstallProgress::for_request(req, mode)
     }
 }
@@ -173,7 +173,7 @@ mod tests {
             progress_file: "/state/p.json".into(),
             verify_written: false,
         };
-        let p = complete_record(&req, InstallMode::Local, 1, 1, [0; 32]);
+        let p = complete_record(&req, InstallMode::Local, 1, 1, Some([0; 32]));
         assert!(p.matches(&req));
         let mut other = req.clone();
         other.sha256 = [8; 32];

@@ -42,8 +42,8 @@ pub(super) enum Msg<B> {
 
 /// Writer-thread result.
 pub(super) enum SinkEnd {
-    /// The body ended and everything verified: (image size, written, written sha256).
-    Done(u64, u64, [u8; 32]),
+    /// The body ended and everything verified: (image size, written, written sha256 when known).
+    Done(u64, u64, Option<[u8; 32]>),
     /// The network side stopped early; progress was checkpointed at this offset.
     Stopped(u64),
 }
@@ -143,7 +143,7 @@ fn open_target(
             }
         }
         _ => {
-            let w = SlotWriter::open(slot, 0, true, opts.sync_interval)?;
+            let w = SlotWriter::open(slot, 0, req.verify_written, opts.sync_interval)?;
             decoding_target(req.compression, w, opts)?
         }
     };

@@ -114,14 +114,14 @@ pub(super) fn unspool(
     opts: &InstallOptions,
     total: u64,
     verify_first: bool,
-) -> Result<(u64, [u8; 32]), InstallError> {
+) -> Result<(u64, Option<[u8; 32]>), InstallError> {
     let spool = spool_path(&req.progress_file);
     let mut file = File::open(&spool).map_err(spool_err(&spool, "open"))?;
     if verify_first {
         let h = hash_prefix(&file, total).map_err(spool_err(&spool, "re-read"))?;
         check_hash(req, h.finalize().into())?;
     }
-    let writer = SlotWriter::open(slot, 0, true, opts.sync_interval)?;
+    let writer = SlotWriter::open(slot, 0, req.verify_written, opts.sync_interval)?;
     let mut target = decoding_target(req.compression, writer, opts)?;
     let format = format_name(req.compression);
     let mut buf = vec![0u8; READ_BUF];
