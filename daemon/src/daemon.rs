@@ -250,7 +250,7 @@ impl<A: SnapshotApplier> Daemon<A> {
                     self.correct(Correction::Resync, "periodic re-plan").await;
                     next_resync = Instant::now() + resync_every;
                 }
-                _ = tokio::time::sleep_until(release_at.unwrap_or(self.next_poll)), if release_at.is_some() => {}
+                _ = tokio::time::sleep_until(release_at.unwrap_or(self.next_poll)), if release_at.is_some() && !waiting => {}
                 _ = tokio::time::sleep_until(self.next_poll), if !waiting => {
                     let delay = self.poll().await;
                     if self.wait.is_none() {
@@ -259,8 +259,12 @@ impl<A: SnapshotApplier> Daemon<A> {
                     }
                 }
             }
-            if let Some(bytes) = self.code_pages.after_step() {
-                self.ledger.metrics.code_pages_released(bytes);
+            // A health wait is part of the burst: its end runs judging and recording code, so
+            // paging out before it would leave that code resident until the next gap ends.
+            if self.wait.is_none() {
+                if let Some(bytes) = self.code_pages.after_step() {
+                    self.ledger.metrics.code_pages_released(bytes);
+                }
             }
         }
         self.systemd.stopping();

@@ -106,7 +106,8 @@ impl CodePages {
             return None;
         }
         let advised = release_exe_pages();
-        tracing::debug!(
+        // At most once per MIN_GAP: worth a line at the default level.
+        tracing::info!(
             advised_kib = advised / 1024,
             "paged out bosun's code pages after a burst of work"
         );

@@ -1243,6 +1243,16 @@ fn daemon_keeps_working_while_it_waits_for_health() {
     let a = repo.commit("v1");
     let mut agent = node.start();
     agent.wait_log(&[&format!("applied commit {a}")], Duration::from_secs(20));
+    // The code page-out waits for the end of the health wait, which is part of the burst
+    // (before, it came when the wait began, and the judging code stayed resident for 5 min).
+    agent.wait_log(&["paged out bosun's code pages"], Duration::from_secs(10));
+    let log = agent.log();
+    let applied = log.find(&format!("applied commit {a}")).unwrap();
+    let paged = log.find("paged out bosun's code pages").unwrap();
+    assert!(
+        paged > applied,
+        "paged out before the health wait ended:\n{log}"
+    );
 
     // B breaks the kubelet and gives its gate a minute: the daemon waits, and keeps working.
     repo.write(
