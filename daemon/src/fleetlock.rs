@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error_chain::error_chain;
+
 /// Connect timeout of every request.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Whole-request timeout. airlock answers after one etcd transaction (its own timeout is
@@ -256,20 +258,6 @@ pub fn endpoint(base: &str, path: &str) -> Result<String, FleetLockError> {
     let prefix = joined.path().trim_end_matches('/').to_string();
     joined.set_path(&format!("{prefix}{path}"));
     Ok(joined.to_string())
-}
-
-/// `Display` of an error and its sources, joined by `: `, repeats dropped.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::Secret;
+use crate::error_chain::error_chain;
 use crate::health::Kubeconfig;
 
 pub use error::KubeError;
@@ -340,20 +341,6 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), KubeError> {
             name: name.to_string(),
         })
     }
-}
-
-/// `Display` of an error and its sources, joined by `: `, repeats dropped.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]
