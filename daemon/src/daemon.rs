@@ -284,7 +284,8 @@ impl<A: SnapshotApplier> Daemon<A> {
         let last = self.last_applied;
         let counters = self.ledger.metrics.transfer.clone();
         let host = self.node.target.hostname.clone();
-        // The files of an applied commit are at hand: an idle poll reads no tree.
+        // The files of an applied commit are at hand: an idle poll reads no tree, and `decide`
+        // finds the commit up to date by the missing files.
         let have = last.filter(|_| self.applied_this_run && self.last_good.is_some());
         let memo = self.verify_memo.clone();
         let joined = self
@@ -322,8 +323,8 @@ impl<A: SnapshotApplier> Daemon<A> {
         jittered(self.cfg.interval, self.cfg.jitter_percent, random_u64())
     }
 
-    /// An accepted commit: apply it unless it is what is already applied (its `snapshot` is
-    /// `None` only then: the poll did not read the files of the applied commit again).
+    /// An accepted commit: apply it unless it is what is already applied (the poll then read
+    /// no files: see `have` in `poll`).
     async fn decide(
         &mut self,
         accepted: source::Accepted,
@@ -331,21 +332,17 @@ impl<A: SnapshotApplier> Daemon<A> {
     ) -> (Duration, String) {
         let commit = accepted.commit();
         let c = commit.to_string();
-        if self.last_applied == Some(commit) && self.last_good.is_some() && self.applied_this_run {
+        let Some(files) = accepted.files else {
             debug!("commit {} unchanged", short(&c));
             self.ledger.reconciled(ReconcileResult::Noop, now_unix());
             self.succeeded();
             return (self.interval(), format!("up to date at {}", short(&c)));
-        }
-        let good = self.last_good.as_ref().map(|g| g.snapshot.clone());
-        let Some(snapshot) = accepted.snapshot.or(good) else {
-            return self.failed(&format!("commit {c}: no files read"));
         };
         let arrival = Arrival {
             commit,
-            committed_at: accepted.committed_at,
+            committed_at: files.committed_at,
             signer,
-            snapshot,
+            snapshot: files.snapshot,
         };
         self.code_pages.note_work();
         let result = self

@@ -634,7 +634,12 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
     );
     assert_eq!(first.ancestry, Ancestry::FirstApply);
     assert_eq!(
-        first.snapshot.as_ref().unwrap().get("nodes/edge-1.yaml"),
+        first
+            .files
+            .as_ref()
+            .unwrap()
+            .snapshot
+            .get("nodes/edge-1.yaml"),
         Some(&b"hostname: edge-1\n"[..])
     );
 
@@ -652,7 +657,7 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
     .unwrap();
     assert_eq!(idle.fetch, FetchOutcome::Unchanged { commit: oid(&c1) });
     assert_eq!(idle.ancestry, Ancestry::Same);
-    assert_eq!(idle.snapshot, None);
+    assert_eq!(idle.files, None);
     assert_eq!(counters.totals().received_bytes, before.received_bytes);
 
     // An unsigned commit on top is refused; the caller keeps c1.
@@ -693,7 +698,7 @@ fn poll_applies_chain_of_custody_in_order_and_refuses_replayed_old_signed_commit
         assert!(cache.has_commit(oid(&c2)), "incremental fetch brings c2");
     }
     assert_eq!(
-        third.snapshot.as_ref().unwrap().get("config.yaml"),
+        third.files.as_ref().unwrap().snapshot.get("config.yaml"),
         Some(&b"hostname: three\n"[..])
     );
 

@@ -310,8 +310,16 @@ pub struct Accepted {
     pub verdict: Verdict,
     /// How the commit relates to the last applied one.
     pub ancestry: Ancestry,
-    /// The node's files; `None` when the commit is the one the caller said it already has.
-    pub snapshot: Option<Snapshot>,
+    /// The node's files and the commit's time; `None` when the commit is the one the caller
+    /// said it already has.
+    pub files: Option<CommitFiles>,
+}
+
+/// What [`poll`] read from an accepted commit the caller does not hold yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitFiles {
+    /// The node's files.
+    pub snapshot: Snapshot,
     /// The commit's committer time (unix seconds): the clock of rollout waves.
     pub committed_at: i64,
 }
@@ -345,8 +353,8 @@ pub fn poll(
         crate::memory::trim_heap();
     }
     let commit = fetched.commit();
+    let cache = Cache::open(&cfg.cache_dir)?;
     let verdict = {
-        let cache = Cache::open(&cfg.cache_dir)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -359,19 +367,19 @@ pub fn poll(
         verify.allow_history_rewrite,
         counters,
     )?;
-    let cache = Cache::open(&cfg.cache_dir)?;
-    let committed_at = cache.commit_time(commit)?;
-    let snapshot = if have == Some(commit) {
+    let files = if have == Some(commit) {
         None
     } else {
-        Some(snapshot(&cache, commit, cfg.subdir.as_deref(), hostname)?)
+        Some(CommitFiles {
+            snapshot: snapshot(&cache, commit, cfg.subdir.as_deref(), hostname)?,
+            committed_at: cache.commit_time(commit)?,
+        })
     };
     Ok(Accepted {
         fetch: fetched,
         verdict,
         ancestry,
-        snapshot,
-        committed_at,
+        files,
     })
 }
 
