@@ -24,7 +24,8 @@ trap 'rm -rf "$work"' EXIT
 /usr/bin/python3 "$here/gen.py" "$N" "$work"
 
 now() { date +%s%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# shellcheck source=../lib.sh
+. "$here/../lib.sh"
 ms() { awk -v ns="$1" 'BEGIN {printf "%.1f", ns/1e6}'; }
 
 bosun_t=(); syncfs_t=(); ci_t=(); noop_t=()
